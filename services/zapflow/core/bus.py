@@ -1,0 +1,295 @@
+"""NATS JetStream: the streams zapflow declares, publishing with dedup ids, and consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import nats
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+from opentelemetry import trace
+
+from zapflow.core import metrics
+from zapflow.core.logging import get_logger
+from zapflow.core.telemetry import extract_context, inject_headers
+from zapflow.v1 import turn_pb2
+
+log = get_logger(__name__)
+
+DAY = 86_400.0
+MSG_ID_HEADER = "Nats-Msg-Id"
+TYPE_HEADER = "Zf-Type"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A stream zapflow owns. Limits are documented in the README's bus section."""
+
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    max_age_s: float
+    max_bytes: int = -1
+    # JetStream's default; Meta retries for days, so idempotency keys back this up.
+    duplicate_window_s: float = 120.0
+
+    def config(self, replicas: int) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=self.name,
+            description=self.description,
+            subjects=list(self.subjects),
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            max_age=self.max_age_s,
+            max_bytes=self.max_bytes,
+            duplicate_window=self.duplicate_window_s,
+            num_replicas=replicas,
+        )
+
+
+INBOUND = StreamSpec("ZF_INBOUND", ("zf.in.>",), "Customer messages from WhatsApp", 7 * DAY)
+STATUS = StreamSpec("ZF_STATUS", ("zf.status.>",), "Delivery statuses from WhatsApp", 7 * DAY)
+OUTBOUND = StreamSpec("ZF_OUTBOUND", ("zf.out.>",), "Commands for the WhatsApp Cloud API", 7 * DAY)
+EVENTS = StreamSpec("ZF_EVENTS", ("zf.evt.>",), "Turns and outbound results", 30 * DAY)
+DEAD_LETTER = StreamSpec("ZF_DLQ", ("zf.dlq.>",), "Messages that exhausted their deliveries", 30 * DAY)
+ALL_STREAMS = (INBOUND, STATUS, OUTBOUND, EVENTS, DEAD_LETTER)
+
+
+def inbound_subject(tenant: str, contact: str) -> str:
+    return f"zf.in.{tenant}.{contact}"
+
+
+def status_subject(tenant: str, contact: str) -> str:
+    return f"zf.status.{tenant}.{contact}"
+
+
+def outbound_subject(tenant: str, contact: str) -> str:
+    return f"zf.out.{tenant}.{contact}"
+
+
+def event_subject(kind: str, tenant: str) -> str:
+    return f"zf.evt.{kind}.{tenant}"
+
+
+def tenant_of(subject: str) -> str:
+    """The tenant token of any zapflow subject (zf.<kind>.<tenant>... or zf.evt.<kind>.<tenant>)."""
+    tokens = subject.split(".")
+    if len(tokens) > 3 and tokens[1] == "dlq":
+        return tenant_of(".".join(tokens[3:]))
+    index = 3 if len(tokens) > 3 and tokens[1] == "evt" else 2
+    return tokens[index] if len(tokens) > index else "unknown"
+
+
+def now_timestamp() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connect with endless reconnects: a NATS restart must not end a service."""
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats error", error=str(error))
+
+    return await nats.connect(
+        url,
+        name=name,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=2,
+        error_cb=on_error,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int = 1) -> None:
+    """Create the stream, or bring an existing one to the declared configuration."""
+    config = spec.config(replicas)
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
+
+
+async def ensure_streams(js: JetStreamContext, specs: Sequence[StreamSpec], replicas: int = 1) -> None:
+    for spec in specs:
+        await ensure_stream(js, spec, replicas)
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    message: Message,
+    msg_id: str,
+    timeout: float = 5.0,
+) -> api.PubAck:
+    """Publish a protobuf event with the dedup id of the fact it stands for and the trace context."""
+    headers = inject_headers({MSG_ID_HEADER: msg_id, TYPE_HEADER: message.DESCRIPTOR.full_name})
+    tenant = tenant_of(subject)
+    started = time.perf_counter()
+    ack = await js.publish(subject, message.SerializeToString(), timeout=timeout, headers=headers)
+    metrics.PUBLISH_SECONDS.labels(tenant).observe(time.perf_counter() - started)
+    if ack.duplicate:
+        metrics.DUPLICATES_DROPPED.labels(tenant, "jetstream").inc()
+    return ack
+
+
+class RetryLater(Exception):
+    """The handler could not finish now; redeliver after `delay` seconds (or the backoff)."""
+
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Reject(Exception):
+    """The message can never be handled: dead-letter it at once, with the reason."""
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer and its delivery policy."""
+
+    stream: StreamSpec
+    durable: str
+    filter_subject: str
+    service: str
+    # Long enough for a Graph API call with retries; handlers that run longer heartbeat.
+    ack_wait_s: float = 30.0
+    # Attempts before dead-lettering; the server allows one more so a message that crashed
+    # the process on every attempt still reaches the dead-letter stream.
+    max_attempts: int = 5
+    backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0)
+    max_ack_pending: int = 2000
+    batch: int = 64
+
+    def config(self) -> api.ConsumerConfig:
+        return api.ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self.filter_subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_attempts + 1,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+    def delay_after(self, attempt: int) -> float:
+        return self.backoff_s[min(attempt, len(self.backoff_s)) - 1]
+
+
+E = TypeVar("E", bound=Message)
+Handler = Callable[[E, Msg], Awaitable[None]]
+
+
+@dataclass
+class Consumer(Generic[E]):
+    """Runs one durable consumer: decode, handle, then ack, retry with backoff or dead-letter.
+
+    Messages of one subject (one contact) in a fetched batch are handled in order; different
+    subjects run concurrently.
+    """
+
+    js: JetStreamContext
+    spec: ConsumerSpec
+    event_type: type[E]
+    handle: Handler[E]
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(BadRequestError):
+            await self.js.add_consumer(self.spec.stream.name, self.spec.config())
+        self._subscription = await self.js.pull_subscribe_bind(
+            self.spec.durable, stream=self.spec.stream.name
+        )
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.spec.durable}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = await self._subscription.fetch(self.spec.batch, timeout=1.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as error:  # a reconnect in progress: wait for the client to recover
+                log.warning("fetch failed", consumer=self.spec.durable, error=str(error))
+                await asyncio.sleep(0.5)
+                continue
+            by_subject: dict[str, list[Msg]] = defaultdict(list)
+            for msg in messages:
+                by_subject[msg.subject].append(msg)
+            await asyncio.gather(*(self._handle_in_order(batch) for batch in by_subject.values()))
+
+    async def _handle_in_order(self, messages: list[Msg]) -> None:
+        for msg in messages:
+            await self._handle_one(msg)
+
+    async def _handle_one(self, msg: Msg) -> None:
+        tenant = tenant_of(msg.subject)
+        attempt = msg.metadata.num_delivered
+        if attempt > 1:
+            metrics.REDELIVERIES.labels(tenant, self.spec.durable).inc()
+        if attempt > self.spec.max_attempts:
+            await self._dead_letter(msg, tenant, "the process handling it stopped on every attempt")
+            return
+        started = time.perf_counter()
+        span_name = f"{self.spec.durable} process"
+        context = extract_context(dict(msg.headers or {}))
+        with trace.get_tracer(__name__).start_as_current_span(span_name, context=context) as span:
+            span.set_attribute("messaging.destination", msg.subject)
+            span.set_attribute("zapflow.tenant", tenant)
+            try:
+                event = self.event_type.FromString(msg.data)
+                await self.handle(event, msg)
+            except DecodeError as error:
+                await self._dead_letter(msg, tenant, f"undecodable {self.event_type.__name__}: {error}")
+            except Reject as error:
+                await self._dead_letter(msg, tenant, str(error))
+            except RetryLater as error:
+                await self._retry(msg, tenant, attempt, str(error), error.delay)
+            except Exception as error:  # any other failure is retried, then dead-lettered
+                log.exception("handler failed", consumer=self.spec.durable, attempt=attempt)
+                await self._retry(msg, tenant, attempt, f"{type(error).__name__}: {error}", None)
+            else:
+                await msg.ack()
+        metrics.HANDLER_SECONDS.labels(tenant, self.spec.durable).observe(time.perf_counter() - started)
+
+    async def _retry(self, msg: Msg, tenant: str, attempt: int, reason: str, delay: float | None) -> None:
+        if attempt >= self.spec.max_attempts:
+            await self._dead_letter(msg, tenant, reason)
+            return
+        await msg.nak(delay=delay if delay is not None else self.spec.delay_after(attempt))
+
+    async def _dead_letter(self, msg: Msg, tenant: str, reason: str) -> None:
+        letter = turn_pb2.DeadLetter(
+            service=self.spec.service,
+            consumer=self.spec.durable,
+            original_subject=msg.subject,
+            message_id=(msg.headers or {}).get(MSG_ID_HEADER, ""),
+            deliveries=msg.metadata.num_delivered,
+            reason=reason,
+            payload=msg.data,
+            at=now_timestamp(),
+        )
+        dedup = f"{self.spec.durable}:{msg.metadata.sequence.stream}"
+        await publish(self.js, f"zf.dlq.{self.spec.service}.{msg.subject}", letter, dedup)
+        metrics.DEAD_LETTERS.labels(tenant, self.spec.durable).inc()
+        log.error("dead-lettered", consumer=self.spec.durable, subject_tenant=tenant, reason=reason)
+        await msg.term()

@@ -1,0 +1,105 @@
+"""Every Prometheus metric zapflow exports, in one place so dashboards can be checked against it.
+
+Names follow zapflow_<subsystem>_<what>_<unit>; `tenant` is the only high-level label, and no
+label ever holds a phone number or a message id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Gateway, inbound side.
+WEBHOOK_REQUESTS = Counter(
+    "zapflow_gateway_webhook_requests_total",
+    "Webhook POSTs by outcome (accepted, bad_signature, unknown_tenant, malformed, too_large, unavailable).",
+    ["tenant", "outcome"],
+)
+SIGNATURE_FAILURES = Counter(
+    "zapflow_gateway_signature_failures_total",
+    "Webhook POSTs refused because X-Hub-Signature-256 was missing or wrong.",
+    ["tenant"],
+)
+INBOUND_MESSAGES = Counter(
+    "zapflow_gateway_inbound_messages_total",
+    "Customer messages published to the bus, by WhatsApp message type.",
+    ["tenant", "type"],
+)
+STATUS_UPDATES = Counter(
+    "zapflow_gateway_status_updates_total",
+    "Delivery statuses published to the bus, by status.",
+    ["tenant", "status"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "zapflow_gateway_webhook_duration_seconds",
+    "Time to answer a webhook POST, publishes included.",
+    ["tenant"],
+    buckets=LATENCY_BUCKETS,
+)
+PUBLISH_SECONDS = Histogram(
+    "zapflow_bus_publish_duration_seconds",
+    "Time from publish to JetStream acknowledgement.",
+    ["tenant"],
+    buckets=LATENCY_BUCKETS,
+)
+
+# Gateway, egress side.
+OUTBOUND_REQUESTS = Counter(
+    "zapflow_gateway_outbound_total",
+    "Outbound commands by result (sent, failed, retried, duplicate, uncertain).",
+    ["tenant", "result"],
+)
+WINDOW_VIOLATIONS = Counter(
+    "zapflow_gateway_window_violations_total",
+    "Sends refused by Meta because the 24-hour customer-service window was closed (131047).",
+    ["tenant"],
+)
+RATE_LIMIT_WAIT_SECONDS = Histogram(
+    "zapflow_gateway_rate_limit_wait_seconds",
+    "Time an outbound command waited for the number's throughput limit.",
+    ["tenant"],
+    buckets=LATENCY_BUCKETS,
+)
+GRAPH_API_SECONDS = Histogram(
+    "zapflow_gateway_graph_api_duration_seconds",
+    "Duration of WhatsApp Cloud API calls.",
+    ["tenant"],
+    buckets=LATENCY_BUCKETS,
+)
+
+# The bus, for every consumer.
+DUPLICATES_DROPPED = Counter(
+    "zapflow_bus_duplicates_dropped_total",
+    "Messages dropped as duplicates, by layer (jetstream, message_key, turn_key, outbound_key).",
+    ["tenant", "layer"],
+)
+REDELIVERIES = Counter(
+    "zapflow_bus_redeliveries_total",
+    "Messages a consumer received more than once.",
+    ["tenant", "consumer"],
+)
+DEAD_LETTERS = Counter(
+    "zapflow_bus_dead_letters_total",
+    "Messages moved to the dead-letter stream after their last allowed delivery.",
+    ["tenant", "consumer"],
+)
+HANDLER_SECONDS = Histogram(
+    "zapflow_bus_handler_duration_seconds",
+    "Time a consumer took to handle one message.",
+    ["tenant", "consumer"],
+    buckets=LATENCY_BUCKETS,
+)
+
+# Conversation.
+REPLIES = Counter(
+    "zapflow_conversation_replies_total",
+    "Answers produced, by outcome (rule, greeting, fallback, button).",
+    ["tenant", "outcome"],
+)
+
+# Tenants.
+TENANTS_LOADED = Gauge(
+    "zapflow_tenants_loaded",
+    "Tenants this process currently knows from the registry.",
+)

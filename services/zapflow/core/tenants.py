@@ -1,0 +1,283 @@
+"""The BotTenant document: one YAML file per customer, the same shape as the custom resource.
+
+The pydantic models are the source of truth; `tenant_json_schema()` derives the structural
+OpenAPI schema the CRD embeds (checked in at schemas/bottenant.schema.json, a test keeps them
+equal).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "zapflow.io/v1alpha1"
+KIND = "BotTenant"
+# A tenant name becomes a NATS subject token and a Kubernetes object name.
+TENANT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class SecretKeyRef(Model):
+    name: str = Field(description="Name of the Kubernetes Secret.", min_length=1)
+    key: str = Field(description="Key inside the Secret.", min_length=1)
+
+
+class SecretRef(Model):
+    """Where a secret comes from: exactly one of value, env or secretKeyRef."""
+
+    value: str | None = Field(
+        default=None, description="The secret itself, inline. Allowed in development only."
+    )
+    env: str | None = Field(default=None, description="Name of an environment variable that holds it.")
+    secret_key_ref: SecretKeyRef | None = Field(
+        default=None, description="A key of a Kubernetes Secret, mounted under ZAPFLOW_SECRETS_DIR."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [n for n in ("value", "env", "secret_key_ref") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of value, env or secretKeyRef")
+        return self
+
+
+class SecretUnavailable(Exception):
+    """A secret reference that cannot be resolved in this process."""
+
+
+def resolve_secret(ref: SecretRef, secrets_dir: Path, allow_inline: bool = True) -> str:
+    if ref.value is not None:
+        if not allow_inline:
+            raise SecretUnavailable("inline secret values are refused outside development")
+        return ref.value
+    if ref.env is not None:
+        found = os.environ.get(ref.env)
+        if found is None:
+            raise SecretUnavailable(f"environment variable {ref.env} is not set")
+        return found
+    assert ref.secret_key_ref is not None
+    path = secrets_dir / ref.secret_key_ref.name / ref.secret_key_ref.key
+    try:
+        return path.read_text().strip()
+    except OSError as error:
+        raise SecretUnavailable(f"secret {ref.secret_key_ref.name}/{ref.secret_key_ref.key}: {error}") from error
+
+
+class WhatsAppSpec(Model):
+    phone_number_id: str = Field(
+        description="The Cloud API phone number id this tenant answers on.", pattern=r"^[0-9]{1,32}$"
+    )
+    graph_api_url: str = Field(
+        default="https://graph.facebook.com",
+        description="Base URL of the Graph API (the sandbox's URL in development).",
+        pattern=r"^https?://",
+    )
+    api_version: str = Field(default="v21.0", description="Graph API version.", pattern=r"^v[0-9]+\.[0-9]+$")
+    app_secret: SecretRef = Field(description="Meta app secret: the key of X-Hub-Signature-256.")
+    access_token: SecretRef = Field(description="System-user access token for sending messages.")
+    verify_token: SecretRef = Field(description="Token Meta echoes in the webhook verification GET.")
+
+
+class ButtonSpec(Model):
+    id: str = Field(description="Id returned when the customer taps the button.", min_length=1, max_length=256)
+    title: str = Field(description="Button label (WhatsApp allows 20 characters).", min_length=1, max_length=20)
+
+
+class ListRowSpec(Model):
+    id: str = Field(description="Id returned when the customer picks the row.", min_length=1, max_length=200)
+    title: str = Field(description="Row title (24 characters).", min_length=1, max_length=24)
+    description: str = Field(default="", description="Row description (72 characters).", max_length=72)
+
+
+class ListSectionSpec(Model):
+    title: str = Field(default="", description="Section title (24 characters).", max_length=24)
+    rows: list[ListRowSpec] = Field(description="Rows of the section.", min_length=1, max_length=10)
+
+
+class ListSpec(Model):
+    button: str = Field(description="Label of the button that opens the list.", min_length=1, max_length=20)
+    sections: list[ListSectionSpec] = Field(description="Sections (10 at most).", min_length=1, max_length=10)
+
+
+class ReplySpec(Model):
+    """What the bot answers: text, optionally with reply buttons or a list."""
+
+    text: str = Field(description="Body of the reply.", min_length=1, max_length=4096)
+    header: str = Field(default="", description="Header of an interactive reply.", max_length=60)
+    footer: str = Field(default="", description="Footer of an interactive reply.", max_length=60)
+    buttons: list[ButtonSpec] = Field(default_factory=list, description="Reply buttons (3 at most).", max_length=3)
+    menu: ListSpec | None = Field(default=None, alias="list", description="A list menu, instead of buttons.")
+
+    @model_validator(mode="after")
+    def _buttons_or_list(self) -> Self:
+        if self.buttons and self.menu is not None:
+            raise ValueError("a reply has either buttons or a list, not both")
+        return self
+
+
+class MatchSpec(Model):
+    """When a rule fires: any keyword, the regex, or the id of a button or list row."""
+
+    keywords: list[str] = Field(
+        default_factory=list, description="Words that fire the rule (case- and accent-insensitive)."
+    )
+    regex: str | None = Field(default=None, description="A Python regular expression searched in the text.")
+    button_ids: list[str] = Field(
+        default_factory=list, description="Ids of buttons or list rows that fire the rule."
+    )
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> Self:
+        if not (self.keywords or self.regex or self.button_ids):
+            raise ValueError("a rule needs keywords, regex or buttonIds")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as error:
+                raise ValueError(f"regex does not compile: {error}") from error
+        return self
+
+
+class RuleSpec(Model):
+    name: str = Field(description="Name reported in metrics and turn events.", min_length=1, max_length=64)
+    match: MatchSpec = Field(description="When the rule fires.")
+    reply: ReplySpec = Field(description="What the bot answers.")
+
+
+class BotSpec(Model):
+    responder: Literal["rules"] = Field(default="rules", description="Which responder answers.")
+    greeting: ReplySpec | None = Field(
+        default=None, description="Sent to a contact writing for the first time, before any rule."
+    )
+    rules: list[RuleSpec] = Field(default_factory=list, description="Rules, tried in order.")
+    fallback: ReplySpec = Field(
+        default_factory=lambda: ReplySpec(text="Sorry, I did not understand. Could you rephrase?"),
+        description="Answer when no rule fires.",
+    )
+
+
+class DebounceSpec(Model):
+    window_ms: int = Field(
+        default=2000, ge=0, le=60_000, description="Sliding window that merges a burst into one turn."
+    )
+    max_wait_ms: int = Field(
+        default=10_000, ge=0, le=300_000, description="Longest a turn waits for a burst to end."
+    )
+
+
+class RateLimitSpec(Model):
+    messages_per_second: float = Field(
+        default=80, gt=0, le=1000, description="Throughput of the number (80 by default, up to 1,000)."
+    )
+
+
+class TenantSpec(Model):
+    whatsapp: WhatsAppSpec = Field(description="The WhatsApp Cloud API number and its credentials.")
+    bot: BotSpec = Field(default_factory=BotSpec, description="The responder and its settings.")
+    debounce: DebounceSpec = Field(default_factory=DebounceSpec, description="Turn debounce.")
+    rate_limits: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Sending limits.")
+
+
+class TenantMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: Annotated[str, Field(pattern=TENANT_NAME_PATTERN, description="The tenant's id.")]
+
+
+class BotTenant(Model):
+    api_version: Literal["zapflow.io/v1alpha1"] = Field(description="Always zapflow.io/v1alpha1.")
+    kind: Literal["BotTenant"] = Field(description="Always BotTenant.")
+    metadata: TenantMetadata
+    spec: TenantSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    def redacted(self) -> dict[str, Any]:
+        """The document with inline secret values masked: safe to print or log."""
+        document = self.document()
+        for field_name in ("appSecret", "accessToken", "verifyToken"):
+            ref = document["spec"]["whatsapp"][field_name]
+            if "value" in ref:
+                ref["value"] = "***"
+        return document
+
+
+class TenantError(ValueError):
+    """A tenant document that does not validate; the message names every broken field."""
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_tenant(document: Any, source: str = "tenant") -> BotTenant:
+    if not isinstance(document, dict):
+        raise TenantError(f"{source}: expected a BotTenant mapping, got {type(document).__name__}")
+    try:
+        return BotTenant.model_validate(document)
+    except ValidationError as error:
+        problems = [f"  {_location(e['loc']) or '(document)'}: {e['msg']}" for e in error.errors()]
+        raise TenantError(f"{source} is not a valid BotTenant:\n" + "\n".join(problems)) from None
+
+
+def load_tenant_documents(path: Path) -> list[BotTenant]:
+    """Every BotTenant in a YAML file (several documents separated by ---)."""
+    import yaml
+
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as error:
+        raise TenantError(f"{path}: not valid YAML: {error}") from None
+    except OSError as error:
+        raise TenantError(f"{path}: {error.strerror}") from None
+    if not documents:
+        raise TenantError(f"{path}: no BotTenant document in the file")
+    return [parse_tenant(d, f"{path} (document {i + 1})") for i, d in enumerate(documents)]
+
+
+def _structural(node: Any, definitions: dict[str, Any]) -> Any:
+    """Inline $refs and turn Optional[X] into X + nullable: the form a CRD schema requires."""
+    if isinstance(node, list):
+        return [_structural(item, definitions) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = _structural(definitions[node["$ref"].rsplit("/", 1)[-1]], definitions)
+        return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o != {"type": "null"}]
+        if len(options) == 1 and len(node["anyOf"]) == 2:
+            merged = {**_structural(options[0], definitions), "nullable": True}
+            rest = {k: _structural(v, definitions) for k, v in node.items() if k not in ("anyOf", "default", "title")}
+            return {**merged, **rest}
+    out = {}
+    for key, value in node.items():
+        if key in ("title", "$defs") or (key == "default" and value is None):
+            continue
+        if key == "const":
+            out["enum"] = [value]
+            continue
+        out[key] = value if key in ("default", "enum", "pattern") else _structural(value, definitions)
+    return out
+
+
+def tenant_json_schema() -> dict[str, Any]:
+    raw = BotTenant.model_json_schema(by_alias=True)
+    schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
+    schema["description"] = "A zapflow tenant: one business, its WhatsApp number and its bot."
+    return schema
