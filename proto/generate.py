@@ -48,7 +48,11 @@ def stale_files() -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
         committed = {p.relative_to(OUTPUT_ROOT) for p in (OUTPUT_ROOT / PACKAGE_DIR).glob("*") if p.is_file()}
-        stale = [str(p) for p in fresh if p not in committed or not filecmp.cmp(Path(tmp) / p, OUTPUT_ROOT / p, shallow=False)]
+        stale = [
+            str(p)
+            for p in fresh
+            if p not in committed or not filecmp.cmp(Path(tmp) / p, OUTPUT_ROOT / p, shallow=False)
+        ]
         stale += [str(p) for p in committed - set(fresh)]
     return sorted(stale)
 

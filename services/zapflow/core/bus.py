@@ -114,6 +114,11 @@ async def connect(url: str, name: str) -> NATS:
     )
 
 
+async def connect_once(url: str, name: str) -> NATS:
+    """Connect for a short-lived command: fail at once when the server is not there."""
+    return await nats.connect(url, name=name, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0)
+
+
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int = 1) -> None:
     """Create the stream, or bring an existing one to the declared configuration."""
     config = spec.config(replicas)
@@ -212,10 +217,12 @@ class Consumer(Generic[E]):
     async def start(self) -> None:
         with contextlib.suppress(BadRequestError):
             await self.js.add_consumer(self.spec.stream.name, self.spec.config())
-        self._subscription = await self.js.pull_subscribe_bind(
-            self.spec.durable, stream=self.spec.stream.name
-        )
+        self._subscription = await self.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream.name)
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.spec.durable}")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -226,7 +233,7 @@ class Consumer(Generic[E]):
         while not self._stopping.is_set():
             try:
                 messages = await self._subscription.fetch(self.spec.batch, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except Exception as error:  # a reconnect in progress: wait for the client to recover
                 log.warning("fetch failed", consumer=self.spec.durable, error=str(error))

@@ -47,11 +47,9 @@ class TenantRegistry:
 
     async def _refuse_shared_number(self, tenant: BotTenant) -> None:
         number = tenant.spec.whatsapp.phone_number_id
-        for other in await self.list():
+        for other in await self.load_all():
             if other.name != tenant.name and other.spec.whatsapp.phone_number_id == number:
-                raise TenantError(
-                    f"spec.whatsapp.phoneNumberId: {number} already belongs to tenant {other.name}"
-                )
+                raise TenantError(f"spec.whatsapp.phoneNumberId: {number} already belongs to tenant {other.name}")
 
     async def get(self, name: str) -> BotTenant | None:
         try:
@@ -68,7 +66,7 @@ class TenantRegistry:
         await self._kv.delete(name)
         return True
 
-    async def list(self) -> list[BotTenant]:
+    async def load_all(self) -> list[BotTenant]:
         try:
             names = await self._kv.keys()
         except NoKeysError:
@@ -118,7 +116,7 @@ class TenantRegistry:
                     log.error("ignoring invalid tenant in registry", tenant=entry.key, error=str(error))
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _apply(self, name: str, tenant: BotTenant | None) -> None:
         previous = self._by_name.pop(name, None)

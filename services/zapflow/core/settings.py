@@ -28,6 +28,9 @@ class CoreSettings(BaseSettings):
     # Where Kubernetes Secret keys are mounted: <secrets_dir>/<secret name>/<key>.
     secrets_dir: Path = Path("/var/run/secrets/zapflow")
     admin_token: SecretStr = SecretStr(DEFAULT_SECRET)
+    # When set, /metrics answers only to "Authorization: Bearer <token>" (for metrics exposed
+    # beyond the cluster network); Prometheus inside the cluster scrapes without it.
+    metrics_token: SecretStr | None = None
     log_level: str = "INFO"
     log_json: bool = True
     # Debug mode is the only place phone numbers and message bodies may appear in logs.
@@ -37,9 +40,7 @@ class CoreSettings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:
         if self.environment != "development" and self.admin_token.get_secret_value() == DEFAULT_SECRET:
-            raise ValueError(
-                "ZAPFLOW_ADMIN_TOKEN is still the default value; set a real secret outside development"
-            )
+            raise ValueError("ZAPFLOW_ADMIN_TOKEN is still the default value; set a real secret outside development")
         return self
 
     @property

@@ -33,9 +33,7 @@ class SecretKeyRef(Model):
 class SecretRef(Model):
     """Where a secret comes from: exactly one of value, env or secretKeyRef."""
 
-    value: str | None = Field(
-        default=None, description="The secret itself, inline. Allowed in development only."
-    )
+    value: str | None = Field(default=None, description="The secret itself, inline. Allowed in development only.")
     env: str | None = Field(default=None, description="Name of an environment variable that holds it.")
     secret_key_ref: SecretKeyRef | None = Field(
         default=None, description="A key of a Kubernetes Secret, mounted under ZAPFLOW_SECRETS_DIR."
@@ -130,9 +128,7 @@ class MatchSpec(Model):
         default_factory=list, description="Words that fire the rule (case- and accent-insensitive)."
     )
     regex: str | None = Field(default=None, description="A Python regular expression searched in the text.")
-    button_ids: list[str] = Field(
-        default_factory=list, description="Ids of buttons or list rows that fire the rule."
-    )
+    button_ids: list[str] = Field(default_factory=list, description="Ids of buttons or list rows that fire the rule.")
 
     @model_validator(mode="after")
     def _something_to_match(self) -> Self:
@@ -168,9 +164,7 @@ class DebounceSpec(Model):
     window_ms: int = Field(
         default=2000, ge=0, le=60_000, description="Sliding window that merges a burst into one turn."
     )
-    max_wait_ms: int = Field(
-        default=10_000, ge=0, le=300_000, description="Longest a turn waits for a burst to end."
-    )
+    max_wait_ms: int = Field(default=10_000, ge=0, le=300_000, description="Longest a turn waits for a burst to end.")
 
 
 class RateLimitSpec(Model):
@@ -272,7 +266,10 @@ def _structural(node: Any, definitions: dict[str, Any]) -> Any:
         if key == "const":
             out["enum"] = [value]
             continue
-        out[key] = value if key in ("default", "enum", "pattern") else _structural(value, definitions)
+        if key == "properties":
+            out[key] = {name: _structural(child, definitions) for name, child in value.items()}
+        else:
+            out[key] = value if key in ("default", "enum", "pattern") else _structural(value, definitions)
     return out
 
 

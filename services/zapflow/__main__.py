@@ -1,0 +1,3 @@
+from zapflow.cli import app
+
+app(prog_name="zapflow")

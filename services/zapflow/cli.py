@@ -1,0 +1,212 @@
+"""The `zapflow` command: one subcommand per service, tenant management and `zapflow dev`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from zapflow.core.settings import CoreSettings
+
+app = typer.Typer(no_args_is_help=True, help="zapflow: WhatsApp bots at scale.", pretty_exceptions_enable=False)
+tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (BotTenant documents) in the registry.")
+app.add_typer(tenant_app, name="tenant")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+Host = Annotated[str | None, typer.Option(help="Address to listen on.")]
+Port = Annotated[int | None, typer.Option(help="Port to listen on.")]
+NatsUrl = Annotated[str | None, typer.Option("--nats-url", help="NATS server URL (ZAPFLOW_NATS_URL).")]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=1)
+
+
+def _settings(factory: Callable[..., T], **overrides: Any) -> T:
+    """Build a settings object from the environment plus the options given on the command line."""
+    try:
+        return factory(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise _fail(f"invalid settings: {problems}") from None
+
+
+@app.command()
+def gateway(host: Host = None, port: Port = None) -> None:
+    """Run the gateway: the WhatsApp webhook and the Graph API egress."""
+    from zapflow.gateway.app import run
+    from zapflow.gateway.settings import GatewaySettings
+
+    run(_settings(GatewaySettings, host=host, port=port))
+
+
+@app.command()
+def conversation(host: Host = None, port: Port = None) -> None:
+    """Run the conversation service (health and metrics on --port)."""
+    from zapflow.conversation.app import run
+    from zapflow.conversation.settings import ConversationSettings
+
+    run(_settings(ConversationSettings, host=host, port=port))
+
+
+@app.command()
+def sandbox(
+    host: Host = None,
+    port: Port = None,
+    webhook_url: Annotated[str | None, typer.Option(help="The gateway's webhook URL.")] = None,
+    tenant_file: Annotated[
+        list[Path] | None, typer.Option("--tenant-file", "-f", help="BotTenant YAML files to learn numbers from.")
+    ] = None,
+) -> None:
+    """Run the WhatsApp Cloud API sandbox and its web chat."""
+    from zapflow.sandbox.app import run
+    from zapflow.sandbox.settings import SandboxSettings
+
+    run(_settings(SandboxSettings, host=host, port=port, webhook_url=webhook_url, tenant_files=tenant_file))
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path, typer.Option(help="Where all state lives.")] = Path(".zapflow"),
+    gateway_port: Annotated[int, typer.Option(help="Gateway (webhook) port.")] = 8000,
+    conversation_port: Annotated[int, typer.Option(help="Conversation health/metrics port.")] = 8001,
+    sandbox_port: Annotated[int, typer.Option(help="Sandbox and web chat port.")] = 8100,
+    nats_port: Annotated[int, typer.Option(help="Embedded nats-server port.")] = 14222,
+    redis_port: Annotated[int, typer.Option(help="Embedded redis-server port.")] = 16379,
+) -> None:
+    """Run the whole platform on this machine: NATS, Redis, every service and the sandbox."""
+    from zapflow.dev import DevPorts, DevStackError, run_dev_stack
+
+    ports = DevPorts(
+        gateway=gateway_port, conversation=conversation_port, sandbox=sandbox_port, nats=nats_port, redis=redis_port
+    )
+    try:
+        run_dev_stack(data_dir.resolve(), ports, out)
+    except DevStackError as error:
+        raise _fail(str(error)) from None
+
+
+def _with_registry(nats_url: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run an action against the tenant registry, turning connection failures into a message."""
+    from nats.errors import NoServersError
+
+    from zapflow.core import bus
+    from zapflow.core.registry import TenantRegistry, open_bucket
+
+    core = _settings(CoreSettings, nats_url=nats_url)
+
+    async def main() -> T:
+        try:
+            nc = await bus.connect_once(core.nats_url, "zapflow-cli")
+        except (NoServersError, OSError, TimeoutError) as error:
+            raise _fail(f"cannot reach NATS at {core.nats_url}: {error or type(error).__name__}") from None
+        try:
+            js = nc.jetstream()
+            registry = TenantRegistry(await open_bucket(js, core.tenant_bucket, core.stream_replicas))
+            return await action(registry)
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+@tenant_app.command("apply")
+def tenant_apply(
+    file: Annotated[Path, typer.Option("--file", "-f", help="A YAML file with one or more BotTenant documents.")],
+    nats_url: NatsUrl = None,
+) -> None:
+    """Validate tenants and store them in the registry; running services pick them up live."""
+    from zapflow.core.tenants import TenantError, load_tenant_documents
+
+    try:
+        tenants = load_tenant_documents(file)
+    except TenantError as error:
+        raise _fail(str(error)) from None
+    core = _settings(CoreSettings, nats_url=nats_url)
+    for tenant in tenants:
+        for name in ("app_secret", "access_token", "verify_token"):
+            if not core.is_development and getattr(tenant.spec.whatsapp, name).value is not None:
+                raise _fail(f"{tenant.name}: spec.whatsapp.{name}: inline values are refused outside development")
+
+    async def apply(registry: Any) -> None:
+        for tenant in tenants:
+            try:
+                revision = await registry.put(tenant)
+            except TenantError as error:
+                raise _fail(f"{tenant.name}: {error}") from None
+            out.print(f"tenant [bold]{tenant.name}[/] applied (revision {revision})")
+
+    _with_registry(nats_url, apply)
+
+
+@tenant_app.command("list")
+def tenant_list(nats_url: NatsUrl = None) -> None:
+    """List the tenants in the registry."""
+
+    async def fetch(registry: Any) -> list[Any]:
+        tenants: list[Any] = await registry.load_all()
+        return tenants
+
+    tenants = _with_registry(nats_url, fetch)
+    table = Table("name", "phone number id", "responder", "rules", "graph api")
+    for tenant in tenants:
+        spec = tenant.spec
+        table.add_row(
+            tenant.name,
+            spec.whatsapp.phone_number_id,
+            spec.bot.responder,
+            str(len(spec.bot.rules)),
+            spec.whatsapp.graph_api_url,
+        )
+    out.print(table if tenants else "no tenants")
+
+
+@tenant_app.command("get")
+def tenant_get(
+    name: str,
+    output: Annotated[str, typer.Option("--output", "-o", help="yaml or json.")] = "yaml",
+    nats_url: NatsUrl = None,
+) -> None:
+    """Print one tenant; secret values are masked."""
+
+    async def fetch(registry: Any) -> Any:
+        return await registry.get(name)
+
+    tenant = _with_registry(nats_url, fetch)
+    if tenant is None:
+        raise _fail(f"no tenant named {name}")
+    document = tenant.redacted()
+    print(json.dumps(document, indent=2) if output == "json" else yaml.safe_dump(document, sort_keys=False), end="")
+
+
+@tenant_app.command("delete")
+def tenant_delete(name: str, nats_url: NatsUrl = None) -> None:
+    """Remove a tenant from the registry."""
+
+    async def remove(registry: Any) -> bool:
+        deleted: bool = await registry.delete(name)
+        return deleted
+
+    if not _with_registry(nats_url, remove):
+        raise _fail(f"no tenant named {name}")
+    out.print(f"tenant [bold]{name}[/] deleted")
+
+
+@tenant_app.command("schema")
+def tenant_schema() -> None:
+    """Print the JSON schema of a BotTenant (the one the CRD uses)."""
+    from zapflow.core.tenants import tenant_json_schema
+
+    print(json.dumps(tenant_json_schema(), indent=2))

@@ -1,0 +1,1 @@
+"""The conversation service: turns customer messages into the bot's answers."""

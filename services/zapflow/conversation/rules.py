@@ -1,0 +1,103 @@
+"""The `rules` responder: keyword, regex and button-id rules from the tenant spec, offline."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from zapflow.core.tenants import BotSpec, ReplySpec, RuleSpec
+from zapflow.v1 import inbound_pb2, outbound_pb2
+
+
+@dataclass(frozen=True)
+class Answer:
+    outcome: str  # greeting | rule | fallback
+    rule: str  # the rule's name, empty unless outcome is rule
+    replies: tuple[ReplySpec, ...]
+
+
+def normalise(text: str) -> str:
+    """Case- and accent-insensitive form: "Olá, PREÇO" and "ola, preco" compare equal."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def message_text(message: inbound_pb2.InboundMessage) -> str:
+    """The words a customer wrote, whatever the message type."""
+    content = message.WhichOneof("content")
+    if content == "text":
+        return message.text.body
+    if content == "media":
+        return message.media.caption
+    if content == "interactive":
+        return message.interactive.title
+    if content == "location":
+        return " ".join(p for p in (message.location.name, message.location.address) if p)
+    if content == "order":
+        return message.order.text
+    return ""
+
+
+def _keyword_hit(keyword: str, text: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(normalise(keyword))}(?!\w)", text) is not None
+
+
+def rule_matches(rule: RuleSpec, message: inbound_pb2.InboundMessage) -> bool:
+    if message.WhichOneof("content") == "interactive" and message.interactive.id in rule.match.button_ids:
+        return True
+    text = message_text(message)
+    if not text:
+        return False
+    folded = normalise(text)
+    if any(_keyword_hit(k, folded) for k in rule.match.keywords):
+        return True
+    return rule.match.regex is not None and re.search(rule.match.regex, text, re.IGNORECASE) is not None
+
+
+def answer(bot: BotSpec, message: inbound_pb2.InboundMessage, first_contact: bool) -> Answer:
+    """First matching rule wins; a first contact gets the greeting before it (or instead of the fallback)."""
+    greeting = (bot.greeting,) if first_contact and bot.greeting is not None else ()
+    for rule in bot.rules:
+        if rule_matches(rule, message):
+            return Answer("rule", rule.name, (*greeting, rule.reply))
+    if greeting:
+        return Answer("greeting", "", greeting)
+    return Answer("fallback", "", (bot.fallback,))
+
+
+def reply_command(reply: ReplySpec, command: outbound_pb2.OutboundCommand) -> outbound_pb2.OutboundCommand:
+    """Fill the body of an outbound command from a reply of the tenant spec."""
+    if reply.menu is not None:
+        command.interactive.CopyFrom(
+            outbound_pb2.OutInteractive(
+                body=reply.text,
+                header=reply.header,
+                footer=reply.footer,
+                list=outbound_pb2.ListMenu(
+                    button=reply.menu.button,
+                    sections=[
+                        outbound_pb2.ListSection(
+                            title=section.title,
+                            rows=[
+                                outbound_pb2.ListRow(id=r.id, title=r.title, description=r.description)
+                                for r in section.rows
+                            ],
+                        )
+                        for section in reply.menu.sections
+                    ],
+                ),
+            )
+        )
+    elif reply.buttons:
+        command.interactive.CopyFrom(
+            outbound_pb2.OutInteractive(
+                body=reply.text,
+                header=reply.header,
+                footer=reply.footer,
+                buttons=[outbound_pb2.Button(id=b.id, title=b.title) for b in reply.buttons],
+            )
+        )
+    else:
+        command.text.body = reply.text
+    return command

@@ -1,0 +1,39 @@
+"""HTTP pieces every service exposes: health, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from fastapi import APIRouter, Header, HTTPException, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
+
+
+def ops_router(is_ready: Callable[[], dict[str, bool]], metrics_token: SecretStr | None) -> APIRouter:
+    """/healthz (the process answers), /readyz (its dependencies are usable), /metrics."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(response: Response) -> dict[str, object]:
+        """Every dependency this service needs is usable."""
+        checks = is_ready()
+        ready = all(checks.values())
+        response.status_code = 200 if ready else 503
+        return {"ready": ready, "checks": checks}
+
+    @router.get("/metrics")
+    async def metrics(authorization: str | None = Header(default=None)) -> Response:
+        """Prometheus metrics of this process."""
+        if metrics_token is not None:
+            expected = f"Bearer {metrics_token.get_secret_value()}"
+            if not authorization or not hmac.compare_digest(authorization.encode(), expected.encode()):
+                raise HTTPException(status_code=401, detail="metrics require a bearer token")
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

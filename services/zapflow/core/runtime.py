@@ -1,0 +1,58 @@
+"""What every service process holds while it runs: NATS, Redis, the tenant view, its consumers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from redis.asyncio import Redis
+
+from zapflow.core import bus
+from zapflow.core.registry import TenantRegistry, open_bucket
+from zapflow.core.settings import CoreSettings
+from zapflow.core.state import connect_redis
+
+
+@dataclass
+class ServiceRuntime:
+    service: str
+    core: CoreSettings
+    nc: NATS
+    js: JetStreamContext
+    redis: Redis
+    registry: TenantRegistry
+    consumers: list[bus.Consumer[Any]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, service: str, core: CoreSettings, streams: Sequence[bus.StreamSpec]) -> ServiceRuntime:
+        """Connect, declare the streams this service touches, and load the tenants."""
+        nc = await bus.connect(core.nats_url, f"zapflow-{service}")
+        js = nc.jetstream()
+        await bus.ensure_streams(js, streams, core.stream_replicas)
+        registry = TenantRegistry(await open_bucket(js, core.tenant_bucket, core.stream_replicas))
+        await registry.watch()
+        return cls(service, core, nc, js, connect_redis(core.redis_url), registry)
+
+    async def consume(self, spec: bus.ConsumerSpec, event_type: type[Message], handler: bus.Handler[Any]) -> None:
+        consumer: bus.Consumer[Any] = bus.Consumer(self.js, spec, event_type, handler)
+        await consumer.start()
+        self.consumers.append(consumer)
+
+    async def stop(self) -> None:
+        for consumer in self.consumers:
+            await consumer.stop()
+        await self.registry.stop()
+        await self.redis.aclose()
+        # Consumers are stopped and publishes awaited: nothing is left to drain.
+        await self.nc.close()
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "nats": self.nc.is_connected,
+            "tenants": self.registry.ready.is_set(),
+            "consumers": all(c.running for c in self.consumers),
+        }

@@ -1,0 +1,1 @@
+"""The gateway: the WhatsApp edge, both ways (webhooks in, Graph API calls out)."""

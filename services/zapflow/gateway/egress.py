@@ -1,0 +1,149 @@
+"""Egress: outbound commands from the bus become Graph API calls, each sent at most once.
+
+Every command has an idempotency key zf:<tenant>:out:<command_id> in Redis:
+  absent            never tried (or a retryable failure released it) -> send
+  calling:<epoch>   a call is under way; older than the lease means its process died mid-call
+  sent:<wamid>      done: a redelivery is acknowledged without a second send
+  failed:<code>     Meta refused it for good
+The key is set to calling *before* the request leaves. The one crash window left is a process
+killed after the request left and before the key became sent: the redelivery finds an expired
+calling key, cannot know whether Meta got it, and dead-letters it as uncertain instead of
+sending again (at most once, never twice). The same holds for a read timeout.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from redis.asyncio import Redis
+
+from zapflow.core import bus, metrics
+from zapflow.core.logging import get_logger
+from zapflow.core.registry import TenantRegistry
+from zapflow.core.settings import CoreSettings
+from zapflow.core.state import RateLimiter, tenant_key
+from zapflow.core.tenants import SecretUnavailable, resolve_secret
+from zapflow.gateway.graph import (
+    GraphResult,
+    Outcome,
+    classify,
+    classify_transport_error,
+    graph_payload,
+)
+from zapflow.gateway.settings import GatewaySettings
+from zapflow.v1 import outbound_pb2 as pb
+
+log = get_logger(__name__)
+
+EGRESS = bus.ConsumerSpec(
+    stream=bus.OUTBOUND,
+    durable="gateway-egress",
+    filter_subject="zf.out.>",
+    service="gateway",
+    ack_wait_s=60.0,
+    backoff_s=(1.0, 2.0, 5.0, 15.0, 60.0),
+    max_attempts=8,
+)
+
+
+class Egress:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        redis: Redis,
+        registry: TenantRegistry,
+        http: httpx.AsyncClient,
+        settings: GatewaySettings,
+    ) -> None:
+        self._js = js
+        self._redis = redis
+        self._registry = registry
+        self._http = http
+        self._settings = settings
+        self._core: CoreSettings = settings.core
+        self._limiter = RateLimiter(redis)
+
+    async def handle(self, command: pb.OutboundCommand, msg: Msg) -> None:
+        tenant = self._registry.by_name(command.tenant)
+        if tenant is None:
+            raise bus.RetryLater(f"tenant {command.tenant} is not in the registry (yet)")
+        key = tenant_key(command.tenant, "out", command.command_id)
+        state = await self._redis.get(key)
+        if state is not None:
+            await self._already_handled(command, str(state))
+            return
+        whatsapp = tenant.spec.whatsapp
+        waited = await self._limiter.acquire(
+            command.tenant, whatsapp.phone_number_id, tenant.spec.rate_limits.messages_per_second
+        )
+        if waited > 1.0:
+            await msg.in_progress()
+        if not await self._redis.set(key, f"calling:{time.time():.3f}", nx=True, ex=self._settings.sent_key_ttl_s):
+            await self._already_handled(command, str(await self._redis.get(key) or ""))
+            return
+        try:
+            token = resolve_secret(whatsapp.access_token, self._core.secrets_dir, self._core.is_development)
+        except SecretUnavailable as error:
+            await self._redis.delete(key)
+            raise bus.RetryLater(f"access token unavailable: {error}") from error
+        url = f"{whatsapp.graph_api_url.rstrip('/')}/{whatsapp.api_version}/{whatsapp.phone_number_id}/messages"
+        started = time.perf_counter()
+        try:
+            response = await self._http.post(
+                url, json=graph_payload(command), headers={"Authorization": f"Bearer {token}"}
+            )
+            result = classify(response)
+        except httpx.TransportError as error:
+            result = classify_transport_error(error)
+        metrics.GRAPH_API_SECONDS.labels(command.tenant).observe(time.perf_counter() - started)
+        await self._settle(command, key, result)
+
+    async def _already_handled(self, command: pb.OutboundCommand, state: str) -> None:
+        if state.startswith("calling:"):
+            started = float(state.split(":", 1)[1])
+            if time.time() - started < self._settings.send_lease_s:
+                raise bus.RetryLater("another delivery of this command is calling the Graph API")
+            metrics.OUTBOUND_REQUESTS.labels(command.tenant, Outcome.UNCERTAIN).inc()
+            raise bus.Reject("uncertain: a previous attempt died during its Graph API call; not resent")
+        metrics.DUPLICATES_DROPPED.labels(command.tenant, "outbound_key").inc()
+        metrics.OUTBOUND_REQUESTS.labels(command.tenant, "duplicate").inc()
+
+    async def _settle(self, command: pb.OutboundCommand, key: str, result: GraphResult) -> None:
+        tenant = command.tenant
+        if result.outcome is Outcome.RETRY:
+            await self._redis.delete(key)
+            metrics.OUTBOUND_REQUESTS.labels(tenant, "retried").inc()
+            raise bus.RetryLater(f"Graph API {result.status_code} {result.error_code}", result.retry_after_s)
+        if result.outcome is Outcome.UNCERTAIN:
+            metrics.OUTBOUND_REQUESTS.labels(tenant, Outcome.UNCERTAIN).inc()
+            raise bus.Reject(f"uncertain: {result.error_title}; not resent")
+        if result.outcome is Outcome.SENT:
+            await self._redis.set(key, f"sent:{result.wamid}", ex=self._settings.sent_key_ttl_s)
+        else:
+            await self._redis.set(key, f"failed:{result.error_code}", ex=self._settings.sent_key_ttl_s)
+            if result.outcome is Outcome.WINDOW_CLOSED:
+                metrics.WINDOW_VIOLATIONS.labels(tenant).inc()
+            log.warning(
+                "graph api refused a command",
+                tenant=tenant,
+                command_id=command.command_id,
+                status=result.status_code,
+                code=result.error_code,
+                title=result.error_title,
+            )
+        metrics.OUTBOUND_REQUESTS.labels(tenant, result.outcome.value).inc()
+        report = pb.OutboundResult(
+            command_id=command.command_id,
+            tenant=tenant,
+            contact=command.contact,
+            turn_id=command.turn_id,
+            result=result.outcome.value,
+            wamid=result.wamid,
+            error_code=result.error_code,
+            error_title=result.error_title,
+            at=bus.now_timestamp(),
+        )
+        await bus.publish(self._js, bus.event_subject("sent", tenant), report, f"{command.command_id}:result")

@@ -1,0 +1,131 @@
+"""Calls to the WhatsApp Cloud API: request bodies from outbound commands, and error classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from zapflow.v1 import outbound_pb2 as pb
+
+# Meta's codes for "slow down": throughput, pair rate, spam rate, API call limits.
+THROTTLE_CODES = frozenset({130429, 131056, 131048, 4, 80007, 613})
+WINDOW_CLOSED = 131047
+
+
+def graph_payload(command: pb.OutboundCommand) -> dict[str, Any]:
+    """The JSON body of POST /{version}/{phone_number_id}/messages for a command."""
+    kind = command.WhichOneof("body")
+    if kind == "mark_read":
+        read: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": command.mark_read.wamid,
+        }
+        if command.mark_read.typing:
+            read["typing_indicator"] = {"type": "text"}
+        return read
+    payload: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": command.contact,
+    }
+    if command.reply_to_wamid:
+        payload["context"] = {"message_id": command.reply_to_wamid}
+    if kind == "text":
+        payload["type"] = "text"
+        payload["text"] = {"body": command.text.body, "preview_url": command.text.preview_url}
+    elif kind == "interactive":
+        payload["type"] = "interactive"
+        payload["interactive"] = _interactive(command.interactive)
+    elif kind == "template":
+        template: dict[str, Any] = {
+            "name": command.template.name,
+            "language": {"code": command.template.language or "en_US"},
+        }
+        if command.template.body_parameters:
+            parameters = [{"type": "text", "text": p} for p in command.template.body_parameters]
+            template["components"] = [{"type": "body", "parameters": parameters}]
+        payload["type"] = "template"
+        payload["template"] = template
+    else:
+        raise ValueError(f"outbound command {command.command_id} has no body")
+    return payload
+
+
+def _interactive(message: pb.OutInteractive) -> dict[str, Any]:
+    body: dict[str, Any] = {"body": {"text": message.body}}
+    if message.header:
+        body["header"] = {"type": "text", "text": message.header}
+    if message.footer:
+        body["footer"] = {"text": message.footer}
+    if message.HasField("list"):
+        body["type"] = "list"
+        body["action"] = {
+            "button": message.list.button,
+            "sections": [
+                {
+                    **({"title": section.title} if section.title else {}),
+                    "rows": [
+                        {"id": r.id, "title": r.title, **({"description": r.description} if r.description else {})}
+                        for r in section.rows
+                    ],
+                }
+                for section in message.list.sections
+            ],
+        }
+    else:
+        body["type"] = "button"
+        body["action"] = {
+            "buttons": [{"type": "reply", "reply": {"id": b.id, "title": b.title}} for b in message.buttons]
+        }
+    return body
+
+
+class Outcome(StrEnum):
+    SENT = "sent"
+    RETRY = "retry"  # not delivered, safe to try again later
+    WINDOW_CLOSED = "window_closed"
+    FAILED = "failed"  # Meta refused it for good
+    UNCERTAIN = "uncertain"  # the request may have reached Meta: never resent
+
+
+@dataclass(frozen=True)
+class GraphResult:
+    outcome: Outcome
+    status_code: int = 0
+    wamid: str = ""
+    error_code: int = 0
+    error_title: str = ""
+    retry_after_s: float | None = None
+
+
+def classify(response: httpx.Response) -> GraphResult:
+    """Turn a Graph API answer into what egress should do about it."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.is_success:
+        messages = body.get("messages") if isinstance(body, dict) else None
+        wamid = str(messages[0].get("id", "")) if isinstance(messages, list) and messages else ""
+        return GraphResult(Outcome.SENT, response.status_code, wamid=wamid)
+    error = body.get("error", {}) if isinstance(body, dict) else {}
+    code = int(error.get("code", 0)) if isinstance(error, dict) else 0
+    title = str(error.get("message", "")) if isinstance(error, dict) else ""
+    retry_after = response.headers.get("retry-after")
+    delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+    if code == WINDOW_CLOSED:
+        return GraphResult(Outcome.WINDOW_CLOSED, response.status_code, error_code=code, error_title=title)
+    if response.status_code == 429 or code in THROTTLE_CODES or response.status_code >= 500:
+        return GraphResult(Outcome.RETRY, response.status_code, error_code=code, error_title=title, retry_after_s=delay)
+    return GraphResult(Outcome.FAILED, response.status_code, error_code=code, error_title=title)
+
+
+def classify_transport_error(error: httpx.TransportError) -> GraphResult:
+    """A request that never got an answer: retry only when it surely never left this host."""
+    never_sent = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    outcome = Outcome.RETRY if never_sent else Outcome.UNCERTAIN
+    return GraphResult(outcome, error_title=f"{type(error).__name__}: {error}")

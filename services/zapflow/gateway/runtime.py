@@ -1,0 +1,44 @@
+"""What the gateway holds while it runs: the shared service runtime plus its Graph API client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+
+from zapflow.core import bus
+from zapflow.core.runtime import ServiceRuntime
+from zapflow.gateway.egress import EGRESS, Egress
+from zapflow.gateway.settings import GatewaySettings
+from zapflow.v1 import outbound_pb2
+
+GATEWAY_STREAMS = (bus.INBOUND, bus.STATUS, bus.OUTBOUND, bus.EVENTS, bus.DEAD_LETTER)
+
+
+@dataclass
+class GatewayRuntime:
+    settings: GatewaySettings
+    service: ServiceRuntime
+    http: httpx.AsyncClient
+
+    @classmethod
+    async def start(cls, settings: GatewaySettings) -> GatewayRuntime:
+        service = await ServiceRuntime.start("gateway", settings.core, GATEWAY_STREAMS)
+        runtime = cls(settings, service, httpx.AsyncClient(timeout=settings.graph_timeout_s))
+        egress = Egress(service.js, service.redis, service.registry, runtime.http, settings)
+        await service.consume(EGRESS, outbound_pb2.OutboundCommand, egress.handle)
+        return runtime
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        await self.http.aclose()
+
+
+def get_runtime(request: Request) -> GatewayRuntime:
+    runtime: GatewayRuntime = request.app.state.runtime
+    return runtime
+
+
+Runtime = Annotated[GatewayRuntime, Depends(get_runtime)]

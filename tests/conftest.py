@@ -1,0 +1,42 @@
+"""Fixtures shared by every suite: real servers, started per test so tests cannot leak into each other."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from tests.support.servers import ManagedServer, nats_server, redis_server
+from zapflow.core import bus
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[ManagedServer]:
+    server = nats_server(tmp_path / "jetstream")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[ManagedServer]:
+    (tmp_path / "redis").mkdir()
+    server = redis_server(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def nc(nats: ManagedServer) -> AsyncIterator[NATS]:
+    client = await bus.connect(nats.url, "zapflow-tests")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def js(nc: NATS) -> JetStreamContext:
+    return nc.jetstream()

@@ -1,0 +1,182 @@
+"""The gateway's webhook against a real nats-server: verification, signatures, publishing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from nats.js import JetStreamContext
+
+from tests.support import meta
+from tests.support.http import serve
+from tests.support.servers import ManagedServer
+from tests.support.tenants import make_tenant, secret
+from zapflow.core.registry import TenantRegistry
+from zapflow.core.settings import CoreSettings
+from zapflow.core.tenants import BotTenant
+from zapflow.gateway.app import create_app
+from zapflow.gateway.settings import GatewaySettings
+from zapflow.v1 import inbound_pb2
+
+CUSTOMER = "5511988887777"
+
+
+@pytest.fixture
+async def tenants(registry: TenantRegistry) -> list[BotTenant]:
+    created = [make_tenant(), make_tenant()]
+    for tenant in created:
+        await registry.put(tenant)
+    return created
+
+
+@pytest.fixture
+async def gateway(core: CoreSettings, tenants: list[BotTenant]) -> AsyncIterator[httpx.AsyncClient]:
+    settings = GatewaySettings(core=core, max_body_bytes=64 * 1024, publish_timeout_s=1.0)
+    async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        yield client
+
+
+async def stored(js: JetStreamContext, stream: str = "ZF_INBOUND") -> int:
+    info = await js.stream_info(stream)
+    return int(info.state.messages)
+
+
+async def post(client: httpx.AsyncClient, payload: dict[str, object], app_secret: str) -> httpx.Response:
+    body, headers = meta.signed(payload, app_secret)
+    return await client.post("/webhook/whatsapp", content=body, headers=headers)
+
+
+async def test_verification_handshake_uses_each_tenants_verify_token(
+    gateway: httpx.AsyncClient, tenants: list[BotTenant]
+) -> None:
+    for tenant in tenants:
+        params = {"hub.mode": "subscribe", "hub.verify_token": secret(tenant, "verify_token"), "hub.challenge": "42"}
+        answer = await gateway.get("/webhook/whatsapp", params=params)
+        assert (answer.status_code, answer.text) == (200, "42")
+    wrong = {"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "42"}
+    assert (await gateway.get("/webhook/whatsapp", params=wrong)).status_code == 403
+    assert (await gateway.get("/webhook/whatsapp", params={"hub.mode": "subscribe"})).status_code == 400
+
+
+async def test_signed_message_is_published_with_its_wamid_as_dedup_id(
+    gateway: httpx.AsyncClient, tenants: list[BotTenant], js: JetStreamContext
+) -> None:
+    tenant = tenants[0]
+    message = meta.text(CUSTOMER, "hello")
+    payload = meta.notification(tenant.spec.whatsapp.phone_number_id, [message], contacts=[meta.contact(CUSTOMER)])
+
+    answer = await post(gateway, payload, secret(tenant))
+
+    assert answer.status_code == 200, answer.text
+    stored_message = await js.get_last_msg("ZF_INBOUND", f"zf.in.{tenant.name}.{CUSTOMER}")
+    assert stored_message.headers is not None
+    assert stored_message.headers["Nats-Msg-Id"] == message["id"]
+    event = inbound_pb2.InboundMessage.FromString(stored_message.data)
+    assert (event.tenant, event.contact, event.text.body) == (tenant.name, CUSTOMER, "hello")
+    assert event.received_at.seconds > 0
+
+
+async def test_statuses_are_published_with_wamid_and_status_as_dedup_id(
+    gateway: httpx.AsyncClient, tenants: list[BotTenant], js: JetStreamContext
+) -> None:
+    tenant = tenants[0]
+    number = tenant.spec.whatsapp.phone_number_id
+    statuses = [meta.status(CUSTOMER, "wamid.S1", "sent"), meta.status(CUSTOMER, "wamid.S1", "delivered")]
+    assert (await post(gateway, meta.notification(number, statuses=statuses), secret(tenant))).status_code == 200
+    assert await stored(js, "ZF_STATUS") == 2
+    last = await js.get_last_msg("ZF_STATUS", f"zf.status.{tenant.name}.{CUSTOMER}")
+    assert last.headers is not None and last.headers["Nats-Msg-Id"] == "wamid.S1:delivered"
+
+
+async def test_the_same_payload_three_times_is_stored_once(
+    gateway: httpx.AsyncClient, tenants: list[BotTenant], js: JetStreamContext
+) -> None:
+    tenant = tenants[0]
+    payload = meta.notification(tenant.spec.whatsapp.phone_number_id, [meta.text(CUSTOMER, "once")])
+    for _ in range(3):
+        assert (await post(gateway, payload, secret(tenant))).status_code == 200
+    assert await stored(js) == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"X-Hub-Signature-256": "sha256=" + "0" * 64}, 403),
+        ({"X-Hub-Signature-256": "md5=abc"}, 403),
+    ],
+)
+async def test_missing_or_wrong_signature_is_refused_and_nothing_is_published(
+    gateway: httpx.AsyncClient, tenants: list[BotTenant], js: JetStreamContext, headers: dict[str, str], status: int
+) -> None:
+    payload = meta.notification(tenants[0].spec.whatsapp.phone_number_id, [meta.text(CUSTOMER, "x")])
+    answer = await gateway.post("/webhook/whatsapp", content=json.dumps(payload).encode(), headers=headers)
+    assert answer.status_code == status
+    assert "detail" in answer.json()
+    assert await stored(js) == 0
+
+
+async def test_payload_signed_with_another_tenants_secret_is_refused(
+    gateway: httpx.AsyncClient, tenants: list[BotTenant], js: JetStreamContext
+) -> None:
+    victim, attacker = tenants
+    payload = meta.notification(victim.spec.whatsapp.phone_number_id, [meta.text(CUSTOMER, "x")])
+    assert (await post(gateway, payload, secret(attacker))).status_code == 403
+    # Smuggling the victim's number next to the attacker's own, under the attacker's signature:
+    mixed = meta.notification(attacker.spec.whatsapp.phone_number_id, [meta.text(CUSTOMER, "y")])
+    mixed["entry"] += meta.notification(victim.spec.whatsapp.phone_number_id, [meta.text(CUSTOMER, "z")])["entry"]
+    assert (await post(gateway, mixed, secret(attacker))).status_code == 403
+    assert await stored(js) == 0
+
+
+async def test_unknown_number_is_refused(gateway: httpx.AsyncClient, js: JetStreamContext) -> None:
+    answer = await post(gateway, meta.notification("999999", [meta.text(CUSTOMER, "x")]), "whatever")
+    assert answer.status_code == 403
+    assert "phone_number_id" in answer.json()["detail"]
+
+
+async def test_malformed_bodies_get_a_reason_not_a_500(gateway: httpx.AsyncClient, tenants: list[BotTenant]) -> None:
+    tenant = tenants[0]
+    number = tenant.spec.whatsapp.phone_number_id
+    from zapflow.core.signature import sign
+
+    broken = b'{"object":"whatsapp_business_account","phone_number_id":"' + number.encode() + b'", '
+    answer = await gateway.post("/webhook/whatsapp", content=broken, headers={"X-Hub-Signature-256": sign(broken, secret(tenant))})
+    assert answer.status_code == 400 and "not JSON" in answer.json()["detail"]
+
+    odd = meta.notification(number, [{"id": "wamid.1", "type": "text"}])
+    answer = await post(gateway, odd, secret(tenant))
+    assert answer.status_code == 400 and "from is missing" in answer.json()["detail"]
+
+
+async def test_oversized_body_is_refused_with_413(gateway: httpx.AsyncClient, tenants: list[BotTenant]) -> None:
+    tenant = tenants[0]
+    payload = meta.notification(tenant.spec.whatsapp.phone_number_id, [meta.text(CUSTOMER, "x" * 70_000)])
+    assert (await post(gateway, payload, secret(tenant))).status_code == 413
+
+
+async def test_jetstream_down_gives_503_and_metas_retry_is_accepted_once_it_is_back(
+    gateway: httpx.AsyncClient, tenants: list[BotTenant], nats: ManagedServer
+) -> None:
+    tenant = tenants[0]
+    message = meta.text(CUSTOMER, "during the outage")
+    payload = meta.notification(tenant.spec.whatsapp.phone_number_id, [message])
+
+    nats.kill()
+    down = await post(gateway, payload, secret(tenant))
+    assert down.status_code == 503
+    assert "event bus unavailable" in down.json()["detail"]
+
+    nats.start()  # same port, same JetStream directory
+    ready = await gateway.get("/readyz")
+    async with httpx.AsyncClient(base_url=str(gateway.base_url)) as probe:
+        for _ in range(200):  # bounded wait for the client's reconnect, driven by /readyz
+            ready = await probe.get("/readyz")
+            if ready.status_code == 200:
+                break
+            await __import__("asyncio").sleep(0.05)
+    assert ready.status_code == 200, ready.text
+    retry = await post(gateway, payload, secret(tenant))
+    assert retry.status_code == 200, retry.text

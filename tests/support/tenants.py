@@ -1,0 +1,53 @@
+"""BotTenant documents for tests, with unique names and numbers per test."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Any
+
+from zapflow.core.tenants import BotTenant, parse_tenant
+
+_numbers = itertools.count(100_000_000_000_100)
+
+
+def tenant_document(graph_api_url: str = "http://127.0.0.1:9", **bot: Any) -> dict[str, Any]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    return {
+        "apiVersion": "zapflow.io/v1alpha1",
+        "kind": "BotTenant",
+        "metadata": {"name": name},
+        "spec": {
+            "whatsapp": {
+                "phoneNumberId": str(next(_numbers)),
+                "graphApiUrl": graph_api_url,
+                "apiVersion": "v21.0",
+                "appSecret": {"value": f"secret-{name}"},
+                "accessToken": {"value": f"token-{name}"},
+                "verifyToken": {"value": f"verify-{name}"},
+            },
+            "bot": bot
+            or {
+                "greeting": {"text": "Welcome!"},
+                "rules": [
+                    {"name": "prices", "match": {"keywords": ["price"]}, "reply": {"text": "It costs $10."}},
+                    {
+                        "name": "confirm",
+                        "match": {"buttonIds": ["yes"]},
+                        "reply": {"text": "Confirmed.", "buttons": [{"id": "again", "title": "Again"}]},
+                    },
+                ],
+                "fallback": {"text": "Sorry?"},
+            },
+        },
+    }
+
+
+def make_tenant(graph_api_url: str = "http://127.0.0.1:9", **bot: Any) -> BotTenant:
+    return parse_tenant(tenant_document(graph_api_url, **bot))
+
+
+def secret(tenant: BotTenant, which: str = "app_secret") -> str:
+    value = getattr(tenant.spec.whatsapp, which).value
+    assert value is not None
+    return str(value)
