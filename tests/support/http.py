@@ -13,10 +13,11 @@ START_TIMEOUT_S = 30.0
 
 
 @contextlib.asynccontextmanager
-async def serve(app: object, host: str = "127.0.0.1") -> AsyncIterator[str]:
+async def serve(app: object, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Run the app (its lifespan included) and yield its base URL; stop it on exit."""
     sock = socket.socket()
-    sock.bind((host, 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")  # type: ignore[arg-type]
     server = uvicorn.Server(config)

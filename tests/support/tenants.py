@@ -11,7 +11,9 @@ from zapflow.core.tenants import BotTenant, parse_tenant
 _numbers = itertools.count(100_000_000_000_100)
 
 
-def tenant_document(graph_api_url: str = "http://127.0.0.1:9", **bot: Any) -> dict[str, Any]:
+def tenant_document(
+    graph_api_url: str = "http://127.0.0.1:9", messages_per_second: float = 80, **bot: Any
+) -> dict[str, Any]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     return {
         "apiVersion": "zapflow.io/v1alpha1",
@@ -26,6 +28,7 @@ def tenant_document(graph_api_url: str = "http://127.0.0.1:9", **bot: Any) -> di
                 "accessToken": {"value": f"token-{name}"},
                 "verifyToken": {"value": f"verify-{name}"},
             },
+            "rateLimits": {"messagesPerSecond": messages_per_second},
             "bot": bot
             or {
                 "greeting": {"text": "Welcome!"},
@@ -43,8 +46,8 @@ def tenant_document(graph_api_url: str = "http://127.0.0.1:9", **bot: Any) -> di
     }
 
 
-def make_tenant(graph_api_url: str = "http://127.0.0.1:9", **bot: Any) -> BotTenant:
-    return parse_tenant(tenant_document(graph_api_url, **bot))
+def make_tenant(graph_api_url: str = "http://127.0.0.1:9", messages_per_second: float = 80, **bot: Any) -> BotTenant:
+    return parse_tenant(tenant_document(graph_api_url, messages_per_second, **bot))
 
 
 def secret(tenant: BotTenant, which: str = "app_secret") -> str:

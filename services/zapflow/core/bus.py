@@ -230,9 +230,18 @@ class Consumer(Generic[E]):
             await self._task
 
     async def _run(self) -> None:
+        stopping = asyncio.create_task(self._stopping.wait())
         while not self._stopping.is_set():
+            fetch = asyncio.create_task(self._subscription.fetch(self.spec.batch, timeout=1.0))
+            await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not fetch.done():
+                # Stopping while idle: messages a cancelled fetch had pulled are redelivered.
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await fetch
+                break
             try:
-                messages = await self._subscription.fetch(self.spec.batch, timeout=1.0)
+                messages = fetch.result()
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except Exception as error:  # a reconnect in progress: wait for the client to recover

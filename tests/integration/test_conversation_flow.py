@@ -1,0 +1,99 @@
+"""A customer's message end to end: sandbox → gateway → JetStream → conversation → egress → sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.support import meta
+from tests.support.platform import Platform, eventually, running_platform
+from tests.support.tenants import secret, tenant_document
+from zapflow.core.registry import TenantRegistry
+from zapflow.core.settings import CoreSettings
+from zapflow.core.tenants import parse_tenant
+
+CUSTOMER = "5511977776666"
+
+
+@pytest.fixture
+async def platform(core: CoreSettings, registry: TenantRegistry) -> AsyncIterator[Platform]:
+    async with running_platform(core, registry) as running:
+        yield running
+
+
+async def test_first_contact_is_greeted_then_rules_answer(platform: Platform) -> None:
+    await platform.say(CUSTOMER, "hello there")
+    assert await platform.wait_for_texts(CUSTOMER, 1) == ["Welcome!"]
+
+    await platform.say(CUSTOMER, "what is the PRICE?")
+    assert await platform.wait_for_texts(CUSTOMER, 2) == ["Welcome!", "It costs $10."]
+
+    await platform.say(CUSTOMER, "blah")
+    assert (await platform.wait_for_texts(CUSTOMER, 3))[-1] == "Sorry?"
+
+
+async def test_button_replies_route_by_id(platform: Platform) -> None:
+    answer = await platform.sandbox.post(
+        "/sandbox/chat/send",
+        json={
+            "phone_number_id": platform.number,
+            "from": CUSTOMER,
+            "reply": {"kind": "button_reply", "id": "yes", "title": "Yes"},
+        },
+    )
+    assert answer.json()["gateway_status"] == 200
+    texts = await platform.wait_for_texts(CUSTOMER, 2)
+    assert texts == ["Welcome!", "Confirmed."]
+    buttons = (await platform.sent_to(CUSTOMER))[1]["payload"]["interactive"]["action"]["buttons"]
+    assert buttons == [{"type": "reply", "reply": {"id": "again", "title": "Again"}}]
+
+
+async def test_the_bot_marks_read_and_shows_typing(platform: Platform) -> None:
+    wamid = await platform.say(CUSTOMER, "price")
+    await platform.wait_for_texts(CUSTOMER, 2)
+
+    async def read_receipt() -> list[dict[str, object]] | None:
+        attempts = (await platform.sandbox.get("/sandbox/attempts")).json()["attempts"]
+        found = [a for a in attempts if (a["request"] or {}).get("status") == "read"]
+        return found or None
+
+    receipt = (await eventually(read_receipt, what="a read receipt"))[0]
+    assert receipt["request"] == {
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": wamid,
+        "typing_indicator": {"type": "text"},
+    }
+
+
+async def test_the_same_webhook_delivered_three_times_yields_one_reply(platform: Platform) -> None:
+    payload = meta.notification(platform.number, [meta.text(CUSTOMER, "price")])
+    for _ in range(3):
+        body, headers = meta.signed(payload, secret(platform.tenant))
+        assert (await platform.gateway.post("/webhook/whatsapp", content=body, headers=headers)).status_code == 200
+    # A later message of the same contact is answered after any duplicate would have been.
+    await platform.say(CUSTOMER, "anything else")
+    texts = await platform.wait_for_texts(CUSTOMER, 3)
+    assert texts == ["Welcome!", "It costs $10.", "Sorry?"]
+
+
+async def test_a_tenant_changed_while_running_takes_effect(platform: Platform, registry: TenantRegistry) -> None:
+    await platform.say(CUSTOMER, "price")
+    assert await platform.wait_for_texts(CUSTOMER, 2) == ["Welcome!", "It costs $10."]
+
+    document = platform.tenant.document()
+    document["spec"]["bot"]["rules"][0]["reply"]["text"] = "Now it costs $12."
+    await registry.put(parse_tenant(document))
+
+    async def new_price() -> list[str] | None:
+        before = len(await platform.texts_to(CUSTOMER))
+        await platform.say(CUSTOMER, "price")
+        texts = await platform.wait_for_texts(CUSTOMER, before + 1)
+        return texts if texts[-1] == "Now it costs $12." else None
+
+    await eventually(new_price, what="the changed reply")
+
+
+def test_tenant_fixture_is_unique() -> None:
+    assert tenant_document()["metadata"]["name"] != tenant_document()["metadata"]["name"]

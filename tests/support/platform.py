@@ -1,0 +1,110 @@
+"""The whole platform in one event loop: sandbox, gateway and conversation on real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from tests.support.http import serve
+from tests.support.servers import free_port
+from tests.support.tenants import make_tenant, secret
+from zapflow.conversation.app import create_app as conversation_app
+from zapflow.conversation.settings import ConversationSettings
+from zapflow.core.registry import TenantRegistry
+from zapflow.core.settings import CoreSettings
+from zapflow.core.tenants import BotTenant
+from zapflow.gateway.app import create_app as gateway_app
+from zapflow.gateway.settings import GatewaySettings
+from zapflow.sandbox.app import create_app as sandbox_app
+from zapflow.sandbox.settings import SandboxSettings
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 15.0, what: str = "condition") -> T:
+    """Wait for a probe of real state to return something, within a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await probe()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Platform:
+    sandbox: httpx.AsyncClient
+    gateway: httpx.AsyncClient
+    registry: TenantRegistry
+    tenant: BotTenant
+
+    @property
+    def number(self) -> str:
+        return self.tenant.spec.whatsapp.phone_number_id
+
+    async def say(self, customer: str, text: str) -> str:
+        """A customer writes through the sandbox's web chat API; returns the wamid."""
+        answer = await self.sandbox.post(
+            "/sandbox/chat/send", json={"phone_number_id": self.number, "from": customer, "text": text}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["gateway_status"] == 200, answer.json()
+        return str(answer.json()["wamid"])
+
+    async def sent_to(self, customer: str) -> list[dict[str, Any]]:
+        """Messages the Graph API accepted for this customer (read receipts are not messages)."""
+        answer = await self.sandbox.get("/sandbox/messages", params={"phone_number_id": self.number, "to": customer})
+        return list(answer.json()["messages"])
+
+    async def texts_to(self, customer: str) -> list[str]:
+        texts = []
+        for message in await self.sent_to(customer):
+            payload = message["payload"]
+            texts.append(payload["text"]["body"] if payload["type"] == "text" else payload["interactive"]["body"]["text"])
+        return texts
+
+    async def wait_for_texts(self, customer: str, count: int, timeout: float = 15.0) -> list[str]:
+        async def enough() -> list[str] | None:
+            texts = await self.texts_to(customer)
+            return texts if len(texts) >= count else None
+
+        return await eventually(enough, timeout, f"{count} messages to the customer")
+
+
+@contextlib.asynccontextmanager
+async def running_platform(
+    core: CoreSettings, registry: TenantRegistry, messages_per_second: float = 80, **bot: Any
+) -> AsyncIterator[Platform]:
+    gateway_port = free_port()
+    sandbox = sandbox_app(
+        SandboxSettings(webhook_url=f"http://127.0.0.1:{gateway_port}/webhook/whatsapp", statuses="delivered")
+    )
+    async with serve(sandbox) as sandbox_url:
+        tenant = make_tenant(sandbox_url, messages_per_second, **bot)
+        await registry.put(tenant)
+        async with httpx.AsyncClient(base_url=sandbox_url, timeout=10) as sandbox_client:
+            registered = await sandbox_client.post(
+                "/sandbox/numbers",
+                json={
+                    "tenant": tenant.name,
+                    "phone_number_id": tenant.spec.whatsapp.phone_number_id,
+                    "access_token": secret(tenant, "access_token"),
+                    "app_secret": secret(tenant),
+                },
+            )
+            assert registered.status_code == 201, registered.text
+            gateway_settings = GatewaySettings(core=core, port=gateway_port)
+            async with (
+                serve(gateway_app(gateway_settings), port=gateway_port) as gateway_url,
+                serve(conversation_app(ConversationSettings(core=core))),
+                httpx.AsyncClient(base_url=gateway_url, timeout=10) as gateway_client,
+            ):
+                yield Platform(sandbox_client, gateway_client, registry, tenant)
