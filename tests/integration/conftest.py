@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from nats.js import JetStreamContext
-
-from tests.support.servers import ManagedServer
 from zapflow.core.registry import TenantRegistry, open_bucket
 from zapflow.core.settings import CoreSettings
+
+from tests.support.servers import ManagedServer
 
 
 @pytest.fixture
@@ -18,5 +16,5 @@ def core(nats: ManagedServer, redis: ManagedServer) -> CoreSettings:
 
 
 @pytest.fixture
-async def registry(js: JetStreamContext, core: CoreSettings) -> AsyncIterator[TenantRegistry]:
-    yield TenantRegistry(await open_bucket(js, core.tenant_bucket))
+async def registry(js: JetStreamContext, core: CoreSettings) -> TenantRegistry:
+    return TenantRegistry(await open_bucket(js, core.tenant_bucket))

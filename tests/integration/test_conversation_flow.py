@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from zapflow.core.registry import TenantRegistry
+from zapflow.core.settings import CoreSettings
+from zapflow.core.tenants import parse_tenant
 
 from tests.support import meta
 from tests.support.platform import Platform, eventually, running_platform
 from tests.support.tenants import secret, tenant_document
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
-from zapflow.core.tenants import parse_tenant
 
 CUSTOMER = "5511977776666"
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
-
-from tests.support.platform import Platform, running_platform
 from zapflow.core import bus, metrics
 from zapflow.core.registry import TenantRegistry
 from zapflow.core.settings import CoreSettings
 from zapflow.v1 import outbound_pb2
+
+from tests.support.platform import Platform, running_platform
 
 CUSTOMER = "5511966665555"
 
@@ -47,7 +47,9 @@ async def inject(platform: Platform, kind: str, count: int) -> None:
 
 async def test_a_429_then_200_gives_exactly_one_send(platform: Platform, js: JetStreamContext) -> None:
     await inject(platform, "429", 1)
-    await bus.publish(js, bus.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-429", "hi"), "c-429")
+    await bus.publish(
+        js, bus.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-429", "hi"), "c-429"
+    )
 
     assert await platform.wait_for_texts(CUSTOMER, 1) == ["hi"]
     statuses = [a["http_status"] for a in await attempts(platform)]
@@ -58,7 +60,9 @@ async def test_a_closed_window_131047_is_not_retried(platform: Platform, js: Jet
     violations = metrics.WINDOW_VIOLATIONS.labels(platform.tenant.name)
     before = violations._value.get()
     await inject(platform, "131047", 5)
-    await bus.publish(js, bus.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-win", "late"), "c-win")
+    await bus.publish(
+        js, bus.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-win", "late"), "c-win"
+    )
 
     result = await js.subscribe(bus.event_subject("sent", platform.tenant.name), stream="ZF_EVENTS")
     outcome = outbound_pb2.OutboundResult.FromString((await result.next_msg(timeout=15)).data)
@@ -89,14 +93,15 @@ async def test_a_command_abandoned_mid_call_is_dead_lettered_not_resent(
     platform: Platform, js: JetStreamContext, core: CoreSettings
 ) -> None:
     from redis.asyncio import Redis
-
     from zapflow.core.state import tenant_key
 
     # What a gateway killed during its Graph API call leaves behind: an expired "calling" lease.
     redis = Redis.from_url(core.redis_url, decode_responses=True)
     await redis.set(tenant_key(platform.tenant.name, "out", "c-crashed"), "calling:1000.0")
     await redis.aclose()
-    await bus.publish(js, bus.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-crashed", "?"), "c-crashed")
+    await bus.publish(
+        js, bus.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-crashed", "?"), "c-crashed"
+    )
 
     letters = await js.subscribe("zf.dlq.gateway.>", stream="ZF_DLQ")
     from zapflow.v1 import turn_pb2

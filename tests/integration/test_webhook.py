@@ -8,17 +8,17 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from nats.js import JetStreamContext
-
-from tests.support import meta
-from tests.support.http import serve
-from tests.support.servers import ManagedServer
-from tests.support.tenants import make_tenant, secret
 from zapflow.core.registry import TenantRegistry
 from zapflow.core.settings import CoreSettings
 from zapflow.core.tenants import BotTenant
 from zapflow.gateway.app import create_app
 from zapflow.gateway.settings import GatewaySettings
 from zapflow.v1 import inbound_pb2
+
+from tests.support import meta
+from tests.support.http import serve
+from tests.support.servers import ManagedServer
+from tests.support.tenants import make_tenant, secret
 
 CUSTOMER = "5511988887777"
 
@@ -87,7 +87,8 @@ async def test_statuses_are_published_with_wamid_and_status_as_dedup_id(
     assert (await post(gateway, meta.notification(number, statuses=statuses), secret(tenant))).status_code == 200
     assert await stored(js, "ZF_STATUS") == 2
     last = await js.get_last_msg("ZF_STATUS", f"zf.status.{tenant.name}.{CUSTOMER}")
-    assert last.headers is not None and last.headers["Nats-Msg-Id"] == "wamid.S1:delivered"
+    assert last.headers is not None
+    assert last.headers["Nats-Msg-Id"] == "wamid.S1:delivered"
 
 
 async def test_the_same_payload_three_times_is_stored_once(
@@ -143,12 +144,16 @@ async def test_malformed_bodies_get_a_reason_not_a_500(gateway: httpx.AsyncClien
     from zapflow.core.signature import sign
 
     broken = b'{"object":"whatsapp_business_account","phone_number_id":"' + number.encode() + b'", '
-    answer = await gateway.post("/webhook/whatsapp", content=broken, headers={"X-Hub-Signature-256": sign(broken, secret(tenant))})
-    assert answer.status_code == 400 and "not JSON" in answer.json()["detail"]
+    answer = await gateway.post(
+        "/webhook/whatsapp", content=broken, headers={"X-Hub-Signature-256": sign(broken, secret(tenant))}
+    )
+    assert answer.status_code == 400
+    assert "not JSON" in answer.json()["detail"]
 
     odd = meta.notification(number, [{"id": "wamid.1", "type": "text"}])
     answer = await post(gateway, odd, secret(tenant))
-    assert answer.status_code == 400 and "from is missing" in answer.json()["detail"]
+    assert answer.status_code == 400
+    assert "from is missing" in answer.json()["detail"]
 
 
 async def test_oversized_body_is_refused_with_413(gateway: httpx.AsyncClient, tenants: list[BotTenant]) -> None:
@@ -180,3 +185,27 @@ async def test_jetstream_down_gives_503_and_metas_retry_is_accepted_once_it_is_b
     assert ready.status_code == 200, ready.text
     retry = await post(gateway, payload, secret(tenant))
     assert retry.status_code == 200, retry.text
+
+
+async def test_metrics_count_inbound_messages_and_signature_failures(
+    gateway: httpx.AsyncClient, tenants: list[BotTenant]
+) -> None:
+    tenant = tenants[0]
+    payload = meta.notification(tenant.spec.whatsapp.phone_number_id, [meta.text(CUSTOMER, "count me")])
+    assert (await post(gateway, payload, secret(tenant))).status_code == 200
+    assert (await post(gateway, payload, "wrong secret")).status_code == 403
+
+    exposition = (await gateway.get("/metrics")).text
+    assert f'zapflow_gateway_inbound_messages_total{{tenant="{tenant.name}",type="text"}} 1.0' in exposition
+    assert f'zapflow_gateway_signature_failures_total{{tenant="{tenant.name}"}} 1.0' in exposition
+    assert CUSTOMER not in exposition
+
+
+async def test_metrics_can_require_a_bearer_token(core: CoreSettings, tenants: list[BotTenant]) -> None:
+    from pydantic import SecretStr
+
+    settings = GatewaySettings(core=core.model_copy(update={"metrics_token": SecretStr("scrape-me")}))
+    async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers={"Authorization": "Bearer nope"})).status_code == 401
+        assert (await client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})).status_code == 200

@@ -115,8 +115,14 @@ async def connect(url: str, name: str) -> NATS:
 
 
 async def connect_once(url: str, name: str) -> NATS:
-    """Connect for a short-lived command: fail at once when the server is not there."""
-    return await nats.connect(url, name=name, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0)
+    """Connect for a short-lived command: fail fast when the server is not there."""
+
+    async def quiet(_: Exception) -> None:
+        """The caller reports the failure; nats-py would print a traceback per attempt."""
+
+    return await nats.connect(
+        error_cb=quiet, servers=url, name=name, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=1
+    )
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int = 1) -> None:

@@ -259,7 +259,7 @@ def _structural(node: Any, definitions: dict[str, Any]) -> Any:
             merged = {**_structural(options[0], definitions), "nullable": True}
             rest = {k: _structural(v, definitions) for k, v in node.items() if k not in ("anyOf", "default", "title")}
             return {**merged, **rest}
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("title", "$defs") or (key == "default" and value is None):
             continue

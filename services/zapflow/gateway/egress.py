@@ -18,6 +18,8 @@ import time
 import httpx
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from zapflow.core import bus, metrics
@@ -37,6 +39,7 @@ from zapflow.gateway.settings import GatewaySettings
 from zapflow.v1 import outbound_pb2 as pb
 
 log = get_logger(__name__)
+tracer = trace.get_tracer(__name__)
 
 EGRESS = bus.ConsumerSpec(
     stream=bus.OUTBOUND,
@@ -91,13 +94,17 @@ class Egress:
             raise bus.RetryLater(f"access token unavailable: {error}") from error
         url = f"{whatsapp.graph_api_url.rstrip('/')}/{whatsapp.api_version}/{whatsapp.phone_number_id}/messages"
         started = time.perf_counter()
-        try:
-            response = await self._http.post(
-                url, json=graph_payload(command), headers={"Authorization": f"Bearer {token}"}
-            )
-            result = classify(response)
-        except httpx.TransportError as error:
-            result = classify_transport_error(error)
+        with tracer.start_as_current_span("graph.messages send", kind=SpanKind.CLIENT) as span:
+            span.set_attribute("zapflow.tenant", command.tenant)
+            span.set_attribute("zapflow.command_id", command.command_id)
+            try:
+                response = await self._http.post(
+                    url, json=graph_payload(command), headers={"Authorization": f"Bearer {token}"}
+                )
+                result = classify(response)
+            except httpx.TransportError as error:
+                result = classify_transport_error(error)
+            span.set_attribute("zapflow.outcome", result.outcome.value)
         metrics.GRAPH_API_SECONDS.labels(command.tenant).observe(time.perf_counter() - started)
         await self._settle(command, key, result)
 

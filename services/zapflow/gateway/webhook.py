@@ -11,6 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 from google.protobuf.message import Message
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from zapflow.core import bus, metrics
 from zapflow.core.logging import get_logger
@@ -21,6 +23,7 @@ from zapflow.gateway.runtime import GatewayRuntime, Runtime
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/webhook", tags=["webhook"])
+tracer = trace.get_tracer(__name__)
 
 
 def _secret(runtime: GatewayRuntime, tenant: BotTenant, which: str) -> str | None:
@@ -105,6 +108,12 @@ async def receive(
     signature: Annotated[str | None, Header(alias="X-Hub-Signature-256")] = None,
 ) -> dict[str, object]:
     """A signed notification from Meta: published to JetStream before it is acknowledged."""
+    # The root of the customer message's trace: its context travels on in the NATS headers.
+    with tracer.start_as_current_span("POST /webhook/whatsapp", kind=SpanKind.SERVER):
+        return await _accept(request, runtime, signature)
+
+
+async def _accept(request: Request, runtime: GatewayRuntime, signature: str | None) -> dict[str, object]:
     started = time.perf_counter()
     body = await _read_body(request, runtime.settings.max_body_bytes)
     tenants = _verified_tenants(runtime, body, signature)
