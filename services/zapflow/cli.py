@@ -136,9 +136,9 @@ def tenant_apply(
         raise _fail(str(error)) from None
     core = _settings(CoreSettings, nats_url=nats_url)
     for tenant in tenants:
-        for name in ("app_secret", "access_token", "verify_token"):
-            if not core.is_development and getattr(tenant.spec.whatsapp, name).value is not None:
-                raise _fail(f"{tenant.name}: spec.whatsapp.{name}: inline values are refused outside development")
+        inline = tenant.inline_secrets()
+        if inline and not core.is_development:
+            raise _fail(f"{tenant.name}: {', '.join(inline)}: inline values are refused outside development")
 
     async def apply(registry: Any) -> None:
         for tenant in tenants:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from zapflow.gateway.graph import Outcome, classify, classify_transport_error, graph_payload
 from zapflow.v1 import outbound_pb2 as pb
 
@@ -23,7 +22,9 @@ def test_text_with_quote() -> None:
 
 def test_buttons_list_template_and_read_receipt() -> None:
     buttons = graph_payload(
-        pb.OutboundCommand(contact="1", interactive=pb.OutInteractive(body="b", buttons=[pb.Button(id="y", title="Yes")]))
+        pb.OutboundCommand(
+            contact="1", interactive=pb.OutInteractive(body="b", buttons=[pb.Button(id="y", title="Yes")])
+        )
     )
     assert buttons["interactive"]["action"]["buttons"] == [{"type": "reply", "reply": {"id": "y", "title": "Yes"}}]
     menu = pb.OutInteractive(
@@ -33,7 +34,9 @@ def test_buttons_list_template_and_read_receipt() -> None:
     assert listed["interactive"]["type"] == "list"
     assert listed["interactive"]["action"]["sections"] == [{"rows": [{"id": "r", "title": "R"}]}]
     template = graph_payload(
-        pb.OutboundCommand(contact="1", template=pb.OutTemplate(name="hello", language="pt_BR", body_parameters=["Ana"]))
+        pb.OutboundCommand(
+            contact="1", template=pb.OutTemplate(name="hello", language="pt_BR", body_parameters=["Ana"])
+        )
     )
     assert template["template"]["components"][0]["parameters"] == [{"type": "text", "text": "Ana"}]
     read = graph_payload(pb.OutboundCommand(contact="1", mark_read=pb.MarkRead(wamid="wamid.R", typing=True)))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from tests.support import meta
 from zapflow.core.signature import sign, signature_matches
 from zapflow.core.whatsapp import PayloadError, parse_webhook, phone_number_ids_hint
+
+from tests.support import meta
 
 SENDER = "5511999990001"
 
@@ -26,7 +26,8 @@ def test_every_documented_inbound_type_parses() -> None:
         assert message.wamid == samples[kind]["id"]
         assert json.loads(message.raw_json) == samples[kind]
     assert by_type["text"].text.body == "hello"
-    assert by_type["image"].media.caption == "a photo" and by_type["image"].media.kind == "image"
+    assert by_type["image"].media.caption == "a photo"
+    assert by_type["image"].media.kind == "image"
     assert by_type["document"].media.filename == "invoice.pdf"
     assert by_type["audio"].media.voice is True
     assert by_type["reaction"].reaction.emoji == "👍"
@@ -86,7 +87,10 @@ def test_a_type_meta_adds_later_is_kept_not_refused() -> None:
         ({"object": "whatsapp_business_account", "entry": {}}, "entry must be a list"),
         (meta.notification("1", messages=[{"id": "w", "timestamp": "1", "type": "text"}]), "messages[0].from"),
         (meta.notification("1", messages=[meta.text(SENDER, "x") | {"timestamp": "yesterday"}]), "unix time"),
-        (meta.notification("1", messages=[meta.text(SENDER, "x") | {"text": "not an object"}]), "text must be an object"),
+        (
+            meta.notification("1", messages=[meta.text(SENDER, "x") | {"text": "not an object"}]),
+            "text must be an object",
+        ),
         (meta.notification("1", messages=[meta.text("not-digits", "x")]), "WhatsApp id"),
     ],
 )
@@ -103,7 +107,8 @@ def test_phone_number_id_hint_reads_the_raw_body() -> None:
 def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
     body = b'{"object":"whatsapp_business_account"}'
     header = sign(body, "s3cret")
-    assert header.startswith("sha256=") and len(header) == 7 + 64
+    assert header.startswith("sha256=")
+    assert len(header) == 7 + 64
     assert signature_matches(body, header, "s3cret")
     assert not signature_matches(body + b" ", header, "s3cret")
     assert not signature_matches(body, header, "other")

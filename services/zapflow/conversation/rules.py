@@ -4,39 +4,16 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 
+from zapflow.conversation.responder import Answer, TurnInput, message_text
 from zapflow.core.tenants import BotSpec, ReplySpec, RuleSpec
 from zapflow.v1 import inbound_pb2, outbound_pb2
-
-
-@dataclass(frozen=True)
-class Answer:
-    outcome: str  # greeting | rule | fallback
-    rule: str  # the rule's name, empty unless outcome is rule
-    replies: tuple[ReplySpec, ...]
 
 
 def normalise(text: str) -> str:
     """Case- and accent-insensitive form: "Olá, PREÇO" and "ola, preco" compare equal."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def message_text(message: inbound_pb2.InboundMessage) -> str:
-    """The words a customer wrote, whatever the message type."""
-    content = message.WhichOneof("content")
-    if content == "text":
-        return message.text.body
-    if content == "media":
-        return message.media.caption
-    if content == "interactive":
-        return message.interactive.title
-    if content == "location":
-        return " ".join(p for p in (message.location.name, message.location.address) if p)
-    if content == "order":
-        return message.order.text
-    return ""
 
 
 def _keyword_hit(keyword: str, text: str) -> bool:
@@ -55,15 +32,28 @@ def rule_matches(rule: RuleSpec, message: inbound_pb2.InboundMessage) -> bool:
     return rule.match.regex is not None and re.search(rule.match.regex, text, re.IGNORECASE) is not None
 
 
-def answer(bot: BotSpec, message: inbound_pb2.InboundMessage, first_contact: bool) -> Answer:
-    """First matching rule wins; a first contact gets the greeting before it (or instead of the fallback)."""
+def answer(bot: BotSpec, messages: tuple[inbound_pb2.InboundMessage, ...], first_contact: bool) -> Answer:
+    """The latest message that fires a rule wins; a first contact gets the greeting before it.
+
+    A burst is read newest first: "hi ... actually, what are your prices?" is about prices.
+    """
     greeting = (bot.greeting,) if first_contact and bot.greeting is not None else ()
-    for rule in bot.rules:
-        if rule_matches(rule, message):
-            return Answer("rule", rule.name, (*greeting, rule.reply))
+    for message in reversed(messages):
+        for rule in bot.rules:
+            if rule_matches(rule, message):
+                return Answer("rule", (*greeting, rule.reply), rule=rule.name)
     if greeting:
-        return Answer("greeting", "", greeting)
-    return Answer("fallback", "", (bot.fallback,))
+        return Answer("greeting", greeting)
+    return Answer("fallback", (bot.fallback,))
+
+
+class RulesResponder:
+    """Offline and deterministic: the default responder."""
+
+    name = "rules"
+
+    async def answer(self, turn: TurnInput) -> Answer:
+        return answer(turn.tenant.spec.bot, turn.messages, turn.first_contact)
 
 
 def reply_command(reply: ReplySpec, command: outbound_pb2.OutboundCommand) -> outbound_pb2.OutboundCommand:

@@ -51,7 +51,7 @@ class ConversationHandler:
 
         seen_key = tenant_key(message.tenant, "seen", message.contact)
         first_contact = not await self._redis.exists(seen_key)
-        result = answer(tenant.spec.bot, message, first_contact)
+        result = answer(tenant.spec.bot, (message,), first_contact)
         subject = bus.outbound_subject(message.tenant, message.contact)
         # Until the engine has turns of several messages, a turn is one message: its wamid.
         turn_id = message.wamid

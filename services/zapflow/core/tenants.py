@@ -148,8 +148,49 @@ class RuleSpec(Model):
     reply: ReplySpec = Field(description="What the bot answers.")
 
 
+class OpenAISpec(Model):
+    """Chat completions from any OpenAI-compatible endpoint."""
+
+    base_url: str = Field(
+        default="https://api.openai.com/v1", description="Base URL of the OpenAI-compatible API.", pattern=r"^https?://"
+    )
+    model: str = Field(default="gpt-4o-mini", description="Model name sent with each request.", min_length=1)
+    api_key: SecretRef | None = Field(
+        default=None, description="API key; env or secretKeyRef in production. Omit for servers that need none."
+    )
+    system_prompt: str = Field(
+        default="You are a helpful assistant answering customers on WhatsApp. Be brief.",
+        description="System prompt, first message of every request.",
+        max_length=20_000,
+    )
+    temperature: float = Field(default=0.3, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int = Field(default=400, ge=1, le=16_384, description="Most tokens in one answer.")
+    timeout_seconds: float = Field(default=20, gt=0, le=300, description="Timeout of one completion request.")
+    history_turns: int = Field(default=10, ge=0, le=100, description="Previous turns sent as context.")
+
+
 class BotSpec(Model):
-    responder: Literal["rules"] = Field(default="rules", description="Which responder answers.")
+    responder: Literal["rules", "openai"] = Field(default="rules", description="Which responder answers.")
+    openai: OpenAISpec | None = Field(default=None, description="Settings of the openai responder.")
+    max_concurrent_calls: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="Responder calls this tenant may have in flight per replica; one slow LLM cannot starve others.",
+    )
+    typing_indicator: bool = Field(default=True, description="Mark the turn read and show typing when it starts.")
+    quote_after_messages: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Quote the turn's last message in the answer when the turn has at least this many (0: never).",
+    )
+
+    @model_validator(mode="after")
+    def _responder_settings(self) -> Self:
+        if self.responder == "openai" and self.openai is None:
+            raise ValueError("openai settings are required when responder is openai")
+        return self
     greeting: ReplySpec | None = Field(
         default=None, description="Sent to a contact writing for the first time, before any rule."
     )
@@ -198,14 +239,27 @@ class BotTenant(Model):
     def document(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
+    def inline_secrets(self) -> list[str]:
+        """Paths of secrets given inline (refused outside development)."""
+        return [path for path, _ in _secret_refs(self.document(), "")]
+
     def redacted(self) -> dict[str, Any]:
         """The document with inline secret values masked: safe to print or log."""
         document = self.document()
-        for field_name in ("appSecret", "accessToken", "verifyToken"):
-            ref = document["spec"]["whatsapp"][field_name]
-            if "value" in ref:
-                ref["value"] = "***"
+        for _, ref in _secret_refs(document, ""):
+            ref["value"] = "***"
         return document
+
+
+def _secret_refs(node: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every inline SecretRef ({"value": ...}) in a document, with its path."""
+    if isinstance(node, dict):
+        if set(node) == {"value"}:
+            return [(path, node)]
+        return [found for key, child in node.items() for found in _secret_refs(child, f"{path}.{key}".lstrip("."))]
+    if isinstance(node, list):
+        return [found for i, child in enumerate(node) for found in _secret_refs(child, f"{path}[{i}]")]
+    return []
 
 
 class TenantError(ValueError):
