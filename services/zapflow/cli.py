@@ -71,10 +71,15 @@ def sandbox(
     ] = None,
 ) -> None:
     """Run the WhatsApp Cloud API sandbox and its web chat."""
+    from zapflow.core.tenants import SecretUnavailable, TenantError
     from zapflow.sandbox.app import run
+    from zapflow.sandbox.numbers import NumberConflict
     from zapflow.sandbox.settings import SandboxSettings
 
-    run(_settings(SandboxSettings, host=host, port=port, webhook_url=webhook_url, tenant_files=tenant_file))
+    try:
+        run(_settings(SandboxSettings, host=host, port=port, webhook_url=webhook_url, tenant_files=tenant_file))
+    except (TenantError, SecretUnavailable, NumberConflict) as error:
+        raise _fail(f"cannot start the sandbox: {error}") from None
 
 
 @app.command()

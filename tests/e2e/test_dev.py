@@ -107,7 +107,7 @@ def test_dev_runs_the_platform_answers_and_stops_cleanly_and_keeps_data(dev: Dev
     assert "stopped." in "".join(dev.output)
     logs = {path.name: path.read_text() for path in (tmp_path / "data" / "logs").glob("*.log")}
     assert {"gateway.log", "conversation.log", "sandbox.log"} <= logs.keys()
-    assert '"event": "answered"' in logs["conversation.log"] or '"event":"answered"' in logs["conversation.log"]
+    assert '"event": "turn answered"' in logs["conversation.log"]
     for name, text in logs.items():
         assert CUSTOMER not in text, f"{name} logs the customer's phone number"
         assert "what are your hours" not in text, f"{name} logs a message body"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from nats.js import JetStreamContext
-from zapflow.core.registry import TenantRegistry, open_bucket
-from zapflow.core.settings import CoreSettings
 
 from tests.support.servers import ManagedServer
+from zapflow.core.registry import TenantRegistry, open_bucket
+from zapflow.core.settings import CoreSettings
 
 
 @pytest.fixture

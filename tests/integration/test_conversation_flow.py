@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
-from zapflow.core.tenants import parse_tenant
+from nats.js import JetStreamContext
 
 from tests.support import meta
 from tests.support.platform import Platform, eventually, running_platform
 from tests.support.tenants import secret, tenant_document
+from zapflow.core import metrics
+from zapflow.core.registry import TenantRegistry
+from zapflow.core.settings import CoreSettings
+from zapflow.core.tenants import parse_tenant
 
 CUSTOMER = "5511977776666"
 
@@ -72,10 +74,24 @@ async def test_the_same_webhook_delivered_three_times_yields_one_reply(platform:
     for _ in range(3):
         body, headers = meta.signed(payload, secret(platform.tenant))
         assert (await platform.gateway.post("/webhook/whatsapp", content=body, headers=headers)).status_code == 200
+    assert await platform.wait_for_texts(CUSTOMER, 2) == ["Welcome!", "It costs $10."]
     # A later message of the same contact is answered after any duplicate would have been.
     await platform.say(CUSTOMER, "anything else")
-    texts = await platform.wait_for_texts(CUSTOMER, 3)
-    assert texts == ["Welcome!", "It costs $10.", "Sorry?"]
+    assert await platform.wait_for_texts(CUSTOMER, 3) == ["Welcome!", "It costs $10.", "Sorry?"]
+
+
+async def test_a_copy_resent_after_the_dedup_window_is_dropped_by_the_message_key(
+    platform: Platform, js: JetStreamContext
+) -> None:
+    wamid = await platform.say(CUSTOMER, "price")
+    assert await platform.wait_for_texts(CUSTOMER, 2) == ["Welcome!", "It costs $10."]
+    stored = await js.get_last_msg("ZF_INBOUND", f"zf.in.{platform.tenant.name}.{CUSTOMER}")
+    before = metrics.DUPLICATES_DROPPED.labels(platform.tenant.name, "message_key")._value.get()
+    # Meta's retry days later: same wamid, new stream message (past JetStream's 2-minute window).
+    await js.publish(stored.subject or "", stored.data or b"", headers={"Nats-Msg-Id": f"{wamid}-days-later"})
+    await platform.say(CUSTOMER, "anything else")
+    assert await platform.wait_for_texts(CUSTOMER, 3) == ["Welcome!", "It costs $10.", "Sorry?"]
+    assert metrics.DUPLICATES_DROPPED.labels(platform.tenant.name, "message_key")._value.get() == before + 1
 
 
 async def test_a_tenant_changed_while_running_takes_effect(platform: Platform, registry: TenantRegistry) -> None:

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
+
+from tests.support.platform import Platform, running_platform
 from zapflow.core import bus, metrics
 from zapflow.core.registry import TenantRegistry
 from zapflow.core.settings import CoreSettings
 from zapflow.v1 import outbound_pb2
-
-from tests.support.platform import Platform, running_platform
 
 CUSTOMER = "5511966665555"
 
@@ -93,6 +93,7 @@ async def test_a_command_abandoned_mid_call_is_dead_lettered_not_resent(
     platform: Platform, js: JetStreamContext, core: CoreSettings
 ) -> None:
     from redis.asyncio import Redis
+
     from zapflow.core.state import tenant_key
 
     # What a gateway killed during its Graph API call leaves behind: an expired "calling" lease.

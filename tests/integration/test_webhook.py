@@ -8,17 +8,17 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from nats.js import JetStreamContext
+
+from tests.support import meta
+from tests.support.http import serve
+from tests.support.servers import ManagedServer
+from tests.support.tenants import make_tenant, secret
 from zapflow.core.registry import TenantRegistry
 from zapflow.core.settings import CoreSettings
 from zapflow.core.tenants import BotTenant
 from zapflow.gateway.app import create_app
 from zapflow.gateway.settings import GatewaySettings
 from zapflow.v1 import inbound_pb2
-
-from tests.support import meta
-from tests.support.http import serve
-from tests.support.servers import ManagedServer
-from tests.support.tenants import make_tenant, secret
 
 CUSTOMER = "5511988887777"
 

@@ -5,33 +5,65 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import uvicorn
 
 START_TIMEOUT_S = 30.0
+# Connections still open when a test leaves `serve` (an event stream, a hung client) get this
+# long before uvicorn cancels them: a forgotten stream costs seconds, never the whole timeout.
+GRACEFUL_SHUTDOWN_S = 3
+STOP_TIMEOUT_S = GRACEFUL_SHUTDOWN_S + 10.0
+_STARTED_POLL_S = 0.005
+
+
+class _InLoopServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signals belong to pytest: Ctrl-C must stop the run, not quietly stop one server of it.
+        yield
+
+
+def _base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 @contextlib.asynccontextmanager
-async def serve(app: object, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Run the app (its lifespan included) and yield its base URL; stop it on exit."""
-    sock = socket.socket()
+async def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Run the app (its lifespan included) and yield its base URL; stop it on exit.
+
+    Port 0 picks a free port. The socket is bound here, before uvicorn starts, so the port
+    is known and held from the first moment; readiness is uvicorn's own `started` flag.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must say TCP: asyncio only sets TCP_NODELAY on sockets that do, and without it
+    # every response pays a 40 ms Nagle / delayed-ACK stall.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")  # type: ignore[arg-type]
-    server = uvicorn.Server(config)
+    bound_port: int = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    server = _InLoopServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(START_TIMEOUT_S):
             while not server.started:
                 if task.done():
-                    task.result()  # raises the start-up error
-                    raise RuntimeError("server stopped during start-up")
-                await asyncio.sleep(0.01)
-        yield f"http://{host}:{port}"
+                    task.result()  # raises the start-up error, if there was one
+                    raise RuntimeError("the server stopped during start-up (see its log)")
+                await asyncio.sleep(_STARTED_POLL_S)
+        yield _base_url(host, bound_port)
     finally:
         server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sock.close()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await task
+        finally:
+            sock.close()

@@ -47,7 +47,14 @@ def contact(wa_id: str, name: str = "Test Customer") -> dict[str, Any]:
 
 
 def text(sender: str, body: str, wamid: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"from": sender, "id": wamid or new_wamid(), "timestamp": now(), "type": "text", "text": {"body": body}, **extra}
+    return {
+        "from": sender,
+        "id": wamid or new_wamid(),
+        "timestamp": now(),
+        "type": "text",
+        "text": {"body": body},
+        **extra,
+    }
 
 
 def status(recipient: str, wamid: str, state: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -83,7 +90,8 @@ def every_inbound_type(sender: str) -> dict[str, dict[str, Any]]:
         "sticker": base("sticker", sticker={"mime_type": "image/webp", "id": "media-3", "animated": False}),
         "reaction": base("reaction", reaction={"message_id": "wamid.REACTED", "emoji": "👍"}),
         "location": base(
-            "location", location={"latitude": -23.55, "longitude": -46.63, "name": "Paulista", "address": "Av. Paulista"}
+            "location",
+            location={"latitude": -23.55, "longitude": -46.63, "name": "Paulista", "address": "Av. Paulista"},
         ),
         "contacts": base(
             "contacts",
@@ -114,7 +122,8 @@ def every_inbound_type(sender: str) -> dict[str, dict[str, Any]]:
         ),
         "button": base("button", button={"payload": "CONFIRM", "text": "Confirm"}),
         "system": base(
-            "system", system={"body": "User changed number", "new_wa_id": "5511888880000", "type": "user_changed_number"}
+            "system",
+            system={"body": "User changed number", "new_wa_id": "5511888880000", "type": "user_changed_number"},
         ),
         "unsupported": base(
             "unsupported", errors=[{"code": 131051, "title": "Message type unknown", "message": "Message type unknown"}]

@@ -68,7 +68,9 @@ class Platform:
         texts = []
         for message in await self.sent_to(customer):
             payload = message["payload"]
-            texts.append(payload["text"]["body"] if payload["type"] == "text" else payload["interactive"]["body"]["text"])
+            texts.append(
+                payload["text"]["body"] if payload["type"] == "text" else payload["interactive"]["body"]["text"]
+            )
         return texts
 
     async def wait_for_texts(self, customer: str, count: int, timeout: float = 15.0) -> list[str]:
@@ -81,14 +83,18 @@ class Platform:
 
 @contextlib.asynccontextmanager
 async def running_platform(
-    core: CoreSettings, registry: TenantRegistry, messages_per_second: float = 80, **bot: Any
+    core: CoreSettings,
+    registry: TenantRegistry,
+    messages_per_second: float = 80,
+    debounce: dict[str, int] | None = None,
+    **bot: Any,
 ) -> AsyncIterator[Platform]:
     gateway_port = free_port()
     sandbox = sandbox_app(
         SandboxSettings(webhook_url=f"http://127.0.0.1:{gateway_port}/webhook/whatsapp", statuses="delivered")
     )
     async with serve(sandbox) as sandbox_url:
-        tenant = make_tenant(sandbox_url, messages_per_second, **bot)
+        tenant = make_tenant(sandbox_url, messages_per_second, debounce, **bot)
         await registry.put(tenant)
         async with httpx.AsyncClient(base_url=sandbox_url, timeout=10) as sandbox_client:
             registered = await sandbox_client.post(

@@ -11,8 +11,15 @@ from zapflow.core.tenants import BotTenant, parse_tenant
 _numbers = itertools.count(100_000_000_000_100)
 
 
+# Short enough that a test does not wait long for each turn, long enough to merge a burst.
+TEST_DEBOUNCE = {"windowMs": 300, "maxWaitMs": 2000}
+
+
 def tenant_document(
-    graph_api_url: str = "http://127.0.0.1:9", messages_per_second: float = 80, **bot: Any
+    graph_api_url: str = "http://127.0.0.1:9",
+    messages_per_second: float = 80,
+    debounce: dict[str, int] | None = None,
+    **bot: Any,
 ) -> dict[str, Any]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     return {
@@ -29,6 +36,7 @@ def tenant_document(
                 "verifyToken": {"value": f"verify-{name}"},
             },
             "rateLimits": {"messagesPerSecond": messages_per_second},
+            "debounce": debounce or TEST_DEBOUNCE,
             "bot": bot
             or {
                 "greeting": {"text": "Welcome!"},
@@ -46,8 +54,13 @@ def tenant_document(
     }
 
 
-def make_tenant(graph_api_url: str = "http://127.0.0.1:9", messages_per_second: float = 80, **bot: Any) -> BotTenant:
-    return parse_tenant(tenant_document(graph_api_url, messages_per_second, **bot))
+def make_tenant(
+    graph_api_url: str = "http://127.0.0.1:9",
+    messages_per_second: float = 80,
+    debounce: dict[str, int] | None = None,
+    **bot: Any,
+) -> BotTenant:
+    return parse_tenant(tenant_document(graph_api_url, messages_per_second, debounce, **bot))
 
 
 def secret(tenant: BotTenant, which: str = "app_secret") -> str:

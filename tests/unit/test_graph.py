@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from zapflow.gateway.graph import Outcome, classify, classify_transport_error, graph_payload
 from zapflow.v1 import outbound_pb2 as pb
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+
+from tests.support.tenants import tenant_document
 from zapflow.core.tenants import (
     SecretRef,
     SecretUnavailable,
@@ -17,8 +19,6 @@ from zapflow.core.tenants import (
     resolve_secret,
     tenant_json_schema,
 )
-
-from tests.support.tenants import tenant_document
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "bottenant.schema.json"
 

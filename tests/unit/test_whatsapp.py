@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from zapflow.core.signature import sign, signature_matches
-from zapflow.core.whatsapp import PayloadError, parse_webhook, phone_number_ids_hint
 
 from tests.support import meta
+from zapflow.core.signature import sign, signature_matches
+from zapflow.core.whatsapp import PayloadError, parse_webhook, phone_number_ids_hint
 
 SENDER = "5511999990001"
 

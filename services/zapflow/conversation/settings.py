@@ -15,7 +15,20 @@ class ConversationSettings(BaseSettings):
     # Health and metrics only: this service has no public HTTP surface.
     host: str = "0.0.0.0"
     port: int = 8001
-    # A wamid is answered once: Meta retries for 7 days, longer than JetStream's dedup window.
-    message_key_ttl_s: int = 8 * 86_400
-    # Mark each message read and show the typing indicator while the bot answers.
-    typing_indicator: bool = True
+    # A wamid is answered once, for 24 h: JetStream's dedup window is 2 minutes, and a copy of a
+    # message Meta re-sends later than that is dropped here (see the README's engine section).
+    message_key_ttl_s: int = 86_400
+    # A turn is answered once: a re-run of an in-flight turn within this time skips the responder.
+    turn_key_ttl_s: int = 3_600
+    # How often each replica looks for contacts whose debounce deadline has passed.
+    closer_interval_s: float = 0.01
+    closer_batch: int = 200
+    # A contact's turn lock; extended while the turn runs, so it only expires when its process died.
+    turn_lease_s: float = 15.0
+    # When a due contact's previous turn is still running, look again after this long.
+    lock_retry_ms: int = 100
+    # The most messages one turn takes; a longer burst continues in the next turn.
+    max_turn_messages: int = 50
+    # Conversation history kept for LLM context (until history moves to SQL).
+    history_max_turns: int = 50
+    history_ttl_s: int = 7 * 86_400

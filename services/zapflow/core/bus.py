@@ -8,6 +8,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Generic, TypeVar
 
 import nats
@@ -201,8 +202,14 @@ class ConsumerSpec:
         return self.backoff_s[min(attempt, len(self.backoff_s)) - 1]
 
 
+class Disposition(Enum):
+    ACK = "ack"
+    # The handler keeps the message unacknowledged and acks it itself once its work is durable.
+    HOLD = "hold"
+
+
 E = TypeVar("E", bound=Message)
-Handler = Callable[[E, Msg], Awaitable[None]]
+Handler = Callable[[E, Msg], Awaitable[Disposition | None]]
 
 
 @dataclass
@@ -279,7 +286,7 @@ class Consumer(Generic[E]):
             span.set_attribute("zapflow.tenant", tenant)
             try:
                 event = self.event_type.FromString(msg.data)
-                await self.handle(event, msg)
+                disposition = await self.handle(event, msg)
             except DecodeError as error:
                 await self._dead_letter(msg, tenant, f"undecodable {self.event_type.__name__}: {error}")
             except Reject as error:
@@ -290,7 +297,8 @@ class Consumer(Generic[E]):
                 log.exception("handler failed", consumer=self.spec.durable, attempt=attempt)
                 await self._retry(msg, tenant, attempt, f"{type(error).__name__}: {error}", None)
             else:
-                await msg.ack()
+                if disposition is not Disposition.HOLD:
+                    await msg.ack()
         metrics.HANDLER_SECONDS.labels(tenant, self.spec.durable).observe(time.perf_counter() - started)
 
     async def _retry(self, msg: Msg, tenant: str, attempt: int, reason: str, delay: float | None) -> None:

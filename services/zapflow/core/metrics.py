@@ -103,3 +103,47 @@ TENANTS_LOADED = Gauge(
     "zapflow_tenants_loaded",
     "Tenants this process currently knows from the registry.",
 )
+
+# The conversation engine.
+TURNS = Counter(
+    "zapflow_conversation_turns_total",
+    "Turns answered, by outcome (rule, greeting, fallback, llm, error_fallback).",
+    ["tenant", "outcome"],
+)
+TURN_MESSAGES = Histogram(
+    "zapflow_conversation_turn_messages",
+    "Customer messages merged into one turn by the debounce.",
+    ["tenant"],
+    buckets=(1, 2, 3, 4, 5, 7, 10, 15, 20, 50),
+)
+TURN_LATENCY_SECONDS = Histogram(
+    "zapflow_conversation_turn_latency_seconds",
+    "From the debounce closing a turn to its answer being published.",
+    ["tenant"],
+    buckets=LATENCY_BUCKETS,
+)
+RESPONDER_SECONDS = Histogram(
+    "zapflow_conversation_responder_duration_seconds",
+    "Time a responder took to answer a turn.",
+    ["tenant", "responder"],
+    buckets=LATENCY_BUCKETS,
+)
+RESPONDER_ERRORS = Counter(
+    "zapflow_conversation_responder_errors_total",
+    "Responder failures answered with the tenant's fallback, by kind (timeout, connection, malformed...).",
+    ["tenant", "kind"],
+)
+TURNS_IN_FLIGHT = Gauge(
+    "zapflow_conversation_turns_in_flight",
+    "Turns being answered right now by this process.",
+    ["tenant"],
+)
+LOCK_WAITS = Counter(
+    "zapflow_conversation_lock_waits_total",
+    "Times a due turn waited because its contact's previous turn was still being answered.",
+    ["tenant"],
+)
+HELD_MESSAGES = Gauge(
+    "zapflow_conversation_held_messages",
+    "Inbound messages this process holds unacknowledged until their turn is answered.",
+)

@@ -191,6 +191,7 @@ class BotSpec(Model):
         if self.responder == "openai" and self.openai is None:
             raise ValueError("openai settings are required when responder is openai")
         return self
+
     greeting: ReplySpec | None = Field(
         default=None, description="Sent to a contact writing for the first time, before any rule."
     )

@@ -108,8 +108,7 @@ class RegisterNumber(BaseModel):
             access_token=self.access_token,
             app_secret=self.app_secret,
             display_name=self.display_name or self.tenant,
-            display_phone_number=self.display_phone_number
-            or default_display_phone_number(self.phone_number_id),
+            display_phone_number=self.display_phone_number or default_display_phone_number(self.phone_number_id),
             waba_id=self.waba_id or default_waba_id(self.phone_number_id),
         )
 
@@ -192,9 +191,7 @@ async def clear_recordings(services: Services) -> None:
 
 
 @recording.get("/attempts")
-async def list_attempts(
-    services: Services, phone_number_id: Annotated[str | None, Query()] = None
-) -> dict[str, Any]:
+async def list_attempts(services: Services, phone_number_id: Annotated[str | None, Query()] = None) -> dict[str, Any]:
     """Every call to /messages, refused ones included, with the status answered."""
     return {"attempts": [a.as_dict() for a in services.recorder.attempts(phone_number_id)]}
 
@@ -246,9 +243,7 @@ async def chat_send(body: ChatSend, services: Services) -> dict[str, Any] | JSON
     assert wa_id is not None, "checked by ChatSend"
     wamid = new_wamid()
     if body.reply is not None:
-        message = customer_reply(
-            number, wa_id, wamid, body.reply.kind, body.reply.as_meta(), body.context_message_id
-        )
+        message = customer_reply(number, wa_id, wamid, body.reply.kind, body.reply.as_meta(), body.context_message_id)
     else:
         assert body.text is not None, "checked by ChatSend"
         message = customer_text(number, wa_id, wamid, body.text, body.context_message_id)

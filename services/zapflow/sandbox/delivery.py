@@ -20,7 +20,6 @@ log = get_logger(__name__)
 
 # Enough of the gateway's answer to explain a failure, never a whole page.
 _ANSWER_EXCERPT_CHARS = 2000
-_RETRY_BASE_DELAY = 0.25
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,11 @@ class GatewayUnreachable(Exception):
 class WebhookDelivery:
     """POSTs Meta-shaped notifications to the webhook URL, signed with the number's app secret."""
 
-    def __init__(self, client: httpx.AsyncClient, url: str, attempts: int) -> None:
+    def __init__(self, client: httpx.AsyncClient, url: str, attempts: int, retry_delay: float) -> None:
         self._client = client
         self._url = url
         self._attempts = attempts
+        self._retry_delay = retry_delay
 
     async def deliver_once(self, number: SandboxNumber, payload: dict[str, Any]) -> GatewayAnswer:
         body = encode_webhook(payload)
@@ -71,7 +71,7 @@ class WebhookDelivery:
                 problem = str(error)
             log.warning("webhook delivery failed", tenant=number.tenant, attempt=attempt, problem=problem)
             if attempt < self._attempts:
-                await asyncio.sleep(_RETRY_BASE_DELAY * 2 ** (attempt - 1))
+                await asyncio.sleep(self._retry_delay * 2 ** (attempt - 1))
         log.error("webhook dropped after retries", tenant=number.tenant, attempts=self._attempts)
         return False
 

@@ -134,7 +134,9 @@ class GraphEmulator:
         }
 
     def _mark_read(self, number: SandboxNumber, request: MarkReadRequest) -> dict[str, Any]:
-        # Meta accepts ids it cannot match too; only a known inbound message reaches a chat page.
+        # An id the sandbox did not deliver (a raw payload without it, a restart) is still
+        # accepted, so the gateway's flow never depends on the sandbox's memory; only a
+        # message it delivered can show its read receipt in a chat page.
         origin = self._recorder.inbound_origin(request.message_id)
         if origin is not None and origin.phone_number_id == number.phone_number_id:
             data = {"message_id": request.message_id}

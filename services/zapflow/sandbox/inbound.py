@@ -16,9 +16,7 @@ log = get_logger(__name__)
 ReplyKind = Literal["button_reply", "list_reply"]
 
 
-def _customer_message(
-    number: SandboxNumber, wa_id: str, wamid: str, context_message_id: str | None
-) -> dict[str, Any]:
+def _customer_message(number: SandboxNumber, wa_id: str, wamid: str, context_message_id: str | None) -> dict[str, Any]:
     message: dict[str, Any] = {"from": wa_id, "id": wamid, "timestamp": unix_timestamp()}
     if context_message_id is not None:
         # A reply to (or a tap on) one of the business's messages quotes it.

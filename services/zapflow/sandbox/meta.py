@@ -107,16 +107,22 @@ def injected_fault(kind: FaultKind) -> GraphError:
     """The error Meta answers in the situation a test asked to simulate."""
     if kind == "429":
         return GraphError(
-            429, 130429, "(#130429) Rate limit hit",
+            429,
+            130429,
+            "(#130429) Rate limit hit",
             details="Cloud API message throughput has been reached.",
         )
     if kind == "500":
         return GraphError(
-            500, 131000, "(#131000) Something went wrong",
+            500,
+            131000,
+            "(#131000) Something went wrong",
             details="Message failed to send due to an unknown error.",
         )
     return GraphError(
-        400, 131047, "(#131047) Re-engagement message",
+        400,
+        131047,
+        "(#131047) Re-engagement message",
         details="Message failed to send because more than 24 hours have passed since the "
         "customer last replied to this number.",
     )
@@ -297,13 +303,20 @@ class CtaUrlInteractive(_Shape):
 
 
 # The interactive kinds the sandbox emulates; others (flow, product...) are refused clearly.
-Interactive = Annotated[
-    ButtonInteractive | ListInteractive | CtaUrlInteractive, Field(discriminator="type")
-]
+Interactive = Annotated[ButtonInteractive | ListInteractive | CtaUrlInteractive, Field(discriminator="type")]
 
 MessageType = Literal[
-    "text", "image", "audio", "document", "video", "sticker",
-    "location", "contacts", "interactive", "template", "reaction",
+    "text",
+    "image",
+    "audio",
+    "document",
+    "video",
+    "sticker",
+    "location",
+    "contacts",
+    "interactive",
+    "template",
+    "reaction",
 ]
 _CAPTIONED = {"image", "video", "document"}
 
@@ -368,12 +381,28 @@ class MarkReadRequest(_Shape):
     typing_indicator: TypingIndicator | None = None
 
 
+# "button", "list", "cta_url": the tags of the Interactive union's members.
+_INTERACTIVE_TAGS = frozenset(
+    get_args(member.model_fields["type"].annotation)[0] for member in get_args(get_args(Interactive)[0])
+)
+
+
+def _parameter_path(loc: tuple[int | str, ...]) -> str:
+    # Pydantic names the chosen union member in the location ("interactive.button.action");
+    # the client never wrote that part, so it is left out.
+    parts = [str(part) for part in loc]
+    if len(parts) > 1 and parts[0] == "interactive" and parts[1] in _INTERACTIVE_TAGS:
+        del parts[1]
+    return ".".join(parts)
+
+
 def _describe(error: ValidationError) -> str:
     """Meta-like details: the parameter path and what is wrong with it."""
     problems = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "(body)"
-        problems.append(f"Param {path}: {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")
+        path = _parameter_path(item["loc"])
+        problems.append(f"Param {path}: {message}" if path else message)
     return "; ".join(problems)
 
 
@@ -385,9 +414,7 @@ def parse_graph_request(body: bytes) -> SendMessageRequest | MarkReadRequest:
         raise invalid_parameter(f"the body is not valid JSON: {error}") from None
     if not isinstance(payload, dict):
         raise invalid_parameter("the body must be a JSON object")
-    model: type[SendMessageRequest | MarkReadRequest] = (
-        MarkReadRequest if "status" in payload else SendMessageRequest
-    )
+    model: type[SendMessageRequest | MarkReadRequest] = MarkReadRequest if "status" in payload else SendMessageRequest
     try:
         return model.model_validate(payload)
     except ValidationError as error:
@@ -424,9 +451,7 @@ def webhook(number: SandboxNumber, value: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def inbound_webhook(
-    number: SandboxNumber, wa_id: str, profile_name: str, message: dict[str, Any]
-) -> dict[str, Any]:
+def inbound_webhook(number: SandboxNumber, wa_id: str, profile_name: str, message: dict[str, Any]) -> dict[str, Any]:
     """A customer's message as Meta notifies it."""
     return webhook(
         number,

@@ -75,8 +75,7 @@ class Recorder:
         return [
             m
             for m in self._messages
-            if (phone_number_id is None or m.phone_number_id == phone_number_id)
-            and (to is None or m.to == to)
+            if (phone_number_id is None or m.phone_number_id == phone_number_id) and (to is None or m.to == to)
         ]
 
     def attempts(self, phone_number_id: str | None = None) -> list[Attempt]:

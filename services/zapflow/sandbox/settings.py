@@ -39,6 +39,8 @@ class SandboxSettings(BaseSettings):
     # Status webhooks are retried (Meta retries for days; a few attempts are enough locally).
     # Inbound messages are delivered once: the caller sees the gateway's answer and decides.
     webhook_attempts: int = Field(default=4, ge=1, le=20)
+    # Delay before the first retry; it doubles for each following one.
+    webhook_retry_delay: float = Field(default=0.25, ge=0, le=60)
     # Meta's webhooks can reach 3 MB and /sandbox/inbound forwards them, hence 4 MiB.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Sends and attempts kept in memory for /sandbox/messages and /sandbox/attempts.

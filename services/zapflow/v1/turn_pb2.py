@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zapflow/v1/turn.proto\x12\nzapflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x04Turn\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x03 \x01(\t\x12\x16\n\x0einbound_wamids\x18\x04 \x03(\t\x12\x11\n\tresponder\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0c\n\x04rule\x18\x07 \x01(\t\x12\x13\n\x0b\x63ommand_ids\x18\x08 \x03(\t\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rprompt_tokens\x18\x0b \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x0c \x01(\x03\"\xba\x01\n\nDeadLetter\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x18\n\x10original_subject\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\x12\n\ndeliveries\x18\x05 \x01(\x04\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zapflow/v1/turn.proto\x12\nzapflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x03\n\x04Turn\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x03 \x01(\t\x12\x16\n\x0einbound_wamids\x18\x04 \x03(\t\x12\x11\n\tresponder\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0c\n\x04rule\x18\x07 \x01(\t\x12\x13\n\x0b\x63ommand_ids\x18\x08 \x03(\t\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rprompt_tokens\x18\x0b \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x0c \x01(\x03\x12\x14\n\x0cinbound_seqs\x18\r \x03(\x04\x12\x18\n\x10last_inbound_seq\x18\x0e \x01(\x04\x12\x18\n\x10\x64uplicate_wamids\x18\x0f \x03(\t\x12\x0f\n\x07\x61\x63tions\x18\x10 \x03(\t\"\xba\x01\n\nDeadLetter\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x18\n\x10original_subject\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\x12\n\ndeliveries\x18\x05 \x01(\x04\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zapflow.v1.turn_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TURN']._serialized_start=71
-  _globals['_TURN']._serialized_end=369
-  _globals['_DEADLETTER']._serialized_start=372
-  _globals['_DEADLETTER']._serialized_end=558
+  _globals['_TURN']._serialized_end=460
+  _globals['_DEADLETTER']._serialized_start=463
+  _globals['_DEADLETTER']._serialized_end=649
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Turn(_message.Message):
-    """Subject: zf.evt.turn.<tenant>. Nats-Msg-Id: turn_id."""
+    """Subject: zf.evt.turn.<tenant>.<contact>. Nats-Msg-Id: turn_id.
+    The last turn of a contact also records how far its inbound messages were answered, so the
+    engine can rebuild its cursor from JetStream if Redis loses it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -37,6 +40,10 @@ class Turn(_message.Message):
     ANSWERED_AT_FIELD_NUMBER: _builtins.int
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    INBOUND_SEQS_FIELD_NUMBER: _builtins.int
+    LAST_INBOUND_SEQ_FIELD_NUMBER: _builtins.int
+    DUPLICATE_WAMIDS_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     tenant: _builtins.str
     contact: _builtins.str
@@ -48,6 +55,8 @@ class Turn(_message.Message):
     """the rule or intent that answered, if any"""
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
+    last_inbound_seq: _builtins.int
+    """every message of the contact up to here is settled"""
     @_builtins.property
     def inbound_wamids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """in arrival order"""
@@ -58,6 +67,18 @@ class Turn(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def answered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def inbound_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """ZF_INBOUND stream sequences of the messages answered"""
+
+    @_builtins.property
+    def duplicate_wamids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """re-sent copies of earlier messages, dropped on purpose"""
+
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """side effects a tool asked for, e.g. handoff"""
+
     def __init__(
         self,
         *,
@@ -73,10 +94,14 @@ class Turn(_message.Message):
         answered_at: _timestamp_pb2.Timestamp | None = ...,
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
+        inbound_seqs: _abc.Iterable[_builtins.int] | None = ...,
+        last_inbound_seq: _builtins.int = ...,
+        duplicate_wamids: _abc.Iterable[_builtins.str] | None = ...,
+        actions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "command_ids", b"command_ids", "completion_tokens", b"completion_tokens", "contact", b"contact", "inbound_wamids", b"inbound_wamids", "outcome", b"outcome", "prompt_tokens", b"prompt_tokens", "responder", b"responder", "rule", b"rule", "started_at", b"started_at", "tenant", b"tenant", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "answered_at", b"answered_at", "command_ids", b"command_ids", "completion_tokens", b"completion_tokens", "contact", b"contact", "duplicate_wamids", b"duplicate_wamids", "inbound_seqs", b"inbound_seqs", "inbound_wamids", b"inbound_wamids", "last_inbound_seq", b"last_inbound_seq", "outcome", b"outcome", "prompt_tokens", b"prompt_tokens", "responder", b"responder", "rule", b"rule", "started_at", b"started_at", "tenant", b"tenant", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,154 @@
+"""The sandbox application: `create_app(settings)` builds it, `run(settings)` serves it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from zapflow.core.logging import configure_logging, get_logger
+from zapflow.sandbox.api import SandboxServices, routers
+from zapflow.sandbox.chat import ChatHub
+from zapflow.sandbox.delivery import BackgroundTasks, StatusLifecycle, WebhookDelivery
+from zapflow.sandbox.graph import GraphEmulator
+from zapflow.sandbox.inbound import InboundRelay
+from zapflow.sandbox.numbers import NumberDirectory, load_numbers
+from zapflow.sandbox.recording import FaultPlan, Recorder
+from zapflow.sandbox.settings import SandboxSettings
+
+log = get_logger(__name__)
+
+# Open chat streams get this long to close when the server stops.
+_GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+class BodySizeLimit:
+    """Refuses request bodies over the limit with 413 before any route reads them.
+
+    The body is read here, up to the limit, and replayed to the app: every route of the
+    sandbox takes a small JSON body, so buffering costs nothing and covers chunked uploads
+    that carry no Content-Length.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self._app = app
+        self._max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self._max_bytes):
+            await self._refuse(send, 413 if declared.isdigit() else 400)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more_body = True
+        while more_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_bytes:
+                await self._refuse(send, 413)
+                return
+            chunks.append(chunk)
+            more_body = message.get("more_body", False)
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            # Afterwards the app only listens for the disconnect (the chat's event stream does).
+            return await receive()
+
+        await self._app(scope, replay, send)
+
+    async def _refuse(self, send: Send, status: int) -> None:
+        reason = (
+            f"request body larger than {self._max_bytes} bytes" if status == 413 else "invalid Content-Length header"
+        )
+        body = json.dumps({"detail": reason}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: SandboxSettings | None = None) -> FastAPI:
+    """The sandbox as an ASGI app; the tenant files are read now, so mistakes surface at once.
+
+    Raises TenantError or SecretUnavailable for a tenant file that cannot be used, and
+    NumberConflict when two tenants claim one phone number id.
+    """
+    settings = settings or SandboxSettings()
+    numbers = NumberDirectory()
+    for number in load_numbers(settings.tenant_files, settings.secrets_dir):
+        numbers.register(number)
+    chat_page = resources.files("zapflow.sandbox").joinpath("chat.html").read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The HTTP client belongs to the running loop, so it and its users are built here.
+        async with httpx.AsyncClient(timeout=settings.webhook_timeout) as client:
+            delivery = WebhookDelivery(
+                client, settings.webhook_url, settings.webhook_attempts, settings.webhook_retry_delay
+            )
+            tasks = BackgroundTasks()
+            recorder = Recorder(settings.max_recorded)
+            hub = ChatHub()
+            faults = FaultPlan()
+            app.state.services = SandboxServices(
+                numbers=numbers,
+                recorder=recorder,
+                faults=faults,
+                hub=hub,
+                graph=GraphEmulator(
+                    numbers=numbers,
+                    recorder=recorder,
+                    faults=faults,
+                    hub=hub,
+                    statuses=StatusLifecycle(delivery, tasks, settings),
+                    debug=settings.debug,
+                ),
+                relay=InboundRelay(recorder, delivery),
+                chat_page=chat_page,
+            )
+            log.info("sandbox ready", numbers=len(numbers.all()), webhook_url=settings.webhook_url)
+            try:
+                yield
+            finally:
+                await tasks.close()
+
+    app = FastAPI(
+        title="zapflow sandbox",
+        summary="A local stand-in for the WhatsApp Cloud API, with a web chat.",
+        lifespan=lifespan,
+    )
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def run(settings: SandboxSettings) -> None:
+    """Serve the sandbox until SIGINT/SIGTERM (what `zapflow sandbox` calls)."""
+    configure_logging("sandbox", settings.log_level, settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        # Logging is configured above; uvicorn's own config would replace it.
+        log_config=None,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+    )

@@ -1,0 +1,45 @@
+"""Running sandboxes for the tests, and a receiver that plays the gateway's webhook."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.sandbox.helpers import StartSandbox, WebhookReceiver, running_sandbox
+from tests.support.http import serve
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[httpx.AsyncClient]:
+    """A fresh sandbox of its own, delivering no webhooks."""
+    async with running_sandbox() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def shared_sandbox() -> AsyncIterator[httpx.AsyncClient]:
+    """One sandbox for a module's checks that change no state (refusals, validation)."""
+    async with running_sandbox() as client:
+        yield client
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    found = WebhookReceiver()
+    async with serve(found.app) as url:
+        found.url = f"{url}/webhook/whatsapp"
+        yield found
+
+
+@pytest.fixture
+def start_sandbox(receiver: WebhookReceiver) -> StartSandbox:
+    """Starts a sandbox that delivers to the receiver; settings can be overridden."""
+
+    def start(**overrides: Any) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+        return running_sandbox(webhook_url=receiver.url, **overrides)
+
+    return start
