@@ -124,3 +124,13 @@ async def test_egress_respects_the_numbers_rate_limit(
         stamps = sorted(m["timestamp"] for m in await platform.sent_to(CUSTOMER))
         # 21 sends at 20/s need at least one second between the first and the last.
         assert stamps[-1] - stamps[0] >= 0.95
+
+
+async def test_a_retried_reply_is_not_overtaken_by_a_later_one(platform: Platform, js: JetStreamContext) -> None:
+    await inject(platform, "429", 1)
+    subject = bus.outbound_subject(platform.tenant.name, CUSTOMER)
+    await bus.publish(js, subject, command(platform, "c-first", "first"), "c-first")
+    await bus.publish(js, subject, command(platform, "c-second", "second"), "c-second")
+
+    assert await platform.wait_for_texts(CUSTOMER, 2) == ["first", "second"]
+    assert [a["http_status"] for a in await attempts(platform)] == [429, 200, 200]

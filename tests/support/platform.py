@@ -15,6 +15,7 @@ from tests.support.http import serve
 from tests.support.servers import free_port
 from tests.support.tenants import make_tenant, secret
 from zapflow.conversation.app import create_app as conversation_app
+from zapflow.conversation.responder import Responder
 from zapflow.conversation.settings import ConversationSettings
 from zapflow.core.registry import TenantRegistry
 from zapflow.core.settings import CoreSettings
@@ -87,6 +88,7 @@ async def running_platform(
     registry: TenantRegistry,
     messages_per_second: float = 80,
     debounce: dict[str, int] | None = None,
+    responders: dict[str, Responder] | None = None,
     **bot: Any,
 ) -> AsyncIterator[Platform]:
     gateway_port = free_port()
@@ -110,7 +112,7 @@ async def running_platform(
             gateway_settings = GatewaySettings(core=core, port=gateway_port)
             async with (
                 serve(gateway_app(gateway_settings), port=gateway_port) as gateway_url,
-                serve(conversation_app(ConversationSettings(core=core))),
+                serve(conversation_app(ConversationSettings(core=core), responders)),
                 httpx.AsyncClient(base_url=gateway_url, timeout=10) as gateway_client,
             ):
                 yield Platform(sandbox_client, gateway_client, registry, tenant)

@@ -112,12 +112,14 @@ def assert_fallback(answer: Answer) -> None:
 async def test_the_request_carries_system_prompt_history_in_order_then_the_burst(
     llm: LocalOpenAI, responder: OpenAIResponder, errors: ErrorLog
 ) -> None:
-    tenant = openai_tenant(llm.base_url, systemPrompt="You sell bicycles.", historyTurns=3)
-    history = (
+    tenant = openai_tenant(llm.base_url, systemPrompt="You sell bicycles.", historyTurns=2)
+    history = (  # two turns are sent: a customer and a bot entry each
         HistoryEntry("customer", "too old to be sent"),
+        HistoryEntry("bot", "also too old"),
         HistoryEntry("customer", "hi, my bike is broken"),
         HistoryEntry("bot", "Sorry to hear that. What happened?"),
         HistoryEntry("customer", "the frame cracked"),
+        HistoryEntry("bot", "Oh no."),
     )
     burst = (
         inbound_pb2.InboundMessage(type="image", media=inbound_pb2.Media(kind="image", caption="look at this crack")),
@@ -139,6 +141,7 @@ async def test_the_request_carries_system_prompt_history_in_order_then_the_burst
         {"role": "user", "content": "hi, my bike is broken"},
         {"role": "assistant", "content": "Sorry to hear that. What happened?"},
         {"role": "user", "content": "the frame cracked"},
+        {"role": "assistant", "content": "Oh no."},
         {"role": "user", "content": current},
     ]
     assert request.body["model"] == "test-model"
@@ -172,6 +175,15 @@ async def test_a_reply_longer_than_whatsapp_allows_is_cut(llm: LocalOpenAI, resp
     assert answer.outcome == "llm"
     assert len(reply_text(answer)) <= 4096
     assert reply_text(answer).endswith("…")
+
+
+async def test_a_completion_without_usage_still_answers(llm: LocalOpenAI, responder: OpenAIResponder) -> None:
+    llm.fake.script(Raw(json.dumps({"choices": [{"message": {"role": "assistant", "content": "Hi!"}}]})))
+
+    answer = await responder.answer(turn(openai_tenant(llm.base_url)))
+
+    assert (answer.outcome, reply_text(answer)) == ("llm", "Hi!")
+    assert (answer.prompt_tokens, answer.completion_tokens) == (0, 0)
 
 
 async def test_one_client_serves_a_tenant_across_turns(llm: LocalOpenAI, responder: OpenAIResponder) -> None:
@@ -212,7 +224,7 @@ async def test_a_long_retry_after_cannot_hold_the_turn(
 ) -> None:
     # The SDK honours Retry-After up to two minutes; the turn's deadline does not wait that long.
     tenant = openai_tenant(llm.base_url, timeoutSeconds=0.3)
-    llm.fake.default = Raw('{"error": {"message": "slow down"}}', status=429, headers={"retry-after": "100"})
+    llm.fake.default = Raw('{"error": {"message": "slow down"}}', status=429, headers={"retry-after": "30"})
 
     started = time.monotonic()
     answer = await responder.answer(turn(tenant))

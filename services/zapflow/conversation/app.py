@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,10 +10,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from zapflow.conversation.engine import INBOUND_CONSUMER, Engine
+from zapflow.conversation.llm import OpenAIResponder
 from zapflow.conversation.responder import Responder
 from zapflow.conversation.rules import RulesResponder
 from zapflow.conversation.settings import ConversationSettings
-from zapflow.core import bus
+from zapflow.core import bus, metrics
 from zapflow.core.http import ops_router
 from zapflow.core.logging import configure_logging
 from zapflow.core.runtime import ServiceRuntime
@@ -22,25 +24,23 @@ from zapflow.v1 import inbound_pb2
 CONVERSATION_STREAMS = (bus.INBOUND, bus.OUTBOUND, bus.EVENTS, bus.DEAD_LETTER)
 
 
-def responders(settings: ConversationSettings) -> dict[str, Responder]:
-    from zapflow.conversation.llm import OpenAIResponder
-    from zapflow.core import metrics
-
-    def count_error(tenant: str, kind: str) -> None:
-        metrics.RESPONDER_ERRORS.labels(tenant, kind).inc()
-
-    return {"rules": RulesResponder(), "openai": OpenAIResponder(settings.core, on_error=count_error)}
+def count_responder_error(tenant: str, kind: str) -> None:
+    metrics.RESPONDER_ERRORS.labels(tenant, kind).inc()
 
 
-def create_app(settings: ConversationSettings) -> FastAPI:
+def create_app(settings: ConversationSettings, custom_responders: dict[str, Responder] | None = None) -> FastAPI:
+    """The service; `custom_responders` replaces the built-in ones by name (tests, embedding)."""
     holder: dict[str, ServiceRuntime] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         runtime = await ServiceRuntime.start("conversation", settings.core, CONVERSATION_STREAMS)
-        engine = Engine(runtime.nc, runtime.js, runtime.redis, runtime.registry, responders(settings), settings)
+        llm = OpenAIResponder(settings.core, on_error=count_responder_error)
+        chosen: dict[str, Responder] = {"rules": RulesResponder(), "openai": llm, **(custom_responders or {})}
+        engine = Engine(runtime.nc, runtime.js, runtime.redis, runtime.registry, chosen, settings)
         await engine.start()
-        await runtime.consume(INBOUND_CONSUMER, inbound_pb2.InboundMessage, engine.ingest)
+        spec = dataclasses.replace(INBOUND_CONSUMER, ack_wait_s=settings.ack_wait_s)
+        await runtime.consume(spec, inbound_pb2.InboundMessage, engine.ingest)
         holder["runtime"] = runtime
         try:
             yield
@@ -49,6 +49,7 @@ def create_app(settings: ConversationSettings) -> FastAPI:
             for consumer in runtime.consumers:
                 await consumer.stop()
             await engine.stop()
+            await llm.aclose()
             await runtime.stop()
 
     app = FastAPI(title="zapflow conversation", lifespan=lifespan, docs_url=None, redoc_url=None)

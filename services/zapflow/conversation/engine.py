@@ -550,7 +550,7 @@ class Engine:
         Re-arming matters after Redis lost its data: the messages are still held here, and
         without a due entry their turn would never close.
         """
-        interval = INBOUND_CONSUMER.ack_wait_s / 3
+        interval = self._settings.ack_wait_s / 3
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)

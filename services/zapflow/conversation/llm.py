@@ -21,7 +21,7 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
     ChatCompletionToolChoiceOptionParam,
 )
-from pydantic import BaseModel, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, StrictStr, ValidationError
 from pydantic import Field as ModelField
 
 from zapflow.conversation.responder import Answer, TurnInput, describe
@@ -84,8 +84,9 @@ class _Choice(BaseModel):
 
 
 class _Usage(BaseModel):
-    prompt_tokens: StrictInt = 0
-    completion_tokens: StrictInt = 0
+    # Only counted, never shown: tolerated when a server leaves the counts out.
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class _Completion(BaseModel):
@@ -114,10 +115,10 @@ def fit_whatsapp(text: str) -> str:
 
 
 def build_messages(turn: TurnInput, spec: OpenAISpec) -> list[ChatCompletionMessageParam]:
-    """System prompt, the last `history_turns` history entries, then the burst as one message."""
+    """System prompt, the last `history_turns` turns (a customer and a bot entry each), then the burst."""
     messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": spec.system_prompt}]
     # history[-0:] would be the whole history: zero must mean none.
-    recent = turn.history[-spec.history_turns :] if spec.history_turns else ()
+    recent = turn.history[-2 * spec.history_turns :] if spec.history_turns else ()
     for entry in recent:
         if entry.role == "customer":
             messages.append({"role": "user", "content": entry.text})
@@ -176,8 +177,8 @@ class OpenAIResponder:
             tools_allowed = round_number < MAX_TOOL_ROUNDS
             completion = await self._complete(client, spec, messages, tools_allowed)
             if completion.usage is not None:
-                progress.prompt_tokens += completion.usage.prompt_tokens
-                progress.completion_tokens += completion.usage.completion_tokens
+                progress.prompt_tokens += completion.usage.prompt_tokens or 0
+                progress.completion_tokens += completion.usage.completion_tokens or 0
             message = completion.choices[0].message
             if not (tools_allowed and message.tool_calls):
                 text = (message.content or "").strip()

@@ -20,6 +20,8 @@ class ConversationSettings(BaseSettings):
     message_key_ttl_s: int = 86_400
     # A turn is answered once: a re-run of an in-flight turn within this time skips the responder.
     turn_key_ttl_s: int = 3_600
+    # Held messages of a dead replica are redelivered after this long (live ones heartbeat).
+    ack_wait_s: float = 30.0
     # How often each replica looks for contacts whose debounce deadline has passed.
     closer_interval_s: float = 0.01
     closer_batch: int = 200

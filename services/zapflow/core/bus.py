@@ -224,6 +224,8 @@ class Consumer(Generic[E]):
     spec: ConsumerSpec
     event_type: type[E]
     handle: Handler[E]
+    # Called after a message was dead-lettered, so a handler keeping order can move past it.
+    on_dead_letter: Callable[[Msg], Awaitable[None]] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
@@ -323,3 +325,5 @@ class Consumer(Generic[E]):
         metrics.DEAD_LETTERS.labels(tenant, self.spec.durable).inc()
         log.error("dead-lettered", consumer=self.spec.durable, subject_tenant=tenant, reason=reason)
         await msg.term()
+        if self.on_dead_letter is not None:
+            await self.on_dead_letter(msg)

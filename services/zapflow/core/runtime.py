@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from redis.asyncio import Redis
 
@@ -37,8 +38,14 @@ class ServiceRuntime:
         await registry.watch()
         return cls(service, core, nc, js, connect_redis(core.redis_url), registry)
 
-    async def consume(self, spec: bus.ConsumerSpec, event_type: type[Message], handler: bus.Handler[Any]) -> None:
-        consumer: bus.Consumer[Any] = bus.Consumer(self.js, spec, event_type, handler)
+    async def consume(
+        self,
+        spec: bus.ConsumerSpec,
+        event_type: type[Message],
+        handler: bus.Handler[Any],
+        on_dead_letter: Callable[[Msg], Awaitable[None]] | None = None,
+    ) -> None:
+        consumer: bus.Consumer[Any] = bus.Consumer(self.js, spec, event_type, handler, on_dead_letter)
         await consumer.start()
         self.consumers.append(consumer)
 

@@ -18,6 +18,7 @@ import time
 import httpx
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
@@ -27,7 +28,7 @@ from zapflow.core.logging import get_logger
 from zapflow.core.registry import TenantRegistry
 from zapflow.core.settings import CoreSettings
 from zapflow.core.state import RateLimiter, tenant_key
-from zapflow.core.tenants import SecretUnavailable, resolve_secret
+from zapflow.core.tenants import BotTenant, SecretUnavailable, resolve_secret
 from zapflow.gateway.graph import (
     GraphResult,
     Outcome,
@@ -41,6 +42,12 @@ from zapflow.v1 import outbound_pb2 as pb
 log = get_logger(__name__)
 tracer = trace.get_tracer(__name__)
 
+_ADVANCE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+return 1
+"""
+
 EGRESS = bus.ConsumerSpec(
     stream=bus.OUTBOUND,
     durable="gateway-egress",
@@ -48,7 +55,8 @@ EGRESS = bus.ConsumerSpec(
     service="gateway",
     ack_wait_s=60.0,
     backoff_s=(1.0, 2.0, 5.0, 15.0, 60.0),
-    max_attempts=8,
+    # Generous: waiting for an earlier command to the same contact also takes a delivery.
+    max_attempts=40,
 )
 
 
@@ -68,11 +76,50 @@ class Egress:
         self._settings = settings
         self._core: CoreSettings = settings.core
         self._limiter = RateLimiter(redis)
+        self._advance = redis.register_script(_ADVANCE)
 
     async def handle(self, command: pb.OutboundCommand, msg: Msg) -> None:
         tenant = self._registry.by_name(command.tenant)
         if tenant is None:
             raise bus.RetryLater(f"tenant {command.tenant} is not in the registry (yet)")
+        await self._wait_for_earlier(command, msg)
+        try:
+            await self._deliver(tenant, command, msg)
+        except bus.Reject:
+            await self.settled(msg)
+            raise
+        await self.settled(msg)
+
+    async def _wait_for_earlier(self, command: pb.OutboundCommand, msg: Msg) -> None:
+        """Per-contact order: send only after every earlier command to this contact is settled.
+
+        Redeliveries (a killed replica, a 429 backoff) would otherwise let a later reply
+        overtake an earlier one. The cursor is the last settled stream sequence of the contact.
+        A command that must wait goes back to the stream for a moment instead of blocking the
+        consumer, since the earlier one may be redelivered through this very consumer.
+        """
+        seq = msg.metadata.sequence.stream
+        cursor_key = tenant_key(command.tenant, "outcursor", command.contact)
+        # Unknown (first command of the contact, or Redis lost it): nothing to wait for.
+        await self._redis.set(cursor_key, seq - 1, nx=True, ex=self._settings.sent_key_ttl_s)
+        cursor = int(await self._redis.get(cursor_key) or seq - 1)
+        if cursor >= seq - 1:
+            return
+        try:
+            earlier = await self._js.get_msg(bus.OUTBOUND.name, seq=cursor + 1, subject=msg.subject, next=True)
+        except NotFoundError:
+            return
+        if earlier.seq is not None and earlier.seq < seq:
+            metrics.OUTBOUND_REQUESTS.labels(command.tenant, "waiting_for_earlier").inc()
+            raise bus.RetryLater("an earlier message to this contact is not settled yet", self._settings.order_wait_s)
+
+    async def settled(self, msg: Msg) -> None:
+        """This command is done for good (sent, refused or dead-lettered): later ones may go."""
+        command = pb.OutboundCommand.FromString(msg.data)
+        cursor_key = tenant_key(command.tenant, "outcursor", command.contact)
+        await self._advance(keys=[cursor_key], args=[msg.metadata.sequence.stream, self._settings.sent_key_ttl_s])
+
+    async def _deliver(self, tenant: BotTenant, command: pb.OutboundCommand, msg: Msg) -> None:
         key = tenant_key(command.tenant, "out", command.command_id)
         state = await self._redis.get(key)
         if state is not None:

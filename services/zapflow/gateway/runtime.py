@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -28,7 +29,8 @@ class GatewayRuntime:
         service = await ServiceRuntime.start("gateway", settings.core, GATEWAY_STREAMS)
         runtime = cls(settings, service, httpx.AsyncClient(timeout=settings.graph_timeout_s))
         egress = Egress(service.js, service.redis, service.registry, runtime.http, settings)
-        await service.consume(EGRESS, outbound_pb2.OutboundCommand, egress.handle)
+        spec = dataclasses.replace(EGRESS, ack_wait_s=settings.egress_ack_wait_s)
+        await service.consume(spec, outbound_pb2.OutboundCommand, egress.handle, egress.settled)
         return runtime
 
     async def stop(self) -> None:

@@ -26,7 +26,10 @@ class GatewaySettings(BaseSettings):
     send_lease_s: float = 60.0
     # Outbound idempotency keys outlive the outbound stream's 7-day retention.
     sent_key_ttl_s: int = 8 * 86_400
-    egress_batch: int = 64
+    # Unacknowledged outbound commands of a dead gateway are redelivered after this long.
+    egress_ack_wait_s: float = 60.0
+    # A command whose contact has an earlier one unsettled looks again after this long.
+    order_wait_s: float = 0.25
 
 
 @lru_cache

@@ -1,0 +1,56 @@
+"""The openai responder through the whole platform, against a local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support.http import serve
+from tests.support.openai_server import NOT_JSON, FakeOpenAI, Hang
+from tests.support.platform import running_platform
+from zapflow.core import metrics
+from zapflow.core.registry import TenantRegistry
+from zapflow.core.settings import CoreSettings
+
+CUSTOMER = "5511922221111"
+FALLBACK = "Our assistant is busy, a person will answer soon."
+
+
+def llm_bot(base_url: str, timeout: float = 5.0) -> dict[str, object]:
+    return {
+        "responder": "openai",
+        "openai": {"baseUrl": f"{base_url}/v1", "model": "local", "timeoutSeconds": timeout, "historyTurns": 5},
+        "fallback": {"text": FALLBACK},
+    }
+
+
+async def test_previous_turns_are_the_context_of_the_next(core: CoreSettings, registry: TenantRegistry) -> None:
+    fake = FakeOpenAI()
+    async with serve(fake.app()) as llm, running_platform(core, registry, **llm_bot(llm)) as platform:
+        await platform.say(CUSTOMER, "my order is late")
+        assert await platform.wait_for_texts(CUSTOMER, 1) == ["You said: my order is late"]
+        await platform.say(CUSTOMER, "order 42")
+        assert await platform.wait_for_texts(CUSTOMER, 2) == ["You said: my order is late", "You said: order 42"]
+
+    second = fake.requests[1].messages
+    assert second[1:] == [
+        {"role": "user", "content": "my order is late"},
+        {"role": "assistant", "content": "You said: my order is late"},
+        {"role": "user", "content": "order 42"},
+    ]
+
+
+async def test_a_timeout_or_a_malformed_completion_gives_the_fallback(
+    core: CoreSettings, registry: TenantRegistry
+) -> None:
+    release = asyncio.Event()
+    fake = FakeOpenAI()
+    fake.script(Hang(release), Hang(release), NOT_JSON)  # the client retries a timeout once
+    async with serve(fake.app()) as llm, running_platform(core, registry, **llm_bot(llm, timeout=0.5)) as platform:
+        errors = metrics.RESPONDER_ERRORS.labels(platform.tenant.name, "timeout")
+        await platform.say(CUSTOMER, "are you there?")
+        assert await platform.wait_for_texts(CUSTOMER, 1) == [FALLBACK]
+        release.set()
+        assert errors._value.get() == 1
+        await platform.say(CUSTOMER, "hello?")
+        assert await platform.wait_for_texts(CUSTOMER, 2) == [FALLBACK, FALLBACK]
+        assert metrics.RESPONDER_ERRORS.labels(platform.tenant.name, "malformed")._value.get() == 1
