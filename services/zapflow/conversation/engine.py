@@ -28,6 +28,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -319,6 +320,7 @@ class Engine:
 
     async def _run_turn(self, keys: ContactKeys, token: str) -> None:
         closed_at = time.perf_counter()
+        closed_stamp = bus.now_timestamp()
         keeper = asyncio.create_task(self._keep_lock(keys, token))
         try:
             tenant = self._registry.by_name(keys.tenant)
@@ -333,7 +335,7 @@ class Engine:
             with tracer.start_as_current_span("conversation turn", context=parent, links=links) as span:
                 span.set_attribute("zapflow.tenant", keys.tenant)
                 span.set_attribute("zapflow.turn_id", pending.turn_id)
-                await self._answer(tenant, keys, pending, closed_at)
+                await self._answer(tenant, keys, pending, closed_at, closed_stamp)
             await self._settle(keys, token, pending.last_seq)
         except Exception:
             # Nothing is acknowledged: the lock expires and the in-flight turn is re-run.
@@ -398,7 +400,9 @@ class Engine:
         raw = await self._js.get_msg(bus.INBOUND.name, seq=seq)
         return inbound_pb2.InboundMessage.FromString(raw.data or b""), dict(raw.headers or {})
 
-    async def _answer(self, tenant: BotTenant, keys: ContactKeys, pending: PendingTurn, closed_at: float) -> None:
+    async def _answer(
+        self, tenant: BotTenant, keys: ContactKeys, pending: PendingTurn, closed_at: float, closed_stamp: Timestamp
+    ) -> None:
         turn_key = keys.turn(pending.turn_id)
         if await self._redis.exists(turn_key):
             metrics.DUPLICATES_DROPPED.labels(keys.tenant, "turn_key").inc()
@@ -436,6 +440,7 @@ class Engine:
             command_ids=commands,
             started_at=pending.messages[0][1].received_at if pending.messages else bus.now_timestamp(),
             answered_at=bus.now_timestamp(),
+            closed_at=closed_stamp,
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
             actions=list(answer.actions),

@@ -44,6 +44,7 @@ class Turn(_message.Message):
     LAST_INBOUND_SEQ_FIELD_NUMBER: _builtins.int
     DUPLICATE_WAMIDS_FIELD_NUMBER: _builtins.int
     ACTIONS_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     tenant: _builtins.str
     contact: _builtins.str
@@ -79,6 +80,10 @@ class Turn(_message.Message):
     def actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """side effects a tool asked for, e.g. handoff"""
 
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp:
+        """when the debounce closed the turn (turn latency starts)"""
+
     def __init__(
         self,
         *,
@@ -98,10 +103,11 @@ class Turn(_message.Message):
         last_inbound_seq: _builtins.int = ...,
         duplicate_wamids: _abc.Iterable[_builtins.str] | None = ...,
         actions: _abc.Iterable[_builtins.str] | None = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "closed_at", b"closed_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "answered_at", b"answered_at", "command_ids", b"command_ids", "completion_tokens", b"completion_tokens", "contact", b"contact", "duplicate_wamids", b"duplicate_wamids", "inbound_seqs", b"inbound_seqs", "inbound_wamids", b"inbound_wamids", "last_inbound_seq", b"last_inbound_seq", "outcome", b"outcome", "prompt_tokens", b"prompt_tokens", "responder", b"responder", "rule", b"rule", "started_at", b"started_at", "tenant", b"tenant", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "answered_at", b"answered_at", "closed_at", b"closed_at", "command_ids", b"command_ids", "completion_tokens", b"completion_tokens", "contact", b"contact", "duplicate_wamids", b"duplicate_wamids", "inbound_seqs", b"inbound_seqs", "inbound_wamids", b"inbound_wamids", "last_inbound_seq", b"last_inbound_seq", "outcome", b"outcome", "prompt_tokens", b"prompt_tokens", "responder", b"responder", "rule", b"rule", "started_at", b"started_at", "tenant", b"tenant", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
