@@ -156,6 +156,8 @@ class PendingTurn:
     messages: list[tuple[int, inbound_pb2.InboundMessage]]  # (stream seq, message), in order
     duplicates: list[str]
     last_seq: int
+    # No turn of this contact was answered before (the cursor was 0): greet them.
+    first_contact: bool = False
     # The trace context of each message's webhook, from its NATS headers.
     trace_headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -363,6 +365,7 @@ class Engine:
                 [(seq, message) for seq, (message, _) in zip(record["seqs"], replayed, strict=True)],
                 record["dups"],
                 record["last"],
+                record["first_contact"],
                 [headers for _, headers in replayed],
             )
         await self._ensure_cursor(keys)
@@ -392,7 +395,7 @@ class Engine:
         if last_seq == cursor:
             return None
         first = messages[0][0] if messages else last_seq
-        pending = PendingTurn(f"in{first}-{last_seq}", messages, duplicates, last_seq, trace_headers)
+        pending = PendingTurn(f"in{first}-{last_seq}", messages, duplicates, last_seq, cursor == 0, trace_headers)
         await self._redis.set(keys.inflight, pending.record(), ex=self._settings.turn_key_ttl_s)
         return pending
 
@@ -479,7 +482,7 @@ class Engine:
             contact=keys.contact,
             messages=messages,
             history=history,
-            first_contact=await self._first_contact(keys, pending.turn_id),
+            first_contact=pending.first_contact,
         )
         started = time.perf_counter()
         metrics.TURNS_IN_FLIGHT.labels(keys.tenant).inc()
@@ -489,13 +492,6 @@ class Engine:
         finally:
             metrics.TURNS_IN_FLIGHT.labels(keys.tenant).dec()
             metrics.RESPONDER_SECONDS.labels(keys.tenant, responder.name).observe(time.perf_counter() - started)
-
-    async def _first_contact(self, keys: ContactKeys, turn_id: str) -> bool:
-        """A contact is new until its first turn; a re-run of that same turn still is."""
-        seen = tenant_key(keys.tenant, "seen", keys.contact)
-        if await self._redis.set(seen, turn_id, nx=True):
-            return True
-        return bool(await self._redis.get(seen) == turn_id)
 
     def _semaphore(self, tenant: BotTenant) -> asyncio.Semaphore:
         """Per-tenant limit on responder calls: one tenant's slow LLM cannot starve the others."""
