@@ -7,9 +7,9 @@ from collections import defaultdict
 
 import httpx
 
-from tests.support.platform import Platform, eventually, running_platform
+from tests.support.platform import Platform, eventually, register_number, running_platform
 from tests.support.servers import ManagedServer
-from tests.support.tenants import make_tenant, secret
+from tests.support.tenants import make_tenant
 from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.core.registry import TenantRegistry
 from zapflow.core.settings import CoreSettings
@@ -45,16 +45,7 @@ async def add_tenant(platform: Platform, registry: TenantRegistry) -> BotTenant:
         str(platform.sandbox.base_url).rstrip("/"), maxConcurrentCalls=2, rules=[], fallback={"text": "x"}
     )
     await registry.put(tenant)
-    registered = await platform.sandbox.post(
-        "/sandbox/numbers",
-        json={
-            "tenant": tenant.name,
-            "phone_number_id": tenant.spec.whatsapp.phone_number_id,
-            "access_token": secret(tenant, "access_token"),
-            "app_secret": secret(tenant),
-        },
-    )
-    assert registered.status_code == 201, registered.text
+    await register_number(platform.sandbox, tenant)
     return tenant
 
 

@@ -82,6 +82,20 @@ class Platform:
         return await eventually(enough, timeout, f"{count} messages to the customer")
 
 
+async def register_number(sandbox: httpx.AsyncClient, tenant: BotTenant) -> None:
+    """Tell the sandbox (Meta's stand-in) about the tenant's number and credentials."""
+    registered = await sandbox.post(
+        "/sandbox/numbers",
+        json={
+            "tenant": tenant.name,
+            "phone_number_id": tenant.spec.whatsapp.phone_number_id,
+            "access_token": secret(tenant, "access_token"),
+            "app_secret": secret(tenant),
+        },
+    )
+    assert registered.status_code == 201, registered.text
+
+
 @contextlib.asynccontextmanager
 async def running_platform(
     core: CoreSettings,
@@ -99,16 +113,7 @@ async def running_platform(
         tenant = make_tenant(sandbox_url, messages_per_second, debounce, **bot)
         await registry.put(tenant)
         async with httpx.AsyncClient(base_url=sandbox_url, timeout=10) as sandbox_client:
-            registered = await sandbox_client.post(
-                "/sandbox/numbers",
-                json={
-                    "tenant": tenant.name,
-                    "phone_number_id": tenant.spec.whatsapp.phone_number_id,
-                    "access_token": secret(tenant, "access_token"),
-                    "app_secret": secret(tenant),
-                },
-            )
-            assert registered.status_code == 201, registered.text
+            await register_number(sandbox_client, tenant)
             gateway_settings = GatewaySettings(core=core, port=gateway_port)
             async with (
                 serve(gateway_app(gateway_settings), port=gateway_port) as gateway_url,

@@ -15,7 +15,7 @@ from zapflow.conversation.responder import Responder
 from zapflow.conversation.rules import RulesResponder
 from zapflow.conversation.settings import ConversationSettings
 from zapflow.core import bus, metrics
-from zapflow.core.http import ops_router
+from zapflow.core.http import FASTAPI_TELEMETRY_OFF, ops_router
 from zapflow.core.logging import configure_logging
 from zapflow.core.runtime import ServiceRuntime
 from zapflow.core.telemetry import configure_tracing
@@ -52,7 +52,9 @@ def create_app(settings: ConversationSettings, custom_responders: dict[str, Resp
             await llm.aclose()
             await runtime.stop()
 
-    app = FastAPI(title="zapflow conversation", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="zapflow conversation", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry=FASTAPI_TELEMETRY_OFF
+    )
     app.include_router(
         ops_router(
             lambda: holder["runtime"].readiness() if holder else {"started": False},

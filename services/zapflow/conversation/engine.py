@@ -302,23 +302,32 @@ class Engine:
     async def _close_once(self) -> None:
         now_ms = int(time.time() * 1000)
         due = await self._redis.zrangebyscore(DUE_KEY, "-inf", now_ms, start=0, num=self._settings.closer_batch)
+        candidates = []
         for entry in due:
-            member = str(entry)
-            tenant, _, contact = member.partition("|")
-            if (tenant, contact) in self._running:
+            tenant, _, contact = str(entry).partition("|")
+            if (tenant, contact) not in self._running:
+                candidates.append((str(entry), ContactKeys(tenant, contact), secrets.token_hex(8)))
+        if not candidates:
+            return
+        lease_ms = int(self._settings.turn_lease_s * 1000)
+        # Every lock of this tick in one round trip.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for _, keys, token in candidates:
+                pipe.set(keys.lock, token, nx=True, px=lease_ms)
+            locked = await pipe.execute()
+        busy = {}
+        for (member, keys, token), acquired in zip(candidates, locked, strict=True):
+            if not acquired:
+                metrics.LOCK_WAITS.labels(keys.tenant).inc()
+                busy[member] = now_ms + self._settings.lock_retry_ms
                 continue
-            keys = ContactKeys(tenant, contact)
-            token = secrets.token_hex(8)
-            lease_ms = int(self._settings.turn_lease_s * 1000)
-            if not await self._redis.set(keys.lock, token, nx=True, px=lease_ms):
-                metrics.LOCK_WAITS.labels(tenant).inc()
-                # Look again shortly rather than on every tick while the other turn runs.
-                await self._redis.zadd(DUE_KEY, {member: now_ms + self._settings.lock_retry_ms}, xx=True, gt=True)
-                continue
-            self._running.add((tenant, contact))
+            self._running.add((keys.tenant, keys.contact))
             task = asyncio.create_task(self._run_turn(keys, token))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if busy:
+            # Look again shortly rather than on every tick while the other turn runs.
+            await self._redis.zadd(DUE_KEY, busy, xx=True, gt=True)
 
     async def _run_turn(self, keys: ContactKeys, token: str) -> None:
         closed_at = time.perf_counter()
@@ -365,7 +374,7 @@ class Engine:
                 [(seq, message) for seq, (message, _) in zip(record["seqs"], replayed, strict=True)],
                 record["dups"],
                 record["last"],
-                record["first_contact"],
+                record.get("first_contact", False),
                 [headers for _, headers in replayed],
             )
         await self._ensure_cursor(keys)

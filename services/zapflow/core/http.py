@@ -6,8 +6,13 @@ import hmac
 from collections.abc import Callable
 
 from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
+
+# FastAPI's built-in telemetry would add a second set of server spans and metrics on every
+# request; zapflow's own spans and Prometheus metrics are the ones dashboards use.
+FASTAPI_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def ops_router(is_ready: Callable[[], dict[str, bool]], metrics_token: SecretStr | None) -> APIRouter:

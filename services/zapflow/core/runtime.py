@@ -36,7 +36,7 @@ class ServiceRuntime:
         await bus.ensure_streams(js, streams, core.stream_replicas)
         registry = TenantRegistry(await open_bucket(js, core.tenant_bucket, core.stream_replicas))
         await registry.watch()
-        return cls(service, core, nc, js, connect_redis(core.redis_url), registry)
+        return cls(service, core, nc, js, connect_redis(core.redis_url, core.redis_max_connections), registry)
 
     async def consume(
         self,

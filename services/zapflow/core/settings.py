@@ -22,6 +22,8 @@ class CoreSettings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Connections per process; callers beyond it wait for a free one.
+    redis_max_connections: int = 64
     # JetStream replicas for the streams zapflow declares: 1 embedded, 3 on a NATS cluster.
     stream_replicas: int = 1
     tenant_bucket: str = "zf_tenants"

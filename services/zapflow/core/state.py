@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import asyncio
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from zapflow.core import metrics
 
 
-def connect_redis(url: str) -> Redis:
-    return Redis.from_url(url, decode_responses=True, health_check_interval=10, socket_connect_timeout=2)
+def connect_redis(url: str, max_connections: int = 64) -> Redis:
+    """A bounded pool: a burst waits for a free connection instead of failing with "Too many connections"."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        decode_responses=True,
+        health_check_interval=10,
+        socket_connect_timeout=2,
+        max_connections=max_connections,
+        timeout=10,
+    )
+    return Redis(connection_pool=pool)
 
 
 def tenant_key(tenant: str, *parts: str) -> str:
@@ -21,19 +30,20 @@ def tenant_key(tenant: str, *parts: str) -> str:
 
 
 # GCRA (generic cell rate algorithm) on the Redis clock, so every replica shares one schedule.
-# Returns 0 when a send may go now, otherwise the milliseconds to wait before asking again.
-_GCRA = """
+# Each call reserves the next free slot and returns how many milliseconds away it is: a waiter
+# sleeps once instead of polling.
+_GCRA_RESERVE = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + tonumber(now_parts[2]) / 1000
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local allowed_at = tat - burst
-if now < allowed_at then return math.ceil(allowed_at - now) end
+local slot = tat - burst
+if slot < now then slot = now end
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return 0
+return math.ceil(slot - now)
 """
 
 
@@ -41,20 +51,16 @@ class RateLimiter:
     """Throughput per WhatsApp number, shared by all gateway replicas."""
 
     def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._script = redis.register_script(_GCRA)
+        self._script = redis.register_script(_GCRA_RESERVE)
 
     async def acquire(self, tenant: str, phone_number_id: str, per_second: float, burst: int = 1) -> float:
-        """Wait until one more message may go to Meta from this number; return the time waited."""
+        """Reserve the next send slot of this number and wait for it; return the time waited."""
         interval_ms = 1000.0 / per_second
         key = tenant_key(tenant, "rate", phone_number_id)
-        waited = 0.0
-        while True:
-            wait_ms = int(await self._script(keys=[key], args=[interval_ms, interval_ms * (burst - 1)]))
-            if wait_ms <= 0:
-                break
-            # Pacing, not synchronisation: the limiter's answer is how long to hold off.
-            await asyncio.sleep(wait_ms / 1000)
-            waited += wait_ms / 1000
+        wait_ms = int(await self._script(keys=[key], args=[interval_ms, interval_ms * (burst - 1)]))
+        waited = max(0, wait_ms) / 1000
+        if waited:
+            # Pacing, not synchronisation: the reserved slot is this far away.
+            await asyncio.sleep(waited)
         metrics.RATE_LIMIT_WAIT_SECONDS.labels(tenant).observe(waited)
         return waited

@@ -9,7 +9,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from zapflow.core.http import ops_router
+from zapflow.core.http import FASTAPI_TELEMETRY_OFF, ops_router
 from zapflow.core.logging import configure_logging
 from zapflow.core.telemetry import configure_tracing
 from zapflow.gateway import webhook
@@ -29,7 +29,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="zapflow gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="zapflow gateway", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry=FASTAPI_TELEMETRY_OFF
+    )
     app.include_router(webhook.router)
     app.include_router(
         ops_router(

@@ -27,7 +27,11 @@ class GatewayRuntime:
     @classmethod
     async def start(cls, settings: GatewaySettings) -> GatewayRuntime:
         service = await ServiceRuntime.start("gateway", settings.core, GATEWAY_STREAMS)
-        runtime = cls(settings, service, httpx.AsyncClient(timeout=settings.graph_timeout_s))
+        # As many kept-alive connections as egress uses at once (httpx keeps 20 and closes the rest).
+        limits = httpx.Limits(
+            max_connections=settings.graph_connections, max_keepalive_connections=settings.graph_connections
+        )
+        runtime = cls(settings, service, httpx.AsyncClient(timeout=settings.graph_timeout_s, limits=limits))
         egress = Egress(service.js, service.redis, service.registry, runtime.http, settings)
         spec = dataclasses.replace(EGRESS, ack_wait_s=settings.egress_ack_wait_s)
         await service.consume(spec, outbound_pb2.OutboundCommand, egress.handle, egress.settled)
@@ -38,7 +42,8 @@ class GatewayRuntime:
         await self.http.aclose()
 
 
-def get_runtime(request: Request) -> GatewayRuntime:
+async def get_runtime(request: Request) -> GatewayRuntime:
+    # async: FastAPI runs a plain `def` dependency in a worker thread on every request.
     runtime: GatewayRuntime = request.app.state.runtime
     return runtime
 

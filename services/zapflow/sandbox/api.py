@@ -45,7 +45,8 @@ class SandboxServices:
     chat_page: str
 
 
-def _services(request: Request) -> SandboxServices:
+async def _services(request: Request) -> SandboxServices:
+    # async: FastAPI runs a plain `def` dependency in a worker thread on every request.
     services: SandboxServices = request.app.state.services
     return services
 

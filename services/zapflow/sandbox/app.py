@@ -12,6 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from zapflow.core.http import FASTAPI_TELEMETRY_OFF
 from zapflow.core.logging import configure_logging, get_logger
 from zapflow.sandbox.api import SandboxServices, routers
 from zapflow.sandbox.chat import ChatHub
@@ -134,6 +135,7 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
         title="zapflow sandbox",
         summary="A local stand-in for the WhatsApp Cloud API, with a web chat.",
         lifespan=lifespan,
+        telemetry=FASTAPI_TELEMETRY_OFF,
     )
     for router in routers:
         app.include_router(router)
