@@ -11,6 +11,11 @@ from nats.js import JetStreamContext
 
 from tests.support.servers import ManagedServer, nats_server, redis_server
 from zapflow.core import bus
+from zapflow.core.registry import TenantRegistry, open_bucket
+from zapflow.core.settings import CoreSettings
+
+# The headless-Chromium `page` fixture.
+pytest_plugins = ["tests.support.browser"]
 
 
 @pytest.fixture
@@ -40,3 +45,13 @@ async def nc(nats: ManagedServer) -> AsyncIterator[NATS]:
 @pytest.fixture
 async def js(nc: NATS) -> JetStreamContext:
     return nc.jetstream()
+
+
+@pytest.fixture
+def core(nats: ManagedServer, redis: ManagedServer) -> CoreSettings:
+    return CoreSettings(nats_url=nats.url, redis_url=f"{redis.url}/0", log_json=True)
+
+
+@pytest.fixture
+async def registry(js: JetStreamContext, core: CoreSettings) -> TenantRegistry:
+    return TenantRegistry(await open_bucket(js, core.tenant_bucket))

@@ -4,36 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
 from tests.sandbox.helpers import APP_SECRET, GRAPH_HEADERS, NUMBER, WAIT_S, messages_url, running_sandbox
+from tests.support.browser import screenshot_dir
 from tests.support.http import serve
 from zapflow.core.signature import SIGNATURE_HEADER, signature_matches
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 EXPECT_TIMEOUT_MS = WAIT_S * 1000
-# Where to keep the screenshots for a person to look at; pytest's tmp_path when unset.
-SCREENSHOT_DIR_VARIABLE = "ZAPFLOW_SCREENSHOT_DIR"
 
 
 class StandInBot:
@@ -108,24 +94,6 @@ class StandInBot:
     async def finish(self) -> None:
         """Surfaces any failure of an answer; a silent one would only look like a timeout."""
         await asyncio.gather(*self._answers)
-
-
-@pytest.fixture
-async def page() -> AsyncIterator[Page]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium with `apt-get install -y chromium`")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield await browser.new_page(viewport={"width": 1280, "height": 800})
-        finally:
-            await browser.close()
-
-
-def screenshot_dir(tmp_path: Path) -> Path:
-    chosen = Path(os.environ.get(SCREENSHOT_DIR_VARIABLE) or tmp_path)
-    chosen.mkdir(parents=True, exist_ok=True)
-    return chosen
 
 
 async def test_a_customer_chats_with_the_bot_in_the_browser(page: Page, tmp_path: Path) -> None:
