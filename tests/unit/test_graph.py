@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
+import json
+
+import aiohttp
 import pytest
 
 from zapflow.gateway.graph import Outcome, classify, classify_transport_error, graph_payload
@@ -49,14 +51,15 @@ def test_buttons_list_template_and_read_receipt() -> None:
     }
 
 
-def error(status: int, code: int) -> httpx.Response:
-    return httpx.Response(status, json={"error": {"message": "m", "type": "OAuthException", "code": code}})
+def error(status: int, code: int) -> tuple[int, bytes]:
+    return status, json.dumps({"error": {"message": "m", "type": "OAuthException", "code": code}}).encode()
 
 
 @pytest.mark.parametrize(
     ("response", "outcome"),
     [
-        (httpx.Response(200, json={"messages": [{"id": "wamid.OK"}]}), Outcome.SENT),
+        ((200, b'{"messages": [{"id": "wamid.OK"}]}'), Outcome.SENT),
+        ((502, b"<html>bad gateway</html>"), Outcome.RETRY),
         (error(429, 130429), Outcome.RETRY),
         (error(400, 131056), Outcome.RETRY),
         (error(500, 131000), Outcome.RETRY),
@@ -65,11 +68,20 @@ def error(status: int, code: int) -> httpx.Response:
         (error(401, 190), Outcome.FAILED),
     ],
 )
-def test_answers_are_classified(response: httpx.Response, outcome: Outcome) -> None:
-    assert classify(response).outcome is outcome
+def test_answers_are_classified(response: tuple[int, bytes], outcome: Outcome) -> None:
+    assert classify(*response).outcome is outcome
 
 
-def test_only_errors_before_sending_are_retried() -> None:
-    request = httpx.Request("POST", "http://x")
-    assert classify_transport_error(httpx.ConnectError("refused", request=request)).outcome is Outcome.RETRY
-    assert classify_transport_error(httpx.ReadTimeout("slow", request=request)).outcome is Outcome.UNCERTAIN
+def test_retry_after_is_honoured() -> None:
+    assert classify(429, b"{}", "7").retry_after_s == 7.0
+    assert classify(200, b'{"messages": [{"id": "wamid.X"}]}').wamid == "wamid.X"
+
+
+async def test_only_errors_before_sending_are_retried() -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError) as refused:
+            await session.post("http://127.0.0.1:1/v21.0/1/messages", json={})  # nothing listens on port 1
+    assert classify_transport_error(refused.value).outcome is Outcome.RETRY
+    assert classify_transport_error(aiohttp.ConnectionTimeoutError()).outcome is Outcome.RETRY
+    assert classify_transport_error(TimeoutError()).outcome is Outcome.UNCERTAIN
+    assert classify_transport_error(aiohttp.ServerDisconnectedError()).outcome is Outcome.UNCERTAIN

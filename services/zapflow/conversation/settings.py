@@ -25,6 +25,8 @@ class ConversationSettings(BaseSettings):
     # How often each replica looks for contacts whose debounce deadline has passed.
     closer_interval_s: float = 0.01
     closer_batch: int = 200
+    # Turns one replica answers at once; more wait in the due set (measured in bench/README.md).
+    max_running_turns: int = 32
     # A contact's turn lock; extended while the turn runs, so it only expires when its process died.
     turn_lease_s: float = 15.0
     # When a due contact's previous turn is still running, look again after this long.

@@ -27,6 +27,8 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_trace_ids,
+        # log.exception(...) carries the traceback as text, not just "exc_info": true.
+        structlog.processors.format_exc_info,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-import httpx
+import aiohttp
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -66,7 +66,7 @@ class Egress:
         js: JetStreamContext,
         redis: Redis,
         registry: TenantRegistry,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         settings: GatewaySettings,
     ) -> None:
         self._js = js
@@ -145,11 +145,11 @@ class Egress:
             span.set_attribute("zapflow.tenant", command.tenant)
             span.set_attribute("zapflow.command_id", command.command_id)
             try:
-                response = await self._http.post(
+                async with self._http.post(
                     url, json=graph_payload(command), headers={"Authorization": f"Bearer {token}"}
-                )
-                result = classify(response)
-            except httpx.TransportError as error:
+                ) as response:
+                    result = classify(response.status, await response.read(), response.headers.get("Retry-After"))
+            except (aiohttp.ClientError, TimeoutError) as error:
                 result = classify_transport_error(error)
             span.set_attribute("zapflow.outcome", result.outcome.value)
         metrics.GRAPH_API_SECONDS.labels(command.tenant).observe(time.perf_counter() - started)

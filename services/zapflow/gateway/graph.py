@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import httpx
+import aiohttp
 
 from zapflow.v1 import outbound_pb2 as pb
 
@@ -102,30 +103,29 @@ class GraphResult:
     retry_after_s: float | None = None
 
 
-def classify(response: httpx.Response) -> GraphResult:
+def classify(status: int, body: bytes, retry_after: str | None = None) -> GraphResult:
     """Turn a Graph API answer into what egress should do about it."""
     try:
-        body = response.json()
+        parsed = json.loads(body) if body else {}
     except ValueError:
-        body = {}
-    if response.is_success:
-        messages = body.get("messages") if isinstance(body, dict) else None
+        parsed = {}
+    if 200 <= status < 300:
+        messages = parsed.get("messages") if isinstance(parsed, dict) else None
         wamid = str(messages[0].get("id", "")) if isinstance(messages, list) and messages else ""
-        return GraphResult(Outcome.SENT, response.status_code, wamid=wamid)
-    error = body.get("error", {}) if isinstance(body, dict) else {}
+        return GraphResult(Outcome.SENT, status, wamid=wamid)
+    error = parsed.get("error", {}) if isinstance(parsed, dict) else {}
     code = int(error.get("code", 0)) if isinstance(error, dict) else 0
     title = str(error.get("message", "")) if isinstance(error, dict) else ""
-    retry_after = response.headers.get("retry-after")
     delay = float(retry_after) if retry_after and retry_after.isdigit() else None
     if code == WINDOW_CLOSED:
-        return GraphResult(Outcome.WINDOW_CLOSED, response.status_code, error_code=code, error_title=title)
-    if response.status_code == 429 or code in THROTTLE_CODES or response.status_code >= 500:
-        return GraphResult(Outcome.RETRY, response.status_code, error_code=code, error_title=title, retry_after_s=delay)
-    return GraphResult(Outcome.FAILED, response.status_code, error_code=code, error_title=title)
+        return GraphResult(Outcome.WINDOW_CLOSED, status, error_code=code, error_title=title)
+    if status == 429 or code in THROTTLE_CODES or status >= 500:
+        return GraphResult(Outcome.RETRY, status, error_code=code, error_title=title, retry_after_s=delay)
+    return GraphResult(Outcome.FAILED, status, error_code=code, error_title=title)
 
 
-def classify_transport_error(error: httpx.TransportError) -> GraphResult:
+def classify_transport_error(error: Exception) -> GraphResult:
     """A request that never got an answer: retry only when it surely never left this host."""
-    never_sent = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    never_sent = isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
     outcome = Outcome.RETRY if never_sent else Outcome.UNCERTAIN
     return GraphResult(outcome, error_title=f"{type(error).__name__}: {error}")

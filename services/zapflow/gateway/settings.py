@@ -22,6 +22,7 @@ class GatewaySettings(BaseSettings):
     # Meta times a webhook out after a few seconds; fail fast with 503 so it retries.
     publish_timeout_s: float = 3.0
     graph_timeout_s: float = 10.0
+    graph_connect_timeout_s: float = 5.0
     graph_connections: int = 100
     # How long a Graph API call may stay unresolved before a redelivery treats it as abandoned.
     send_lease_s: float = 60.0
