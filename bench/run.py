@@ -646,8 +646,6 @@ def markdown(report: dict[str, Any]) -> str:
     phases = report["phases"]
     lines = [f"# zapflow benchmark — {report['meta']['date']}", ""]
     meta = report["meta"]
-    if report["config"].get("patch"):
-        lines += [f"**EXPERIMENT: services patched with {report['config']['patch']} (bench/patched.py)**", ""]
     lines += [
         f"Machine: {meta['cpu']} ({meta['cores']} cores), {meta['memory_gib']} GiB, {meta['os']}; "
         f"Python {meta['python']}, nats-server {meta['nats_server']}, redis {meta['redis_server']}; "
@@ -831,12 +829,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data) afterwards")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument("--py-spy", type=Path, metavar="DIR", help="profile services with py-spy into DIR")
-    parser.add_argument(
-        "--patch",
-        default="",
-        metavar="P1,P2",
-        help="EXPERIMENT: run the services with proposed fixes monkeypatched in (see bench/patched.py)",
-    )
     parser.add_argument("--py-spy-rate", type=int, default=67, help="samples per second (default 67)")
     parser.add_argument("--py-spy-nonblocking", action="store_true", help="do not pause the profiled processes")
     args = parser.parse_args(argv)
@@ -866,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
     profiler: Profiler | None = None
     monitor: ResourceMonitor | None = None
     try:
-        stack = Stack(workdir, Ports.choose(args.base_port, args.conversation_replicas), patches=args.patch)
+        stack = Stack(workdir, Ports.choose(args.base_port, args.conversation_replicas))
         monitor = ResourceMonitor(stack)
         profiler = Profiler(args.py_spy, args.py_spy_rate, args.py_spy_nonblocking)
         meta = machine()

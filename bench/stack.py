@@ -142,8 +142,6 @@ class Stack:
     workdir: Path
     ports: Ports
     procs: dict[str, Proc] = field(default_factory=dict)
-    # Experiments only (bench/patched.py): proposed fixes monkeypatched into the services.
-    patches: str = ""
 
     @property
     def nats_url(self) -> str:
@@ -257,8 +255,7 @@ class Stack:
     def _service(self, name: str, port: int, *args: str) -> Proc:
         self._check_free(name, port)
         service = name.split("-")[0]
-        launcher = [str(Path(__file__).with_name("patched.py")), self.patches] if self.patches else ["-m", "zapflow"]
-        command = [sys.executable, *launcher, service, "--host", "127.0.0.1", "--port", str(port), *args]
+        command = [sys.executable, "-m", "zapflow", service, "--host", "127.0.0.1", "--port", str(port), *args]
         return self._proc(name, command)
 
     def start_edge(self, tenant_file: Path) -> None:
