@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from nats.js import JetStreamContext
+from redis.asyncio import Redis
 
 from tests.support import meta
 from tests.support.platform import Platform, running_platform
@@ -14,6 +15,7 @@ from tests.support.tenants import secret
 from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.core.registry import TenantRegistry
 from zapflow.core.settings import CoreSettings
+from zapflow.core.state import tenant_key
 from zapflow.core.tenants import ReplySpec
 from zapflow.v1 import inbound_pb2, turn_pb2
 
@@ -143,3 +145,21 @@ async def test_reactions_are_settled_without_a_reply(
         (turn,) = await turns
         assert (turn.outcome, list(turn.command_ids)) == ("silent", [])
         assert await platform.sent_to(CUSTOMER) == []
+
+
+async def test_idempotency_key_lifetimes_are_per_tenant(
+    core: CoreSettings, registry: TenantRegistry, js: JetStreamContext
+) -> None:
+    lifetimes = {"idempotency": {"messageKeyTtlSeconds": 120, "turnKeyTtlSeconds": 90}}
+    async with running_platform(core, registry, spec=lifetimes, **QUIET_BOT) as platform:
+        turns = asyncio.create_task(next_turns(js, platform, 1))
+        wamid = await platform.say(CUSTOMER, "hello")
+        (turn,) = await turns
+        redis = Redis.from_url(core.redis_url, decode_responses=True)
+        try:
+            message_ttl = await redis.ttl(tenant_key(platform.tenant.name, "msg", wamid))
+            turn_ttl = await redis.ttl(tenant_key(platform.tenant.name, "turn", turn.turn_id))
+        finally:
+            await redis.aclose()
+        assert 0 < message_ttl <= 120
+        assert 0 < turn_ttl <= 90

@@ -103,6 +103,7 @@ async def running_platform(
     messages_per_second: float = 80,
     debounce: dict[str, int] | None = None,
     responders: dict[str, Responder] | None = None,
+    spec: dict[str, Any] | None = None,
     **bot: Any,
 ) -> AsyncIterator[Platform]:
     gateway_port = free_port()
@@ -110,7 +111,7 @@ async def running_platform(
         SandboxSettings(webhook_url=f"http://127.0.0.1:{gateway_port}/webhook/whatsapp", statuses="delivered")
     )
     async with serve(sandbox) as sandbox_url:
-        tenant = make_tenant(sandbox_url, messages_per_second, debounce, **bot)
+        tenant = make_tenant(sandbox_url, messages_per_second, debounce, spec, **bot)
         await registry.put(tenant)
         async with httpx.AsyncClient(base_url=sandbox_url, timeout=10) as sandbox_client:
             await register_number(sandbox_client, tenant)

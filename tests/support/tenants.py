@@ -19,10 +19,11 @@ def tenant_document(
     graph_api_url: str = "http://127.0.0.1:9",
     messages_per_second: float = 80,
     debounce: dict[str, int] | None = None,
+    spec: dict[str, Any] | None = None,
     **bot: Any,
 ) -> dict[str, Any]:
     name = f"t-{uuid.uuid4().hex[:10]}"
-    return {
+    document = {
         "apiVersion": "zapflow.io/v1alpha1",
         "kind": "BotTenant",
         "metadata": {"name": name},
@@ -52,15 +53,18 @@ def tenant_document(
             },
         },
     }
+    document["spec"].update(spec or {})
+    return document
 
 
 def make_tenant(
     graph_api_url: str = "http://127.0.0.1:9",
     messages_per_second: float = 80,
     debounce: dict[str, int] | None = None,
+    spec: dict[str, Any] | None = None,
     **bot: Any,
 ) -> BotTenant:
-    return parse_tenant(tenant_document(graph_api_url, messages_per_second, debounce, **bot))
+    return parse_tenant(tenant_document(graph_api_url, messages_per_second, debounce, spec, **bot))
 
 
 def secret(tenant: BotTenant, which: str = "app_secret") -> str:

@@ -265,7 +265,7 @@ class Engine:
             keys=[keys.conversation, DUE_KEY, keys.message(message.wamid)],
             args=[
                 seq,
-                self._settings.message_key_ttl_s,
+                self._message_ttl(tenant),
                 tenant.spec.debounce.window_ms,
                 max(tenant.spec.debounce.max_wait_ms, tenant.spec.debounce.window_ms),
                 due_member(message.tenant, message.contact),
@@ -342,7 +342,7 @@ class Engine:
             if tenant is None:
                 log.warning("due contact of an unknown tenant", tenant=keys.tenant)
                 return
-            pending = await self._pending_turn(keys)
+            pending = await self._pending_turn(tenant, keys)
             if pending is None:
                 await self._settle(keys, token, last_seq=None)
                 return
@@ -367,7 +367,13 @@ class Engine:
             await asyncio.sleep(self._settings.turn_lease_s / 3)
             await self._extend(keys=[keys.lock], args=[token, lease_ms])
 
-    async def _pending_turn(self, keys: ContactKeys) -> PendingTurn | None:
+    def _message_ttl(self, tenant: BotTenant) -> int:
+        return tenant.spec.idempotency.message_key_ttl_seconds or self._settings.message_key_ttl_s
+
+    def _turn_ttl(self, tenant: BotTenant) -> int:
+        return tenant.spec.idempotency.turn_key_ttl_seconds or self._settings.turn_key_ttl_s
+
+    async def _pending_turn(self, tenant: BotTenant, keys: ContactKeys) -> PendingTurn | None:
         """The in-flight turn of a crashed run, or the messages after the cursor."""
         inflight = await self._redis.get(keys.inflight)
         if inflight:
@@ -396,9 +402,7 @@ class Engine:
             assert raw.seq is not None
             last_seq = raw.seq
             message = inbound_pb2.InboundMessage.FromString(raw.data or b"")
-            owner = await self._claim(
-                keys=[keys.message(message.wamid)], args=[raw.seq, self._settings.message_key_ttl_s]
-            )
+            owner = await self._claim(keys=[keys.message(message.wamid)], args=[raw.seq, self._message_ttl(tenant)])
             if int(owner) != raw.seq:
                 duplicates.append(message.wamid)
                 metrics.DUPLICATES_DROPPED.labels(keys.tenant, "message_key").inc()
@@ -409,7 +413,7 @@ class Engine:
             return None
         first = messages[0][0] if messages else last_seq
         pending = PendingTurn(f"in{first}-{last_seq}", messages, duplicates, last_seq, cursor == 0, trace_headers)
-        await self._redis.set(keys.inflight, pending.record(), ex=self._settings.turn_key_ttl_s)
+        await self._redis.set(keys.inflight, pending.record(), ex=self._turn_ttl(tenant))
         return pending
 
     async def _read(self, seq: int) -> tuple[inbound_pb2.InboundMessage, dict[str, str]]:
@@ -462,7 +466,7 @@ class Engine:
             actions=list(answer.actions),
         )
         await bus.publish(self._js, turn_subject(keys.tenant, keys.contact), turn, pending.turn_id)
-        await self._redis.set(turn_key, "answered", ex=self._settings.turn_key_ttl_s)
+        await self._redis.set(turn_key, "answered", ex=self._turn_ttl(tenant))
         if answerable:
             metrics.TURN_LATENCY_SECONDS.labels(keys.tenant).observe(time.perf_counter() - closed_at)
             metrics.TURN_MESSAGES.labels(keys.tenant).observe(len(answerable))

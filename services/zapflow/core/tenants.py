@@ -215,11 +215,23 @@ class RateLimitSpec(Model):
     )
 
 
+class IdempotencySpec(Model):
+    """How long this tenant's messages and turns are remembered as handled (unset: the service's)."""
+
+    message_key_ttl_seconds: int | None = Field(
+        default=None, ge=60, le=30 * 86_400, description="A wamid is processed once within this time (default 24 h)."
+    )
+    turn_key_ttl_seconds: int | None = Field(
+        default=None, ge=60, le=7 * 86_400, description="A turn is answered once within this time (default 1 h)."
+    )
+
+
 class TenantSpec(Model):
     whatsapp: WhatsAppSpec = Field(description="The WhatsApp Cloud API number and its credentials.")
     bot: BotSpec = Field(default_factory=BotSpec, description="The responder and its settings.")
     debounce: DebounceSpec = Field(default_factory=DebounceSpec, description="Turn debounce.")
     rate_limits: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Sending limits.")
+    idempotency: IdempotencySpec = Field(default_factory=IdempotencySpec, description="Idempotency key lifetimes.")
 
 
 class TenantMetadata(BaseModel):
