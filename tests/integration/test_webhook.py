@@ -209,3 +209,14 @@ async def test_metrics_can_require_a_bearer_token(core: CoreSettings, tenants: l
         assert (await client.get("/metrics")).status_code == 401
         assert (await client.get("/metrics", headers={"Authorization": "Bearer nope"})).status_code == 401
         assert (await client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})).status_code == 200
+
+
+async def test_readiness_reports_each_dependency(gateway: httpx.AsyncClient, redis: ManagedServer) -> None:
+    ready = await gateway.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"nats": True, "redis": True, "tenants": True, "consumers": True}
+    redis.kill()
+    not_ready = await gateway.get("/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["checks"]["redis"] is False
+    redis.start()

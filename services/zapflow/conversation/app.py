@@ -57,7 +57,7 @@ def create_app(settings: ConversationSettings, custom_responders: dict[str, Resp
     )
     app.include_router(
         ops_router(
-            lambda: holder["runtime"].readiness() if holder else {"started": False},
+            lambda: holder.get("runtime"),
             settings.core.metrics_token,
         )
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,13 @@ class ServiceRuntime:
         await consumer.start()
         self.consumers.append(consumer)
 
+    async def _redis_answers(self) -> bool:
+        try:
+            async with asyncio.timeout(0.5):
+                return bool(await self.redis.ping())
+        except Exception:  # down, restarting or too slow: not ready either way
+            return False
+
     async def stop(self) -> None:
         for consumer in self.consumers:
             await consumer.stop()
@@ -57,9 +65,10 @@ class ServiceRuntime:
         # Consumers are stopped and publishes awaited: nothing is left to drain.
         await self.nc.close()
 
-    def readiness(self) -> dict[str, bool]:
+    async def readiness(self) -> dict[str, bool]:
         return {
             "nats": self.nc.is_connected,
+            "redis": await self._redis_answers(),
             "tenants": self.registry.ready.is_set(),
             "consumers": all(c.running for c in self.consumers),
         }

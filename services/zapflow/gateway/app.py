@@ -35,7 +35,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(webhook.router)
     app.include_router(
         ops_router(
-            lambda: holder["runtime"].service.readiness() if holder else {"started": False},
+            lambda: holder["runtime"].service if holder else None,
             settings.core.metrics_token,
         )
     )
