@@ -134,3 +134,45 @@ async def test_a_retried_reply_is_not_overtaken_by_a_later_one(platform: Platfor
 
     assert await platform.wait_for_texts(CUSTOMER, 2) == ["first", "second"]
     assert [a["http_status"] for a in await attempts(platform)] == [429, 200, 200]
+
+
+async def test_a_tenant_with_a_hanging_graph_api_does_not_hold_up_another(
+    platform: Platform, registry: TenantRegistry, js: JetStreamContext
+) -> None:
+    import asyncio
+
+    from fastapi import FastAPI
+
+    from tests.support.http import serve
+    from tests.support.platform import register_number
+    from tests.support.tenants import make_tenant
+
+    release = asyncio.Event()
+    all_stuck = asyncio.Event()
+    received: list[str] = []
+    hanging = FastAPI()
+
+    @hanging.post("/{version}/{number}/messages")
+    async def never_answers() -> dict[str, object]:
+        received.append("request")
+        if len(received) == 5:
+            all_stuck.set()
+        await asyncio.wait_for(release.wait(), timeout=30)
+        return {"messages": [{"id": "wamid.LATE"}]}
+
+    async with serve(hanging) as hanging_url:
+        stuck = make_tenant(hanging_url)
+        await registry.put(stuck)
+        await register_number(platform.sandbox, stuck)
+        # Several of the stuck tenant's contacts, then one reply of the healthy tenant.
+        for i in range(5):
+            stuck_command = command(platform, f"stuck-{i}", "never")
+            stuck_command.tenant, stuck_command.contact = stuck.name, f"55110000000{i}"
+            await bus.publish(js, bus.outbound_subject(stuck.name, stuck_command.contact), stuck_command, f"stuck-{i}")
+        await asyncio.wait_for(all_stuck.wait(), timeout=15)  # egress is inside all five calls
+        subject = bus.outbound_subject(platform.tenant.name, CUSTOMER)
+        await bus.publish(js, subject, command(platform, "healthy", "on time"), "healthy")
+
+        # Well before the stuck calls' 10 s timeout.
+        assert await platform.wait_for_texts(CUSTOMER, 1, timeout=5) == ["on time"]
+        release.set()

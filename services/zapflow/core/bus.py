@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -186,6 +185,8 @@ class ConsumerSpec:
     backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0)
     max_ack_pending: int = 2000
     batch: int = 64
+    # Messages handled at once by one process (held messages count only while their handler runs).
+    max_in_flight: int = 256
 
     def config(self) -> api.ConsumerConfig:
         return api.ConsumerConfig(
@@ -228,6 +229,9 @@ class Consumer(Generic[E]):
     on_dead_letter: Callable[[Msg], Awaitable[None]] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    _chains: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _in_flight: int = 0
+    _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         with contextlib.suppress(BadRequestError):
@@ -245,9 +249,21 @@ class Consumer(Generic[E]):
             await self._task
 
     async def _run(self) -> None:
+        """Fetch continuously; each subject's messages run in order on their own chain of tasks.
+
+        A slow message (one tenant's slow Graph API) holds up only its own subject, never the
+        fetching of everyone else's; at most `max_in_flight` messages are being handled at once.
+        """
         stopping = asyncio.create_task(self._stopping.wait())
         while not self._stopping.is_set():
-            fetch = asyncio.create_task(self._subscription.fetch(self.spec.batch, timeout=1.0))
+            room = self.spec.max_in_flight - self._in_flight
+            if room <= 0:
+                self._slot_freed.clear()
+                freed = asyncio.create_task(self._slot_freed.wait())
+                await asyncio.wait({freed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                freed.cancel()
+                continue
+            fetch = asyncio.create_task(self._subscription.fetch(min(self.spec.batch, room), timeout=1.0))
             await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not fetch.done():
                 # Stopping while idle: messages a cancelled fetch had pulled are redelivered.
@@ -263,14 +279,27 @@ class Consumer(Generic[E]):
                 log.warning("fetch failed", consumer=self.spec.durable, error=str(error))
                 await asyncio.sleep(0.5)
                 continue
-            by_subject: dict[str, list[Msg]] = defaultdict(list)
             for msg in messages:
-                by_subject[msg.subject].append(msg)
-            await asyncio.gather(*(self._handle_in_order(batch) for batch in by_subject.values()))
+                self._dispatch(msg)
+        await asyncio.gather(*self._chains.values(), return_exceptions=True)
 
-    async def _handle_in_order(self, messages: list[Msg]) -> None:
-        for msg in messages:
+    def _dispatch(self, msg: Msg) -> None:
+        self._in_flight += 1
+        previous = self._chains.get(msg.subject)
+        self._chains[msg.subject] = asyncio.create_task(self._handle_after(previous, msg))
+
+    async def _handle_after(self, previous: asyncio.Task[None] | None, msg: Msg) -> None:
+        try:
+            if previous is not None:
+                await asyncio.wait({previous})
             await self._handle_one(msg)
+        except Exception:  # an ack or nak lost with the connection: the message is redelivered
+            log.exception("message handling failed", consumer=self.spec.durable)
+        finally:
+            self._in_flight -= 1
+            self._slot_freed.set()
+            if self._chains.get(msg.subject) is asyncio.current_task():
+                del self._chains[msg.subject]
 
     async def _handle_one(self, msg: Msg) -> None:
         tenant = tenant_of(msg.subject)
