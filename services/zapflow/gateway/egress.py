@@ -48,6 +48,12 @@ if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1], 'EX', AR
 return 1
 """
 
+# Settled earlier commands a check may step over before it gives up for this delivery.
+MAX_SETTLED_SKIPS = 20
+QUICK_ORDER_WAITS = 20
+SLOW_ORDER_WAIT_S = 2.0
+ACK_FLOOR_CACHE_S = 1.0
+
 EGRESS = bus.ConsumerSpec(
     stream=bus.OUTBOUND,
     durable="gateway-egress",
@@ -55,8 +61,9 @@ EGRESS = bus.ConsumerSpec(
     service="gateway",
     ack_wait_s=60.0,
     backoff_s=(1.0, 2.0, 5.0, 15.0, 60.0),
-    # Generous: waiting for an earlier command to the same contact also takes a delivery.
-    max_attempts=40,
+    # Generous: waiting for an earlier command to the same contact also takes a delivery, and
+    # that wait must outlast a dead replica's ack wait (20 × 0.25 s, then 2 s each: ~6 min).
+    max_attempts=200,
 )
 
 
@@ -77,6 +84,8 @@ class Egress:
         self._core: CoreSettings = settings.core
         self._limiter = RateLimiter(redis)
         self._advance = redis.register_script(_ADVANCE)
+        self._ack_floor_value = 0
+        self._ack_floor_read_at = -ACK_FLOOR_CACHE_S
 
     async def handle(self, command: pb.OutboundCommand, msg: Msg) -> None:
         tenant = self._registry.by_name(command.tenant)
@@ -100,18 +109,40 @@ class Egress:
         """
         seq = msg.metadata.sequence.stream
         cursor_key = tenant_key(command.tenant, "outcursor", command.contact)
-        # Unknown (first command of the contact, or Redis lost it): nothing to wait for.
-        await self._redis.set(cursor_key, seq - 1, nx=True, ex=self._settings.sent_key_ttl_s)
-        cursor = int(await self._redis.get(cursor_key) or seq - 1)
-        if cursor >= seq - 1:
-            return
-        try:
-            earlier = await self._js.get_msg(bus.OUTBOUND.name, seq=cursor + 1, subject=msg.subject, next=True)
-        except NotFoundError:
-            return
-        if earlier.seq is not None and earlier.seq < seq:
-            metrics.OUTBOUND_REQUESTS.labels(command.tenant, "waiting_for_earlier").inc()
-            raise bus.RetryLater("an earlier message to this contact is not settled yet", self._settings.order_wait_s)
+        cursor_value = await self._redis.get(cursor_key)
+        # Unknown cursor (a new contact, or Redis lost it): everything up to the consumer's ack
+        # floor is settled for sure; what lies above it is checked one by one below.
+        cursor = int(cursor_value) if cursor_value is not None else await self._ack_floor()
+        for _ in range(MAX_SETTLED_SKIPS):
+            if cursor >= seq - 1:
+                return
+            try:
+                earlier = await self._js.get_msg(bus.OUTBOUND.name, seq=cursor + 1, subject=msg.subject, next=True)
+            except NotFoundError:
+                return
+            if earlier.seq is None or earlier.seq >= seq:
+                return
+            earlier_command = pb.OutboundCommand.FromString(earlier.data or b"")
+            state = str(await self._redis.get(tenant_key(command.tenant, "out", earlier_command.command_id)) or "")
+            if not state.startswith(("sent:", "failed:")):
+                metrics.OUTBOUND_REQUESTS.labels(command.tenant, "waiting_for_earlier").inc()
+                # Soon at first; then patiently, since a dead replica's command comes back only
+                # after the egress ack wait.
+                attempt = msg.metadata.num_delivered
+                delay = self._settings.order_wait_s if attempt <= QUICK_ORDER_WAITS else SLOW_ORDER_WAIT_S
+                raise bus.RetryLater("an earlier message to this contact is not settled yet", delay)
+            # Settled, but its process died before moving the cursor: move it now.
+            cursor = earlier.seq
+            await self._advance(keys=[cursor_key], args=[cursor, self._settings.sent_key_ttl_s])
+
+    async def _ack_floor(self) -> int:
+        """The stream sequence below which the egress consumer has acknowledged everything."""
+        now = time.monotonic()
+        if now - self._ack_floor_read_at > ACK_FLOOR_CACHE_S:
+            info = await self._js.consumer_info(bus.OUTBOUND.name, EGRESS.durable)
+            self._ack_floor_value = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+            self._ack_floor_read_at = now
+        return self._ack_floor_value
 
     async def settled(self, msg: Msg) -> None:
         """This command is done for good (sent, refused or dead-lettered): later ones may go."""
