@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -12,6 +12,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from zapflow.core.settings import CoreSettings
@@ -19,6 +20,8 @@ from zapflow.core.settings import CoreSettings
 app = typer.Typer(no_args_is_help=True, help="zapflow: WhatsApp bots at scale.", pretty_exceptions_enable=False)
 tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (BotTenant documents) in the registry.")
 app.add_typer(tenant_app, name="tenant")
+db_app = typer.Typer(no_args_is_help=True, help="Manage the database schema (conversations, messages, turns).")
+app.add_typer(db_app, name="db")
 
 out = Console()
 err = Console(stderr=True)
@@ -27,6 +30,7 @@ T = TypeVar("T")
 Host = Annotated[str | None, typer.Option(help="Address to listen on.")]
 Port = Annotated[int | None, typer.Option(help="Port to listen on.")]
 NatsUrl = Annotated[str | None, typer.Option("--nats-url", help="NATS server URL (ZAPFLOW_NATS_URL).")]
+DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="Database URL (ZAPFLOW_DATABASE_URL).")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -215,3 +219,61 @@ def tenant_schema() -> None:
     from zapflow.core.tenants import tenant_json_schema
 
     print(json.dumps(tenant_json_schema(), indent=2))
+
+
+def _with_database(database_url: str | None, action: Callable[[str], Coroutine[Any, Any, T]]) -> tuple[str, T]:
+    """Run a schema action on the configured database; a bad URL or an unreachable server is a message."""
+    from zapflow.store.errors import StoreError
+
+    url = _settings(CoreSettings, database_url=database_url).database_url
+    try:
+        return url, asyncio.run(action(url))
+    except StoreError as error:
+        raise _fail(str(error)) from None
+
+
+def _revision_report(url: str, revision: str | None) -> str:
+    from zapflow.store.engine import redacted
+    from zapflow.store.migrate import head_revision
+
+    head = head_revision()
+    if revision is None:
+        state = f"no migration applied (the newest is {head})"
+    elif revision == head:
+        state = f"revision {revision} (the newest)"
+    else:
+        state = f"revision {revision} (the newest is {head})"
+    return f"database {escape(redacted(url))}: {state}"
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Option(help="Revision to upgrade to.")] = "head",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Apply the schema migrations, all of them by default (safe to run again)."""
+    from zapflow.store import migrate
+
+    url, reached = _with_database(database_url, lambda url: migrate.upgrade(url, revision))
+    out.print(f"upgraded {_revision_report(url, reached)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Revision to go back to; base reverts every migration.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revert schema migrations down to a revision (dropping what they created)."""
+    from zapflow.store import migrate
+
+    url, reached = _with_database(database_url, lambda url: migrate.downgrade(url, revision))
+    out.print(f"downgraded {_revision_report(url, reached)}")
+
+
+@db_app.command("current")
+def db_current(database_url: DatabaseUrl = None) -> None:
+    """Show the revision the database schema is at."""
+    from zapflow.store import migrate
+
+    url, current = _with_database(database_url, migrate.current_revision)
+    out.print(_revision_report(url, current))

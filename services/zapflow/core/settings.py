@@ -22,6 +22,7 @@ class CoreSettings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite+aiosqlite:///.zapflow/zapflow.db"  # production: postgresql+asyncpg://...
     # Connections per process; callers beyond it wait for a free one.
     redis_max_connections: int = 64
     # JetStream replicas for the streams zapflow declares: 1 embedded, 3 on a NATS cluster.

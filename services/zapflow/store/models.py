@@ -1,0 +1,301 @@
+"""The relational schema: contacts, conversations, messages, delivery statuses, turns, handoffs.
+
+Tenant isolation is built into the keys: every table carries `tenant`, every key and index starts
+with it, and every foreign key includes it, so a row can only ever point at a row of its own
+tenant. The Alembic migrations in `migrations/` create exactly this schema (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Dialect,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import DateTime, TypeDecorator
+
+# Explicit constraint names: Alembic needs them to alter or drop a constraint later, and SQLite's
+# batch mode (table rebuilds) needs them to carry constraints over.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+INBOUND = "inbound"
+OUTBOUND = "outbound"
+
+CONVERSATION_OPEN = "open"
+CONVERSATION_CLOSED = "closed"
+
+# Delivery statuses in the order they can only move forward; "failed" is terminal.
+STATUS_ORDER = ("sent", "delivered", "read", "failed")
+
+HANDOFF_REQUESTED = "requested"
+HANDOFF_ACCEPTED = "accepted"
+HANDOFF_CLOSED = "closed"
+
+TENANT_LENGTH = 63  # a tenant name is a DNS label
+WA_ID_LENGTH = 32
+ID_LENGTH = 128  # wamids, command ids, turn ids
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every database.
+
+    PostgreSQL keeps the zone itself; SQLite has no datetime type, so the value is stored as naive
+    UTC text (which sorts like time) and given its zone back when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: the store only takes aware (UTC) times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# BIGINT on PostgreSQL; on SQLite only "INTEGER PRIMARY KEY" auto-increments.
+AutoId = BigInteger().with_variant(Integer, "sqlite")
+Document = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime(), dict[str, Any]: Document}
+
+
+def _contact_key(table: str) -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(
+        ["tenant", "contact"], ["contacts.tenant", "contacts.wa_id"], name=f"fk_{table}_contact"
+    )
+
+
+def _conversation_key(table: str) -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(
+        ["tenant", "conversation_id"],
+        ["conversations.tenant", "conversations.id"],
+        name=f"fk_{table}_conversation",
+    )
+
+
+class Contact(Base):
+    """A customer of a tenant, by WhatsApp id."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (
+        # Contacts whose 24-hour customer-service window closes soon (re-engagement).
+        Index("ix_contacts_tenant_last_customer_message_at", "tenant", "last_customer_message_at"),
+    )
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    wa_id: Mapped[str] = mapped_column(String(WA_ID_LENGTH), primary_key=True)
+    profile_name: Mapped[str | None] = mapped_column(Text)
+    # When zapflow first recorded anything about the contact.
+    first_seen_at: Mapped[datetime]
+    # The last sign of life from the customer: a message, or reading one of ours.
+    last_seen_at: Mapped[datetime | None]
+    # Meta's timestamp of the customer's latest message: the 24-hour window runs from it.
+    last_customer_message_at: Mapped[datetime | None]
+
+
+class Conversation(Base):
+    """A session with a contact: opened by the first message, closed by the scheduler."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        _contact_key("conversations"),
+        # Lets messages, turns and handoffs reference (tenant, id): a row can only point at a
+        # conversation of its own tenant.
+        UniqueConstraint("tenant", "id", name="uq_conversations_tenant_id"),
+        CheckConstraint(f"status IN ('{CONVERSATION_OPEN}', '{CONVERSATION_CLOSED}')", name="status"),
+        # At most one open conversation per contact.
+        Index(
+            "uq_conversations_open_per_contact",
+            "tenant",
+            "contact",
+            unique=True,
+            postgresql_where=text(f"status = '{CONVERSATION_OPEN}'"),
+            sqlite_where=text(f"status = '{CONVERSATION_OPEN}'"),
+        ),
+        Index("ix_conversations_tenant_contact_opened_at", "tenant", "contact", "opened_at"),
+        Index("ix_conversations_tenant_opened_at", "tenant", "opened_at"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH))
+    opened_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16))
+
+
+class Message(Base):
+    """A WhatsApp message, inbound or outbound.
+
+    A row whose `type` is NULL is a placeholder: a fact about the message (the turn that answered
+    it, the wamid Meta gave it) arrived before the message itself, and recording the message
+    fills it in. Inbound messages are identified by their wamid; outbound ones by the command id
+    that made them, and get their wamid when the Graph API answers.
+    """
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        _contact_key("messages"),
+        _conversation_key("messages"),
+        CheckConstraint(f"direction IN ('{INBOUND}', '{OUTBOUND}')", name="direction"),
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUS_ORDER)})", name="status"),
+        UniqueConstraint("tenant", "wamid", name="uq_messages_tenant_wamid"),
+        UniqueConstraint("tenant", "command_id", name="uq_messages_tenant_command_id"),
+        Index("ix_messages_tenant_contact_created_at", "tenant", "contact", "created_at"),
+        Index("ix_messages_tenant_created_at", "tenant", "created_at"),
+        Index("ix_messages_tenant_conversation_id", "tenant", "conversation_id"),
+        Index("ix_messages_tenant_turn_id", "tenant", "turn_id"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH))
+    conversation_id: Mapped[int] = mapped_column(BigInteger)
+    direction: Mapped[str] = mapped_column(String(8))
+    wamid: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    command_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    # Meta's type string ("text", "interactive", "template", ...); NULL for a placeholder.
+    type: Mapped[str | None] = mapped_column(String(32))
+    # A one-line rendering of the content: what a language model is shown as the conversation.
+    text: Mapped[str | None] = mapped_column(Text)
+    # The normalised content (the protobuf body as JSON).
+    body: Mapped[dict[str, Any] | None]
+    # Inbound: the message the customer replied to; outbound: the customer message quoted.
+    quoted_wamid: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    # Inbound: the turn that answered it; outbound: the turn that produced it.
+    turn_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    # Inbound: the ZF_INBOUND stream sequence of the message.
+    stream_seq: Mapped[int | None] = mapped_column(BigInteger)
+    # Inbound: Meta's timestamp; outbound: when the command was made.
+    created_at: Mapped[datetime]
+    # Outbound delivery: the furthest status reached, and when each was reported.
+    status: Mapped[str | None] = mapped_column(String(16))
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    read_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_title: Mapped[str | None] = mapped_column(Text)
+
+
+class MessageStatus(Base):
+    """Every delivery status Meta reported, by wamid, whether or not the message is known yet.
+
+    The status columns of `messages` are computed from these rows, so statuses that arrive
+    early, late, twice or out of order all end up in the same place.
+    """
+
+    __tablename__ = "message_statuses"
+    __table_args__ = (
+        _contact_key("message_statuses"),
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUS_ORDER)})", name="status"),
+        Index("ix_message_statuses_tenant_contact", "tenant", "contact"),
+    )
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    wamid: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH))
+    # The earliest time Meta gave for this status.
+    at: Mapped[datetime]
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_title: Mapped[str | None] = mapped_column(Text)
+
+
+class Turn(Base):
+    """One burst of customer messages and the bot's answer to it."""
+
+    __tablename__ = "turns"
+    __table_args__ = (
+        _contact_key("turns"),
+        _conversation_key("turns"),
+        Index("ix_turns_tenant_contact_created_at", "tenant", "contact", "created_at"),
+        Index("ix_turns_tenant_created_at", "tenant", "created_at"),
+    )
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    turn_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH))
+    conversation_id: Mapped[int] = mapped_column(BigInteger)
+    responder: Mapped[str] = mapped_column(String(32))
+    # rule | greeting | fallback | llm | error_fallback | silent | ...
+    outcome: Mapped[str] = mapped_column(String(32))
+    rule: Mapped[str | None] = mapped_column(String(64))
+    # From the debounce closing the turn to the answer being published.
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    message_count: Mapped[int] = mapped_column(Integer)
+    # When the turn's first message reached zapflow.
+    created_at: Mapped[datetime]
+    answered_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+
+
+class Handoff(Base):
+    """A conversation handed to a human agent (written by the handoff service)."""
+
+    __tablename__ = "handoffs"
+    __table_args__ = (
+        _contact_key("handoffs"),
+        _conversation_key("handoffs"),
+        CheckConstraint(
+            f"status IN ('{HANDOFF_REQUESTED}', '{HANDOFF_ACCEPTED}', '{HANDOFF_CLOSED}')",
+            name="status",
+        ),
+        # A contact is with at most one human at a time.
+        Index(
+            "uq_handoffs_active_per_contact",
+            "tenant",
+            "contact",
+            unique=True,
+            postgresql_where=text(f"status <> '{HANDOFF_CLOSED}'"),
+            sqlite_where=text(f"status <> '{HANDOFF_CLOSED}'"),
+        ),
+        # The agents' queue.
+        Index("ix_handoffs_tenant_status_requested_at", "tenant", "status", "requested_at"),
+        Index("ix_handoffs_tenant_contact_requested_at", "tenant", "contact", "requested_at"),
+        Index("ix_handoffs_tenant_requested_at", "tenant", "requested_at"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH))
+    conversation_id: Mapped[int] = mapped_column(BigInteger)
+    requested_at: Mapped[datetime]
+    accepted_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    agent: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
