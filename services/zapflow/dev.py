@@ -22,6 +22,8 @@ from types import FrameType
 import httpx
 from rich.console import Console
 
+from zapflow.store.engine import sqlite_url
+
 DEMO_TENANT = Path(__file__).with_name("demo-tenant.yaml")
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -118,6 +120,7 @@ class DevStack:
             ZAPFLOW_NATS_URL=f"nats://127.0.0.1:{self.ports.nats}",
             ZAPFLOW_REDIS_URL=f"redis://127.0.0.1:{self.ports.redis}/0",
             ZAPFLOW_LOG_JSON="true",
+            ZAPFLOW_DATABASE_URL=sqlite_url(self.data_dir),
         )
         return env
 
@@ -133,6 +136,17 @@ class DevStack:
         )
         self.processes.append((name, process))
         return process
+
+    def _run_once(self, what: str, args: list[str]) -> None:
+        done = subprocess.run(  # noqa: S603 - our own interpreter and CLI
+            [sys.executable, "-m", "zapflow", *args],
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise DevStackError(f"{what} failed:\n{done.stderr or done.stdout}")
 
     def _service(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         return self._spawn(name, [sys.executable, "-m", "zapflow", name, *args])
@@ -175,17 +189,10 @@ class DevStack:
         )  # fmt: skip
         _wait_until(lambda: _tcp_ready(self.ports.redis), "redis-server", redis, self.logs / "redis.log")
 
+        self._run_once("migrating the database", ["db", "upgrade"])
         tenant_file = self.data_dir / "demo-tenant.yaml"
         tenant_file.write_text(DEMO_TENANT.read_text().format(sandbox_url=self.sandbox_url))
-        apply = subprocess.run(  # noqa: S603
-            [sys.executable, "-m", "zapflow", "tenant", "apply", "-f", str(tenant_file)],
-            env=self.environment(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if apply.returncode != 0:
-            raise DevStackError(f"applying the demo tenant failed:\n{apply.stderr or apply.stdout}")
+        self._run_once("applying the demo tenant", ["tenant", "apply", "-f", str(tenant_file)])
 
         gateway = self._service("gateway", "--host", "127.0.0.1", "--port", str(self.ports.gateway))
         conversation = self._service("conversation", "--host", "127.0.0.1", "--port", str(self.ports.conversation))

@@ -113,6 +113,7 @@ def test_dev_runs_the_platform_answers_and_stops_cleanly_and_keeps_data(dev: Dev
         assert "what are your hours" not in text, f"{name} logs a message body"
     assert all(port_closed(port) for port in dev.ports.values())
     assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
+    assert (tmp_path / "data" / "zapflow.db").is_file()  # migrated at start-up
 
     # Same data directory again: Redis and JetStream state survived, so this contact is not new.
     again = DevProcess(tmp_path / "data", dev.ports)
