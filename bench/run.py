@@ -514,7 +514,7 @@ async def run(args: argparse.Namespace, stack: Stack, monitor: ResourceMonitor, 
         await js.purge_stream("ZF_INBOUND")
 
         # Phase 3: end to end with the conversation service(s).
-        stack.start_conversations()
+        stack.start_conversations(record=args.recorder)
         count = int(args.e2e_rate * args.e2e_duration)
         contacts = max(200, math.ceil(args.e2e_rate * CONTACT_GAP_S))
         requests, wamids, _ = build_requests(documents, stack.ports.gateway, count, contacts, "55120", run_id)
@@ -829,6 +829,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data) afterwards")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument("--py-spy", type=Path, metavar="DIR", help="profile services with py-spy into DIR")
+    parser.add_argument(
+        "--recorder",
+        action="store_true",
+        help="also run the recorder (the relational store's writer; issue #4, not yet tuned: see bench/README.md)",
+    )
     parser.add_argument("--py-spy-rate", type=int, default=67, help="samples per second (default 67)")
     parser.add_argument("--py-spy-nonblocking", action="store_true", help="do not pause the profiled processes")
     args = parser.parse_args(argv)

@@ -115,13 +115,16 @@ class Ports:
     redis: int
     sandbox: int
     gateway: int
+    recorder: int
     conversations: list[int]
 
     @classmethod
     def choose(cls, base: int | None, replicas: int) -> Ports:
         if base is None:
-            return cls(free_port(), free_port(), free_port(), free_port(), [free_port() for _ in range(replicas)])
-        ports = cls(base, base + 1, base + 2, base + 3, [base + 4 + i for i in range(replicas)])
+            return cls(
+                free_port(), free_port(), free_port(), free_port(), free_port(), [free_port() for _ in range(replicas)]
+            )
+        ports = cls(base, base + 1, base + 2, base + 3, base + 4, [base + 5 + i for i in range(replicas)])
         taken = [f"{name} ({port})" for name, port in ports.named() if not port_is_free(port)]
         if taken:
             raise BenchError(f"port already in use: {', '.join(taken)}; stop what listens there or pick another {HINT}")
@@ -133,6 +136,7 @@ class Ports:
             ("redis", self.redis),
             ("sandbox", self.sandbox),
             ("gateway", self.gateway),
+            ("recorder", self.recorder),
             *((f"conversation-{i}", p) for i, p in enumerate(self.conversations)),
         ]
 
@@ -166,6 +170,7 @@ class Stack:
             ZAPFLOW_ENVIRONMENT="development",
             ZAPFLOW_NATS_URL=self.nats_url,
             ZAPFLOW_REDIS_URL=self.redis_url,
+            ZAPFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{self.workdir / 'zapflow.db'}",
             ZAPFLOW_LOG_LEVEL="WARNING",
             ZAPFLOW_LOG_JSON="true",
             ZAPFLOW_SANDBOX_LOG_LEVEL="WARNING",  # the sandbox reads its own prefix
@@ -240,6 +245,17 @@ class Stack:
         self._wait(redis, self._tcp(self.ports.redis))
 
     def apply_tenants(self, tenant_file: Path) -> None:
+        migrated = subprocess.run(
+            [sys.executable, "-m", "zapflow", "db", "upgrade"],
+            env=self.env(),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if migrated.returncode != 0:
+            raise BenchError(f"zapflow db upgrade failed:\n{migrated.stderr or migrated.stdout}")
         applied = subprocess.run(
             [sys.executable, "-m", "zapflow", "tenant", "apply", "-f", str(tenant_file)],
             env=self.env(),
@@ -267,9 +283,13 @@ class Stack:
         self._wait(sandbox, self._http(f"{self.sandbox_url}/healthz"))
         self._wait(gateway, self._http(f"http://127.0.0.1:{self.ports.gateway}/readyz"))
 
-    def start_conversations(self) -> None:
-        started = [self._service(f"conversation-{i}", port) for i, port in enumerate(self.ports.conversations)]
-        for proc, port in zip(started, self.ports.conversations, strict=True):
+    def start_conversations(self, record: bool) -> None:
+        """The conversation replicas, and the recorder writing the relational store unless told not to."""
+        services = [(f"conversation-{i}", port) for i, port in enumerate(self.ports.conversations)]
+        if record:
+            services.append(("recorder", self.ports.recorder))
+        started = [(self._service(name, port), port) for name, port in services]
+        for proc, port in started:
             self._wait(proc, self._http(f"http://127.0.0.1:{port}/readyz"))
 
     def check_alive(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from tests.support.servers import ManagedServer, nats_server, redis_server
 from zapflow.core import bus
 from zapflow.core.registry import TenantRegistry, open_bucket
 from zapflow.core.settings import CoreSettings
+from zapflow.store.migrate import upgrade
 
 # The headless-Chromium `page` fixture.
 pytest_plugins = ["tests.support.browser"]
@@ -47,9 +49,21 @@ async def js(nc: NATS) -> JetStreamContext:
     return nc.jetstream()
 
 
+@pytest.fixture(scope="session")
+async def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite store at the newest schema, migrated once; tests get their own copy."""
+    template = tmp_path_factory.mktemp("store") / "template.db"
+    await upgrade(f"sqlite+aiosqlite:///{template}")
+    return template
+
+
 @pytest.fixture
-def core(nats: ManagedServer, redis: ManagedServer) -> CoreSettings:
-    return CoreSettings(nats_url=nats.url, redis_url=f"{redis.url}/0", log_json=True)
+def core(nats: ManagedServer, redis: ManagedServer, migrated_database: Path, tmp_path: Path) -> CoreSettings:
+    database = tmp_path / "zapflow.db"
+    shutil.copyfile(migrated_database, database)
+    return CoreSettings(
+        nats_url=nats.url, redis_url=f"{redis.url}/0", database_url=f"sqlite+aiosqlite:///{database}", log_json=True
+    )
 
 
 @pytest.fixture

@@ -66,6 +66,18 @@ def conversation(host: Host = None, port: Port = None) -> None:
 
 
 @app.command()
+def recorder(host: Host = None, port: Port = None) -> None:
+    """Run the recorder: keeps the relational store current from the bus (health and metrics on --port)."""
+    from zapflow.store.errors import StoreError
+    from zapflow.store.service import RecorderSettings, run
+
+    try:
+        run(_settings(RecorderSettings, host=host, port=port))
+    except StoreError as error:
+        raise _fail(str(error)) from None
+
+
+@app.command()
 def sandbox(
     host: Host = None,
     port: Port = None,
@@ -91,6 +103,7 @@ def dev(
     data_dir: Annotated[Path, typer.Option(help="Where all state lives.")] = Path(".zapflow"),
     gateway_port: Annotated[int, typer.Option(help="Gateway (webhook) port.")] = 8000,
     conversation_port: Annotated[int, typer.Option(help="Conversation health/metrics port.")] = 8001,
+    recorder_port: Annotated[int, typer.Option(help="Recorder health/metrics port.")] = 8002,
     sandbox_port: Annotated[int, typer.Option(help="Sandbox and web chat port.")] = 8100,
     nats_port: Annotated[int, typer.Option(help="Embedded nats-server port.")] = 14222,
     redis_port: Annotated[int, typer.Option(help="Embedded redis-server port.")] = 16379,
@@ -99,7 +112,12 @@ def dev(
     from zapflow.dev import DevPorts, DevStackError, run_dev_stack
 
     ports = DevPorts(
-        gateway=gateway_port, conversation=conversation_port, sandbox=sandbox_port, nats=nats_port, redis=redis_port
+        gateway=gateway_port,
+        conversation=conversation_port,
+        recorder=recorder_port,
+        sandbox=sandbox_port,
+        nats=nats_port,
+        redis=redis_port,
     )
     try:
         run_dev_stack(data_dir.resolve(), ports, out)

@@ -37,6 +37,7 @@ class DevStackError(Exception):
 class DevPorts:
     gateway: int = 8000
     conversation: int = 8001
+    recorder: int = 8002
     sandbox: int = 8100
     nats: int = 14222
     redis: int = 16379
@@ -196,6 +197,7 @@ class DevStack:
 
         gateway = self._service("gateway", "--host", "127.0.0.1", "--port", str(self.ports.gateway))
         conversation = self._service("conversation", "--host", "127.0.0.1", "--port", str(self.ports.conversation))
+        recorder = self._service("recorder", "--host", "127.0.0.1", "--port", str(self.ports.recorder))
         sandbox = self._service(
             "sandbox",
             "--host", "127.0.0.1", "--port", str(self.ports.sandbox),
@@ -205,6 +207,7 @@ class DevStack:
         for name, process, port, path in (
             ("gateway", gateway, self.ports.gateway, "/readyz"),
             ("conversation", conversation, self.ports.conversation, "/readyz"),
+            ("recorder", recorder, self.ports.recorder, "/readyz"),
             ("sandbox", sandbox, self.ports.sandbox, "/healthz"),
         ):
             _wait_until(
@@ -253,6 +256,8 @@ def run_dev_stack(data_dir: Path, ports: DevPorts, console: Console) -> None:
             f"  webhook (gateway)   http://127.0.0.1:{ports.gateway}/webhook/whatsapp\n"
             f"  gateway metrics     http://127.0.0.1:{ports.gateway}/metrics\n"
             f"  conversation        http://127.0.0.1:{ports.conversation}/metrics\n"
+            f"  recorder            http://127.0.0.1:{ports.recorder}/metrics\n"
+            f"  database            {sqlite_url(data_dir)}\n"
             f"  nats                nats://127.0.0.1:{ports.nats}\n"
             f"  redis               redis://127.0.0.1:{ports.redis}\n"
             f"  logs                {stack.logs}/\n"

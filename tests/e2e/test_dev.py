@@ -59,7 +59,7 @@ class DevProcess:
 
 @pytest.fixture
 def ports() -> dict[str, int]:
-    return {name: free_port() for name in ("gateway", "conversation", "sandbox", "nats", "redis")}
+    return {name: free_port() for name in ("gateway", "conversation", "recorder", "sandbox", "nats", "redis")}
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_dev_runs_the_platform_answers_and_stops_cleanly_and_keeps_data(dev: Dev
     assert dev.interrupt() == 0, "".join(dev.output)
     assert "stopped." in "".join(dev.output)
     logs = {path.name: path.read_text() for path in (tmp_path / "data" / "logs").glob("*.log")}
-    assert {"gateway.log", "conversation.log", "sandbox.log"} <= logs.keys()
+    assert {"gateway.log", "conversation.log", "recorder.log", "sandbox.log"} <= logs.keys()
     assert '"event": "turn answered"' in logs["conversation.log"]
     for name, text in logs.items():
         assert CUSTOMER not in text, f"{name} logs the customer's phone number"
@@ -132,7 +132,7 @@ def test_a_taken_port_gives_a_clear_message(tmp_path: Path, ports: dict[str, int
         result = subprocess.run(
             [sys.executable, "-m", "zapflow", "dev", f"--data-dir={tmp_path}", f"--gateway-port={ports['gateway']}",
              f"--sandbox-port={ports['sandbox']}", f"--nats-port={ports['nats']}", f"--redis-port={ports['redis']}",
-             f"--conversation-port={ports['conversation']}"],
+             f"--conversation-port={ports['conversation']}", f"--recorder-port={ports['recorder']}"],
             capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "COLUMNS": "200"},
         )  # fmt: skip
     assert result.returncode == 1

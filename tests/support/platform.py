@@ -24,6 +24,8 @@ from zapflow.gateway.app import create_app as gateway_app
 from zapflow.gateway.settings import GatewaySettings
 from zapflow.sandbox.app import create_app as sandbox_app
 from zapflow.sandbox.settings import SandboxSettings
+from zapflow.store.service import RecorderSettings
+from zapflow.store.service import create_app as recorder_app
 
 T = TypeVar("T")
 
@@ -104,6 +106,7 @@ async def running_platform(
     debounce: dict[str, int] | None = None,
     responders: dict[str, Responder] | None = None,
     spec: dict[str, Any] | None = None,
+    record: bool = False,
     **bot: Any,
 ) -> AsyncIterator[Platform]:
     gateway_port = free_port()
@@ -120,5 +123,6 @@ async def running_platform(
                 serve(gateway_app(gateway_settings), port=gateway_port) as gateway_url,
                 serve(conversation_app(ConversationSettings(core=core), responders)),
                 httpx.AsyncClient(base_url=gateway_url, timeout=10) as gateway_client,
+                serve(recorder_app(RecorderSettings(core=core))) if record else contextlib.nullcontext(""),
             ):
                 yield Platform(sandbox_client, gateway_client, registry, tenant)

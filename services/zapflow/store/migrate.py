@@ -102,3 +102,10 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, DBAPIError) and error.orig is not None:
         error = error.orig
     return str(error).strip() or type(error).__name__
+
+
+async def require_migrated(url: str) -> None:
+    """Refuse to run against a database whose schema is not the newest one."""
+    current, head = await current_revision(url), head_revision()
+    if current != head:
+        raise StoreError(f"the database {redacted(url)} is at revision {current}, not {head}: run `zapflow db upgrade`")
