@@ -111,6 +111,8 @@ def stack(nats: ManagedServer, redis: ManagedServer, tmp_path: Path) -> Iterator
         "ZAPFLOW_GATEWAY_SEND_LEASE_S": "4",
         "ZAPFLOW_CONVERSATION_ACK_WAIT_S": "5",
         "ZAPFLOW_CONVERSATION_TURN_LEASE_S": "2",
+        # Rules only: no history, so no relational store in this test.
+        "ZAPFLOW_CONVERSATION_HISTORY_FROM_STORE": "false",
     }
     applied = subprocess.run(
         [sys.executable, "-m", "zapflow", "tenant", "apply", "-f", str(tenant_file)],

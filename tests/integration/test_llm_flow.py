@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+from redis.asyncio import Redis
+
 from tests.support.http import serve
 from tests.support.openai_server import NOT_JSON, FakeOpenAI, Hang
-from tests.support.platform import running_platform
+from tests.support.platform import eventually, running_platform
 from zapflow.core import metrics
 from zapflow.core.registry import TenantRegistry
 from zapflow.core.settings import CoreSettings
+from zapflow.core.state import tenant_key
+from zapflow.store.engine import create_engine
+from zapflow.store.repository import ConversationStore
 
 CUSTOMER = "5511922221111"
 FALLBACK = "Our assistant is busy, a person will answer soon."
@@ -54,3 +59,34 @@ async def test_a_timeout_or_a_malformed_completion_gives_the_fallback(
         await platform.say(CUSTOMER, "hello?")
         assert await platform.wait_for_texts(CUSTOMER, 2) == [FALLBACK, FALLBACK]
         assert metrics.RESPONDER_ERRORS.labels(platform.tenant.name, "malformed")._value.get() == 1
+
+
+async def test_history_comes_back_from_the_store_when_redis_lost_it(
+    core: CoreSettings, registry: TenantRegistry
+) -> None:
+    fake = FakeOpenAI()
+    async with serve(fake.app()) as llm, running_platform(core, registry, record=True, **llm_bot(llm)) as platform:
+        await platform.say(CUSTOMER, "my order is late")
+        assert await platform.wait_for_texts(CUSTOMER, 1) == ["You said: my order is late"]
+        database = create_engine(core.database_url)
+        store = ConversationStore(database)
+        try:
+
+            async def recorded() -> bool:
+                return len(await store.history(platform.tenant.name, CUSTOMER, 5)) == 2
+
+            await eventually(recorded, what="the first turn in the relational store")
+        finally:
+            await database.dispose()
+        redis = Redis.from_url(core.redis_url)
+        await redis.delete(tenant_key(platform.tenant.name, "hist", CUSTOMER))  # Redis lost it
+        await redis.aclose()
+
+        await platform.say(CUSTOMER, "order 42")
+        assert await platform.wait_for_texts(CUSTOMER, 2) == ["You said: my order is late", "You said: order 42"]
+
+    assert fake.requests[1].messages[1:] == [
+        {"role": "user", "content": "my order is late"},
+        {"role": "assistant", "content": "You said: my order is late"},
+        {"role": "user", "content": "order 42"},
+    ]

@@ -19,6 +19,8 @@ from zapflow.core.http import FASTAPI_TELEMETRY_OFF, ops_router
 from zapflow.core.logging import configure_logging
 from zapflow.core.runtime import ServiceRuntime
 from zapflow.core.telemetry import configure_tracing
+from zapflow.store.engine import create_engine
+from zapflow.store.repository import ConversationStore
 from zapflow.v1 import inbound_pb2
 
 CONVERSATION_STREAMS = (bus.INBOUND, bus.OUTBOUND, bus.EVENTS, bus.DEAD_LETTER)
@@ -37,7 +39,10 @@ def create_app(settings: ConversationSettings, custom_responders: dict[str, Resp
         runtime = await ServiceRuntime.start("conversation", settings.core, CONVERSATION_STREAMS)
         llm = OpenAIResponder(settings.core, on_error=count_responder_error)
         chosen: dict[str, Responder] = {"rules": RulesResponder(), "openai": llm, **(custom_responders or {})}
-        engine = Engine(runtime.nc, runtime.js, runtime.redis, runtime.registry, chosen, settings)
+        # History falls back to the relational store (written by the recorder) when Redis lost it.
+        database = create_engine(settings.core.database_url) if settings.history_from_store else None
+        store = ConversationStore(database) if database is not None else None
+        engine = Engine(runtime.nc, runtime.js, runtime.redis, runtime.registry, chosen, settings, store)
         await engine.start()
         spec = dataclasses.replace(INBOUND_CONSUMER, ack_wait_s=settings.ack_wait_s)
         await runtime.consume(spec, inbound_pb2.InboundMessage, engine.ingest)
@@ -51,6 +56,8 @@ def create_app(settings: ConversationSettings, custom_responders: dict[str, Resp
             await engine.stop()
             await llm.aclose()
             await runtime.stop()
+            if database is not None:
+                await database.dispose()
 
     app = FastAPI(
         title="zapflow conversation", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry=FASTAPI_TELEMETRY_OFF

@@ -27,6 +27,7 @@ import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
@@ -116,6 +117,12 @@ _EXTEND_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+
+
+class HistorySource(Protocol):
+    """Where history comes from when Redis has none: the relational store."""
+
+    async def history(self, tenant: str, contact: str, turns: int) -> tuple[HistoryEntry, ...]: ...
 
 
 def due_member(tenant: str, contact: str) -> str:
@@ -214,6 +221,7 @@ class Engine:
         registry: TenantRegistry,
         responders: dict[str, Responder],
         settings: ConversationSettings,
+        history_store: HistorySource | None = None,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -221,6 +229,7 @@ class Engine:
         self._registry = registry
         self._responders = responders
         self._settings = settings
+        self._history_store = history_store
         self._ingest = redis.register_script(_INGEST)
         self._finish = redis.register_script(_FINISH)
         self._claim = redis.register_script(_CLAIM)
@@ -520,10 +529,24 @@ class Engine:
         return current[1]
 
     async def _history(self, keys: ContactKeys, turns: int) -> tuple[HistoryEntry, ...]:
+        """The last turns, from Redis; from the relational store when Redis has none (a restart)."""
         if turns <= 0:
             return ()
         raw = await self._redis.lrange(keys.history, -2 * turns, -1)
-        return tuple(HistoryEntry(**json.loads(entry)) for entry in raw)
+        if raw or self._history_store is None:
+            return tuple(HistoryEntry(**json.loads(entry)) for entry in raw)
+        try:
+            stored = await self._history_store.history(keys.tenant, keys.contact, turns)
+        except Exception as error:  # the store is away: answer without context rather than not at all
+            log.warning("history unavailable from the store", tenant=keys.tenant, error=type(error).__name__)
+            return ()
+        if stored:
+            # Redis is the short cache in front of SQL: fill it so the next turn reads it there.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(keys.history, *(json.dumps({"role": e.role, "text": e.text}) for e in stored))
+                pipe.expire(keys.history, self._settings.history_ttl_s)
+                await pipe.execute()
+        return stored
 
     async def _remember(
         self, keys: ContactKeys, messages: tuple[inbound_pb2.InboundMessage, ...], answer: Answer

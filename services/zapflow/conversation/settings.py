@@ -12,6 +12,9 @@ class ConversationSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ZAPFLOW_CONVERSATION_", env_file=".env", extra="ignore")
 
     core: CoreSettings = Field(default_factory=CoreSettings)
+    # Read history from the relational store (ZAPFLOW_DATABASE_URL) when Redis has none for a
+    # contact, e.g. after a Redis restart.
+    history_from_store: bool = True
     # Health and metrics only: this service has no public HTTP surface.
     host: str = "0.0.0.0"
     port: int = 8001
