@@ -24,6 +24,7 @@ async def test_streams_are_declared_idempotently_and_updated_in_place(js: JetStr
     assert info.config.max_age == longer.max_age_s
     assert info.config.storage == "file"
     assert info.config.duplicate_window == 120.0
+    assert info.config.discard == "new"  # a full inbound stream refuses, it never drops the oldest
 
 
 async def test_a_republished_fact_is_stored_once_and_counted(js: JetStreamContext) -> None:

@@ -42,6 +42,8 @@ class StreamSpec:
     max_bytes: int = -1
     # JetStream's default; Meta retries for days, so idempotency keys back this up.
     duplicate_window_s: float = 120.0
+    # When full: refuse new messages (the publisher sees an error) instead of dropping the oldest.
+    discard_new: bool = False
 
     def config(self, replicas: int) -> api.StreamConfig:
         return api.StreamConfig(
@@ -50,7 +52,7 @@ class StreamSpec:
             subjects=list(self.subjects),
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
-            discard=api.DiscardPolicy.OLD,
+            discard=api.DiscardPolicy.NEW if self.discard_new else api.DiscardPolicy.OLD,
             max_age=self.max_age_s,
             max_bytes=self.max_bytes,
             duplicate_window=self.duplicate_window_s,
@@ -58,7 +60,11 @@ class StreamSpec:
         )
 
 
-INBOUND = StreamSpec("ZF_INBOUND", ("zf.in.>",), "Customer messages from WhatsApp", 7 * DAY)
+# Size limits are left to the deployment (JetStream's max_store, account limits): a fixed size
+# per stream would be reserved against the server's storage and refuse to start on a small disk.
+# When a size limit is reached, a full inbound stream refuses new messages: the gateway answers
+# 503 and Meta retries later, rather than the oldest unanswered messages being dropped (I1).
+INBOUND = StreamSpec("ZF_INBOUND", ("zf.in.>",), "Customer messages from WhatsApp", 7 * DAY, discard_new=True)
 STATUS = StreamSpec("ZF_STATUS", ("zf.status.>",), "Delivery statuses from WhatsApp", 7 * DAY)
 OUTBOUND = StreamSpec("ZF_OUTBOUND", ("zf.out.>",), "Commands for the WhatsApp Cloud API", 7 * DAY)
 EVENTS = StreamSpec("ZF_EVENTS", ("zf.evt.>",), "Turns and outbound results", 30 * DAY)
