@@ -69,7 +69,9 @@ SILENT_TYPES = frozenset({"reaction", "system", "unsupported"})
 # Arrival of a message: decide whether it is settled, a duplicate, or pending, and slide the
 # contact's debounce deadline. Runs on the Redis clock so every replica agrees.
 _INGEST = """
-local cursor = tonumber(redis.call('HGET', KEYS[1], 'cursor') or '-1')
+local cursor_value = redis.call('HGET', KEYS[1], 'cursor')
+if not cursor_value then return 'no_cursor' end
+local cursor = tonumber(cursor_value)
 local seq = tonumber(ARGV[1])
 if cursor >= seq then return 'settled' end
 local owner = redis.call('GET', KEYS[3])
@@ -269,33 +271,37 @@ class Engine:
             raise bus.RetryLater(f"tenant {message.tenant} is not in the registry (yet)")
         keys = ContactKeys(message.tenant, message.contact)
         seq = msg.metadata.sequence.stream
-        await self._ensure_cursor(keys)
-        state = await self._ingest(
-            keys=[keys.conversation, DUE_KEY, keys.message(message.wamid)],
-            args=[
-                seq,
-                self._message_ttl(tenant),
-                tenant.spec.debounce.window_ms,
-                max(tenant.spec.debounce.max_wait_ms, tenant.spec.debounce.window_ms),
-                due_member(message.tenant, message.contact),
-            ],
-        )
+        script_keys = [keys.conversation, DUE_KEY, keys.message(message.wamid)]
+        script_args: list[str | int] = [
+            seq,
+            self._message_ttl(tenant),
+            tenant.spec.debounce.window_ms,
+            max(tenant.spec.debounce.max_wait_ms, tenant.spec.debounce.window_ms),
+            due_member(message.tenant, message.contact),
+        ]
+        state = await self._ingest(keys=script_keys, args=script_args)
+        if state == "no_cursor":
+            # Rare (a new contact, or Redis lost its data): rebuild it off the hot path, then retry.
+            await self._cursor(keys)
+            state = await self._ingest(keys=script_keys, args=script_args)
         if state in ("duplicate", "settled"):
             # A duplicate is counted once, by the turn that skips it in the stream.
             return bus.Disposition.ACK
         self._held.add(message.tenant, message.contact, seq, msg)
         return bus.Disposition.HOLD
 
-    async def _ensure_cursor(self, keys: ContactKeys) -> None:
-        """Rebuild a contact's cursor from its last turn event when Redis does not have it."""
-        if await self._redis.hexists(keys.conversation, "cursor"):
-            return
+    async def _cursor(self, keys: ContactKeys) -> int:
+        """The contact's cursor, rebuilt from its last turn event when Redis does not have it."""
+        known = await self._redis.hget(keys.conversation, "cursor")
+        if known is not None:
+            return int(known)
         try:
             last = await self._js.get_last_msg(bus.EVENTS.name, turn_subject(keys.tenant, keys.contact))
             cursor = turn_pb2.Turn.FromString(last.data or b"").last_inbound_seq
         except NotFoundError:
             cursor = 0
         await self._redis.hsetnx(keys.conversation, "cursor", cursor)
+        return int(await self._redis.hget(keys.conversation, "cursor") or cursor)
 
     # --- the closer: due contacts become turns ---
 
@@ -396,8 +402,7 @@ class Engine:
                 record["first_contact"],
                 [headers for _, headers in replayed],
             )
-        await self._ensure_cursor(keys)
-        cursor = int(await self._redis.hget(keys.conversation, "cursor") or 0)
+        cursor = await self._cursor(keys)
         subject = bus.inbound_subject(keys.tenant, keys.contact)
         messages: list[tuple[int, inbound_pb2.InboundMessage]] = []
         trace_headers: list[dict[str, str]] = []
