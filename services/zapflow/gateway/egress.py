@@ -92,12 +92,10 @@ class Egress:
         if tenant is None:
             raise bus.RetryLater(f"tenant {command.tenant} is not in the registry (yet)")
         await self._wait_for_earlier(command, msg)
-        try:
-            await self._deliver(tenant, command, msg)
-        except bus.Reject:
-            await self.settled(msg)
-            raise
-        await self.settled(msg)
+        # A command dead-lettered on the way (bus.Reject) is moved past by `settled`, the
+        # consumer's dead-letter hook.
+        await self._deliver(tenant, command, msg)
+        await self._move_past(command, msg)
 
     async def _wait_for_earlier(self, command: pb.OutboundCommand, msg: Msg) -> None:
         """Per-contact order: send only after every earlier command to this contact is settled.
@@ -145,8 +143,11 @@ class Egress:
         return self._ack_floor_value
 
     async def settled(self, msg: Msg) -> None:
+        """A command was dead-lettered by the consumer: later ones to its contact may go."""
+        await self._move_past(pb.OutboundCommand.FromString(msg.data), msg)
+
+    async def _move_past(self, command: pb.OutboundCommand, msg: Msg) -> None:
         """This command is done for good (sent, refused or dead-lettered): later ones may go."""
-        command = pb.OutboundCommand.FromString(msg.data)
         cursor_key = tenant_key(command.tenant, "outcursor", command.contact)
         await self._advance(keys=[cursor_key], args=[msg.metadata.sequence.stream, self._settings.sent_key_ttl_s])
 
