@@ -245,8 +245,13 @@ class Stack:
         self._wait(redis, self._tcp(self.ports.redis))
 
     def apply_tenants(self, tenant_file: Path) -> None:
-        migrated = subprocess.run(
-            [sys.executable, "-m", "zapflow", "db", "upgrade"],
+        """Migrate the store, then apply the tenants, as `zapflow dev` does."""
+        self._zapflow_once("db", "upgrade")
+        self._zapflow_once("tenant", "apply", "-f", str(tenant_file))
+
+    def _zapflow_once(self, *args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "zapflow", *args],
             env=self.env(),
             cwd=self.workdir,
             capture_output=True,
@@ -254,19 +259,8 @@ class Stack:
             timeout=60,
             check=False,
         )
-        if migrated.returncode != 0:
-            raise BenchError(f"zapflow db upgrade failed:\n{migrated.stderr or migrated.stdout}")
-        applied = subprocess.run(
-            [sys.executable, "-m", "zapflow", "tenant", "apply", "-f", str(tenant_file)],
-            env=self.env(),
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if applied.returncode != 0:
-            raise BenchError(f"zapflow tenant apply failed:\n{applied.stderr or applied.stdout}")
+        if done.returncode != 0:
+            raise BenchError(f"zapflow {' '.join(args)} failed:\n{done.stderr or done.stdout}")
 
     def _service(self, name: str, port: int, *args: str) -> Proc:
         self._check_free(name, port)
