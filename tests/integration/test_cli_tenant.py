@@ -13,11 +13,14 @@ from tests.support.servers import ManagedServer
 from tests.support.tenants import tenant_document
 
 
-def zapflow(nats: ManagedServer, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ZAPFLOW_NATS_URL": nats.url, "COLUMNS": "200"}
+def run_zapflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "zapflow", *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def zapflow(nats: ManagedServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_zapflow({**os.environ, "ZAPFLOW_NATS_URL": nats.url, "COLUMNS": "200"}, *args)
 
 
 def test_apply_list_get_delete(nats: ManagedServer, tmp_path: Path) -> None:
@@ -81,10 +84,7 @@ def test_inline_secrets_are_refused_in_production(nats: ManagedServer, tmp_path:
         "ZAPFLOW_ENVIRONMENT": "production",
         "ZAPFLOW_ADMIN_TOKEN": "x" * 32,
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "zapflow", "tenant", "apply", "-f", str(path)],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_zapflow(env, "tenant", "apply", "-f", str(path))
     assert result.returncode == 1
     assert "inline values are refused" in result.stderr
 
@@ -93,10 +93,7 @@ def test_unreachable_nats_is_a_clear_message(tmp_path: Path) -> None:
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(tenant_document()))
     env = {**os.environ, "ZAPFLOW_NATS_URL": "nats://127.0.0.1:1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "zapflow", "tenant", "apply", "-f", str(path)],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_zapflow(env, "tenant", "apply", "-f", str(path))
     assert result.returncode == 1
     assert "cannot reach NATS" in result.stderr
     assert "Traceback" not in result.stderr
@@ -105,13 +102,6 @@ def test_unreachable_nats_is_a_clear_message(tmp_path: Path) -> None:
 def test_default_admin_token_is_refused_in_production(nats: ManagedServer) -> None:
     env = {**os.environ, "ZAPFLOW_NATS_URL": nats.url, "ZAPFLOW_ENVIRONMENT": "production"}
     env.pop("ZAPFLOW_ADMIN_TOKEN", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "zapflow", "tenant", "list"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_zapflow(env, "tenant", "list")
     assert result.returncode == 1
     assert "ZAPFLOW_ADMIN_TOKEN" in result.stderr
