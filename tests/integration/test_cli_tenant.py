@@ -83,6 +83,7 @@ def test_inline_secrets_are_refused_in_production(nats: ManagedServer, tmp_path:
         "ZAPFLOW_NATS_URL": nats.url,
         "ZAPFLOW_ENVIRONMENT": "production",
         "ZAPFLOW_ADMIN_TOKEN": "x" * 32,
+        "ZAPFLOW_PSEUDONYM_SECRET": "y" * 32,
     }
     result = run_zapflow(env, "tenant", "apply", "-f", str(path))
     assert result.returncode == 1

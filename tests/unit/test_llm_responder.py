@@ -349,7 +349,12 @@ async def test_tenants_with_different_keys_do_not_share_a_client(llm: LocalOpenA
 
 
 async def test_an_inline_key_is_refused_outside_development(llm: LocalOpenAI, tmp_path: Path, errors: ErrorLog) -> None:
-    production = CoreSettings(environment="production", admin_token=SecretStr("prod-admin"), secrets_dir=tmp_path)
+    production = CoreSettings(
+        environment="production",
+        admin_token=SecretStr("prod-admin"),
+        pseudonym_secret=SecretStr("prod-pseudonyms"),
+        secrets_dir=tmp_path,
+    )
     responder = OpenAIResponder(production, on_error=errors)
     tenant = openai_tenant(llm.base_url, apiKey={"value": "sk-inline"})
     try:

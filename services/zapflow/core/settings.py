@@ -23,6 +23,11 @@ class CoreSettings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "sqlite+aiosqlite:///.zapflow/zapflow.db"  # production: postgresql+asyncpg://...
+    # The DuckDB analytics file (the scheduler writes it, `zapflow report` reads it).
+    analytics_path: Path = Path(".zapflow/analytics.duckdb")
+    # Derives each tenant's key for the pseudonyms of phone numbers in analytics. Changing it
+    # gives every contact a new pseudonym: keep it as long as the analytics file.
+    pseudonym_secret: SecretStr = SecretStr(DEFAULT_SECRET)
     # Connections per process; callers beyond it wait for a free one.
     redis_max_connections: int = 64
     # JetStream replicas for the streams zapflow declares: 1 embedded, 3 on a NATS cluster.
@@ -44,6 +49,10 @@ class CoreSettings(BaseSettings):
     def _refuse_default_secrets(self) -> Self:
         if self.environment != "development" and self.admin_token.get_secret_value() == DEFAULT_SECRET:
             raise ValueError("ZAPFLOW_ADMIN_TOKEN is still the default value; set a real secret outside development")
+        if self.environment != "development" and self.pseudonym_secret.get_secret_value() == DEFAULT_SECRET:
+            raise ValueError(
+                "ZAPFLOW_PSEUDONYM_SECRET is still the default value; set a real secret outside development"
+            )
         return self
 
     @property
