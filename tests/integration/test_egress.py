@@ -64,7 +64,7 @@ async def test_a_closed_window_131047_is_not_retried(platform: Platform, js: Jet
         js, bus.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-win", "late"), "c-win"
     )
 
-    result = await js.subscribe(bus.event_subject("sent", platform.tenant.name), stream="ZF_EVENTS")
+    result = await js.subscribe(bus.event_subject("sent", platform.tenant.name, CUSTOMER), stream="ZF_EVENTS")
     outcome = outbound_pb2.OutboundResult.FromString((await result.next_msg(timeout=15)).data)
     await result.unsubscribe()
 

@@ -614,4 +614,4 @@ class Engine:
 
 
 def turn_subject(tenant: str, contact: str) -> str:
-    return f"zf.evt.turn.{tenant}.{contact}"
+    return bus.event_subject("turn", tenant, contact)

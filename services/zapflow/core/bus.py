@@ -84,12 +84,13 @@ def outbound_subject(tenant: str, contact: str) -> str:
     return f"zf.out.{tenant}.{contact}"
 
 
-def event_subject(kind: str, tenant: str) -> str:
-    return f"zf.evt.{kind}.{tenant}"
+def event_subject(kind: str, tenant: str, contact: str) -> str:
+    """Events carry the contact too, so an erasure can find every event about one customer."""
+    return f"zf.evt.{kind}.{tenant}.{contact}"
 
 
 def tenant_of(subject: str) -> str:
-    """The tenant token of any zapflow subject (zf.<kind>.<tenant>... or zf.evt.<kind>.<tenant>)."""
+    """The tenant token of any zapflow subject (zf.<kind>.<tenant>... or zf.evt.<kind>.<tenant>...)."""
     tokens = subject.split(".")
     if len(tokens) > 3 and tokens[1] == "dlq":
         return tenant_of(".".join(tokens[3:]))

@@ -226,12 +226,36 @@ class IdempotencySpec(Model):
     )
 
 
+class DataSpec(Model):
+    """What zapflow keeps of this tenant's conversations, and for how long."""
+
+    session_idle_minutes: int = Field(
+        default=30,
+        ge=1,
+        le=7 * 24 * 60,
+        description="A conversation closes after this long without a message either way; it is then archived.",
+    )
+    retention_days: int = Field(
+        default=90,
+        ge=1,
+        le=3650,
+        description="Conversations (messages with their text) are deleted this long after they closed.",
+    )
+    analytics_retention_days: int = Field(
+        default=730,
+        ge=1,
+        le=3650,
+        description="Archived figures (pseudonymised, no text) are deleted this long after the session opened.",
+    )
+
+
 class TenantSpec(Model):
     whatsapp: WhatsAppSpec = Field(description="The WhatsApp Cloud API number and its credentials.")
     bot: BotSpec = Field(default_factory=BotSpec, description="The responder and its settings.")
     debounce: DebounceSpec = Field(default_factory=DebounceSpec, description="Turn debounce.")
     rate_limits: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Sending limits.")
     idempotency: IdempotencySpec = Field(default_factory=IdempotencySpec, description="Idempotency key lifetimes.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Session closing and data retention.")
 
 
 class TenantMetadata(BaseModel):

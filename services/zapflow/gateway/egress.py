@@ -232,4 +232,4 @@ class Egress:
             error_title=result.error_title,
             at=bus.now_timestamp(),
         )
-        await bus.publish(self._js, bus.event_subject("sent", tenant), report, f"{command.command_id}:result")
+        await bus.publish(self._js, bus.event_subject("sent", tenant, command.contact), report, f"{command.command_id}:result")

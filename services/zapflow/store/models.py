@@ -145,6 +145,15 @@ class Conversation(Base):
         ),
         Index("ix_conversations_tenant_contact_opened_at", "tenant", "contact", "opened_at"),
         Index("ix_conversations_tenant_opened_at", "tenant", "opened_at"),
+        # The retention job's: a tenant's conversations closed before a cut-off.
+        Index("ix_conversations_tenant_closed_at", "tenant", "closed_at"),
+        # The archive job's queue: closed and not archived yet.
+        Index(
+            "ix_conversations_unarchived",
+            "closed_at",
+            postgresql_where=text(f"status = '{CONVERSATION_CLOSED}' AND archived_at IS NULL"),
+            sqlite_where=text(f"status = '{CONVERSATION_CLOSED}' AND archived_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
@@ -153,6 +162,8 @@ class Conversation(Base):
     opened_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(String(16))
+    # When the archive job copied the closed conversation's figures into the analytics file.
+    archived_at: Mapped[datetime | None]
 
 
 class Message(Base):
@@ -299,3 +310,19 @@ class Handoff(Base):
     agent: Mapped[str | None] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
+
+
+class Erasure(Base):
+    """A contact erased at a tenant's request: when, by what, and how much, never whom."""
+
+    __tablename__ = "erasures"
+    __table_args__ = (Index("ix_erasures_tenant_requested_at", "tenant", "requested_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    # cli | admin-api
+    requested_by: Mapped[str] = mapped_column(String(32))
+    requested_at: Mapped[datetime]
+    completed_at: Mapped[datetime]
+    # What each store gave up: row, key and stream message counts.
+    summary: Mapped[dict[str, Any]]

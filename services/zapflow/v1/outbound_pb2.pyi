@@ -282,7 +282,7 @@ Global___MarkRead: _TypeAlias = MarkRead  # noqa: Y015
 
 @_typing.final
 class OutboundResult(_message.Message):
-    """What became of an outbound command. Subject: zf.evt.sent.<tenant>."""
+    """What became of an outbound command. Subject: zf.evt.sent.<tenant>.<contact>."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
