@@ -42,6 +42,7 @@ from redis.asyncio import Redis  # noqa: E402
 
 from bench import accounting, loadgen, profile  # noqa: E402
 from bench.stack import BenchError, Ports, ResourceMonitor, Stack  # noqa: E402
+from zapflow.store import recorder  # noqa: E402
 from zapflow.v1 import inbound_pb2, turn_pb2  # noqa: E402
 
 TARGETS = {
@@ -55,6 +56,10 @@ DEBOUNCE = {"windowMs": 300, "maxWaitMs": 1000}
 # A contact writes again only this long after its previous message: far beyond the debounce
 # window and its maximum wait, so every message is its own turn and turns map 1:1 to messages.
 CONTACT_GAP_S = 4.0
+RECORDER_CONSUMERS = tuple(
+    (spec.stream.name, spec.durable)
+    for spec in (recorder.INBOUND, recorder.OUTBOUND, recorder.STATUSES, recorder.TURNS, recorder.RESULTS)
+)
 
 
 # --- set-up -----------------------------------------------------------------------------------
@@ -333,26 +338,34 @@ async def read_sends(sandbox_url: str) -> list[accounting.SendRecord]:
     return sends
 
 
-async def sample_backlogs(js: Any, redis_url: str, stop: asyncio.Event, interval_s: float = 0.5) -> dict[str, Any]:
+async def sample_backlogs(
+    js: Any, redis_url: str, stop: asyncio.Event, record: bool, interval_s: float = 0.5
+) -> dict[str, Any]:
     """Where work queues up during the end-to-end phase, sampled twice a second.
 
     inbound / outbound: messages the conversation service / egress has not fetched yet, plus
     those it holds unacknowledged (the conversation holds a message until its turn is answered).
     overdue: contacts whose debounce deadline passed more than 50 ms ago and whose turn is not
-    finished (waiting for the closer, or running).
+    finished (waiting for the closer, or running). recorder (with --recorder): events of every
+    stream the recorder has not written yet.
     """
     redis = Redis.from_url(redis_url)
     series: dict[str, list[int]] = {"inbound_pending": [], "inbound_held": [], "outbound_pending": [], "overdue": []}
+    if record:
+        series["recorder_pending"] = []
     try:
         while not stop.is_set():
             with contextlib.suppress(Exception):
                 inbound = await js.consumer_info("ZF_INBOUND", "conversation")
                 outbound = await js.consumer_info("ZF_OUTBOUND", "gateway-egress")
                 overdue = await redis.zcount("zf:due", "-inf", int(time.time() * 1000) - 50)
+                store_backlog = await recorder_backlog(js) if record else None
                 series["inbound_pending"].append(int(inbound.num_pending or 0))
                 series["inbound_held"].append(int(inbound.num_ack_pending or 0))
                 series["outbound_pending"].append(int((outbound.num_pending or 0) + (outbound.num_ack_pending or 0)))
                 series["overdue"].append(int(overdue))
+                if store_backlog is not None:
+                    series["recorder_pending"].append(store_backlog)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)
     finally:
@@ -361,6 +374,30 @@ async def sample_backlogs(js: Any, redis_url: str, stop: asyncio.Event, interval
         name: {"max": max(values), "mean": round(sum(values) / len(values), 1), "last": values[-1]}
         for name, values in series.items()
         if values
+    }
+
+
+async def recorder_backlog(js: Any) -> int:
+    """Events the recorder has not written yet, over its five consumers."""
+    backlog = 0
+    for stream, durable in RECORDER_CONSUMERS:
+        info = await js.consumer_info(stream, durable)
+        backlog += int((info.num_pending or 0) + (info.num_ack_pending or 0))
+    return backlog
+
+
+async def recorder_catch_up(js: Any, stack: Stack, since: float, timeout_s: float) -> dict[str, Any]:
+    """Wait (bounded) until the recorder has written everything; how far behind it was."""
+    left = await recorder_backlog(js)
+    deadline = time.monotonic() + timeout_s
+    backlog = left
+    while backlog and time.monotonic() < deadline:
+        stack.check_alive()
+        await asyncio.sleep(0.5)  # polling the consumers' own state until the recorder is idle
+        backlog = await recorder_backlog(js)
+    return {
+        "backlog_when_settled": left,
+        "caught_up_s_after_last_webhook": None if backlog else round(time.monotonic() - since, 1),
     }
 
 
@@ -523,7 +560,7 @@ async def run(args: argparse.Namespace, stack: Stack, monitor: ResourceMonitor, 
         monitor.begin("e2e")
         profiler.begin("e2e", stack, args.e2e_duration)
         stop_sampling = asyncio.Event()
-        sampler = asyncio.create_task(sample_backlogs(js, stack.redis_url, stop_sampling))
+        sampler = asyncio.create_task(sample_backlogs(js, stack.redis_url, stop_sampling, args.recorder))
         result = await guarded(stack, loadgen.open_loop("127.0.0.1", stack.ports.gateway, requests, args.e2e_rate,
                                                         args.e2e_connections))  # fmt: skip
         stop_sampling.set()
@@ -536,11 +573,13 @@ async def run(args: argparse.Namespace, stack: Stack, monitor: ResourceMonitor, 
         monitor.begin("e2e_drain")
         profiler.begin("e2e_drain", stack, args.settle_timeout)
         turns, sends, checked = await settle(js, stack, accepted, maybe, args.settle_timeout)
+        store_lag = await recorder_catch_up(js, stack, sent_at, args.settle_timeout) if args.recorder else None
         profiler.end(interrupt=True)
         drain = monitor.end()
         e2e = e2e_figures(result, wamids, turns, checked, args.e2e_duration, args.e2e_rate)
         e2e["egress_while_draining"] = drain_rate(result, sends)
         e2e["backlogs_while_sending"] = backlogs
+        e2e["recorder"] = store_lag
         e2e["contacts"] = contacts
         e2e["conversation_replicas"] = len(stack.ports.conversations)
         e2e["debounce"] = DEBOUNCE
@@ -735,6 +774,15 @@ def markdown(report: dict[str, Any]) -> str:
             "Backlogs while sending (max / mean of 0.5 s samples): "
             + ", ".join(f"{k} {v['max']} / {v['mean']}" for k, v in e2e["backlogs_while_sending"].items())
             + ".",
+            *(
+                [
+                    f"Recorder: {e2e['recorder']['backlog_when_settled']} events not yet written when the turns "
+                    f"settled; caught up {_fmt(e2e['recorder']['caught_up_s_after_last_webhook'])} s after the "
+                    "last webhook."
+                ]
+                if e2e.get("recorder")
+                else []
+            ),
             f"Accounting: accepted {acc['accepted_messages']}, turns {acc['turns']}, sends {acc['sends']}, "
             f"lost {acc['lost']}, duplicates {acc['duplicates']}, messages per turn {acc['messages_per_turn']} "
             f"→ **{'OK' if acc['ok'] else 'FAILED'}**.",
@@ -832,7 +880,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--recorder",
         action="store_true",
-        help="also run the recorder (the relational store's writer; issue #4, not yet tuned: see bench/README.md)",
+        help="also run the recorder (the relational store's writer) and report how far behind it falls",
     )
     parser.add_argument("--py-spy-rate", type=int, default=67, help="samples per second (default 67)")
     parser.add_argument("--py-spy-nonblocking", action="store_true", help="do not pause the profiled processes")

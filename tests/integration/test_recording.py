@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from google.protobuf.message import Message as Event
+from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
+from tests.store.events import inbound, reply, sent, status, turn
 from tests.support import meta
+from tests.support.http import serve
 from tests.support.platform import eventually, running_platform
 from tests.support.tenants import secret
+from zapflow.core import bus
 from zapflow.core.registry import TenantRegistry
 from zapflow.core.settings import CoreSettings
 from zapflow.store.engine import create_engine
-from zapflow.store.models import Message, Turn
+from zapflow.store.models import Message, MessageStatus, Turn
+from zapflow.store.recorder import RECORDED_STREAMS
+from zapflow.store.service import RecorderSettings
+from zapflow.store.service import create_app as recorder_app
 
 CUSTOMER = "5511900001111"
 
@@ -67,3 +77,53 @@ async def test_messages_turns_and_statuses_are_recorded_once(core: CoreSettings,
             assert turns == 1
     finally:
         await database.dispose()
+
+
+def batch_metric(sample: str) -> float:
+    return REGISTRY.get_sample_value(f"zapflow_recorder_batch_events_{sample}") or 0.0
+
+
+async def test_a_burst_of_events_is_written_in_fewer_transactions_than_events(
+    core: CoreSettings, js: JetStreamContext
+) -> None:
+    """Every kind of event, 20 contacts' worth, waiting on the bus when the recorder starts."""
+    await bus.ensure_streams(js, RECORDED_STREAMS)
+    burst: list[tuple[str, Event, str]] = []
+    for n in range(20):
+        tenant, contact, turn_id = "acme", f"55119{n:08d}", f"in{n}-{n}"
+        command = reply(turn_id, 0, "Plans start at $10.", contact=contact)
+        burst += [
+            (bus.inbound_subject(tenant, contact), inbound(f"wamid.{n}", contact=contact), f"wamid.{n}"),
+            (bus.event_subject("turn", tenant, contact), turn(turn_id, [f"wamid.{n}"], contact=contact), turn_id),
+            (bus.outbound_subject(tenant, contact), command, command.command_id),
+            (bus.event_subject("sent", tenant, contact), sent(command, f"wamid.out.{n}"), f"{turn_id}:0:result"),
+            (
+                bus.status_subject(tenant, contact),
+                status(f"wamid.out.{n}", "delivered", contact=contact),
+                f"wamid.out.{n}:delivered",
+            ),
+        ]
+    await asyncio.gather(*(bus.publish(js, subject, event, msg_id) for subject, event, msg_id in burst))
+    batches, events = batch_metric("count"), batch_metric("sum")
+    database = create_engine(core.database_url)
+    try:
+        async with serve(recorder_app(RecorderSettings(core=core))):
+
+            async def everything_recorded() -> bool:
+                async with database.connect() as conn:
+                    messages = await conn.scalar(
+                        select(func.count()).select_from(Message).where(Message.type.is_not(None))
+                    )
+                    delivered = await conn.scalar(
+                        select(func.count()).select_from(Message).where(Message.status == "delivered")
+                    )
+                    turns = await conn.scalar(select(func.count()).select_from(Turn))
+                    statuses = await conn.scalar(select(func.count()).select_from(MessageStatus))
+                return (messages, delivered, turns, statuses) == (40, 20, 20, 20)
+
+            await eventually(everything_recorded, what="every event of the burst in the store")
+    finally:
+        await database.dispose()
+
+    assert batch_metric("sum") - events == len(burst)
+    assert batch_metric("count") - batches < len(burst)

@@ -12,6 +12,8 @@ from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2
 TENANT = "acme"
 CONTACT = "5511999990001"
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+# A stream sequence is a uint64, but PostgreSQL's BIGINT and SQLite's INTEGER stop at 2**63 - 1.
+UNSTORABLE_SEQ = 2**63
 
 
 def at(seconds: float) -> datetime:
@@ -59,12 +61,12 @@ def reaction(wamid: str, emoji: str, *, seconds: float = 0, tenant: str = TENANT
 
 
 def reply(
-    turn_id: str, index: int, text: str, *, seconds: float = 0, tenant: str = TENANT
+    turn_id: str, index: int, text: str, *, seconds: float = 0, tenant: str = TENANT, contact: str = CONTACT
 ) -> outbound_pb2.OutboundCommand:
     return outbound_pb2.OutboundCommand(
         command_id=f"{turn_id}:{index}",
         tenant=tenant,
-        contact=CONTACT,
+        contact=contact,
         turn_id=turn_id,
         created_at=stamp(seconds),
         text=outbound_pb2.OutText(body=text),
@@ -91,10 +93,11 @@ def status(
     *,
     seconds: float = 0,
     tenant: str = TENANT,
+    contact: str = CONTACT,
     errors: Sequence[inbound_pb2.StatusError] = (),
 ) -> inbound_pb2.StatusUpdate:
     return inbound_pb2.StatusUpdate(
-        tenant=tenant, contact=CONTACT, wamid=wamid, status=value, at=stamp(seconds), errors=errors
+        tenant=tenant, contact=contact, wamid=wamid, status=value, at=stamp(seconds), errors=errors
     )
 
 
@@ -104,13 +107,14 @@ def turn(
     *,
     seconds: float = 0,
     tenant: str = TENANT,
+    contact: str = CONTACT,
     outcome: str = "rule",
     rule: str = "prices",
 ) -> turn_pb2.Turn:
     return turn_pb2.Turn(
         turn_id=turn_id,
         tenant=tenant,
-        contact=CONTACT,
+        contact=contact,
         inbound_wamids=wamids,
         responder="rules",
         outcome=outcome,

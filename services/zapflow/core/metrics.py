@@ -147,3 +147,34 @@ HELD_MESSAGES = Gauge(
     "zapflow_conversation_held_messages",
     "Inbound messages this process holds unacknowledged until their turn is answered.",
 )
+JOB_SECONDS = Histogram(
+    "zapflow_scheduler_job_seconds",
+    "Duration of one run of a scheduler job (close_idle, archive, retention).",
+    ["job"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0),
+)
+JOB_FAILURES = Counter(
+    "zapflow_scheduler_job_failures_total",
+    "Scheduler job runs that failed; the job runs again at the next interval.",
+    ["job"],
+)
+JOB_LAST_SUCCESS = Gauge(
+    "zapflow_scheduler_job_last_success_timestamp_seconds",
+    "When each scheduler job last completed (alert when it falls behind).",
+    ["job"],
+)
+SESSIONS_CLOSED = Counter("zapflow_scheduler_sessions_closed_total", "Idle conversations closed.")
+SESSIONS_ARCHIVED = Counter("zapflow_scheduler_sessions_archived_total", "Closed conversations archived to analytics.")
+RETENTION_DELETED_ROWS = Counter(
+    "zapflow_scheduler_retention_deleted_rows_total",
+    "Rows deleted because they outlived their tenant's retention, by store (sql, analytics).",
+    ["store"],
+)
+ERASURES = Counter("zapflow_privacy_erasures_total", "Contacts erased at a tenant's request.", ["tenant"])
+
+# The recorder.
+RECORDER_BATCH_EVENTS = Histogram(
+    "zapflow_recorder_batch_events",
+    "Events per batch the recorder wrote, each batch in one transaction.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)

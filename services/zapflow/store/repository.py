@@ -12,16 +12,23 @@ events travel on different streams to different consumers. So every write here i
   Graph API result before its command, leaves a placeholder message row (type NULL) that
   recording the message fills in.
 
-Every write transaction starts by upserting the contact's row. On PostgreSQL that takes the row's
-lock, so the writes about one contact run one at a time and each sees what the previous one
-committed (a status and the result that gives its message the wamid cannot miss each other);
-on SQLite, writers are serialised anyway. Contacts do not wait on each other.
+Every write starts by upserting the contact's row. On PostgreSQL that takes the row's lock, so the
+writes about one contact run one at a time and each sees what the previous one committed (a status
+and the result that gives its message the wamid cannot miss each other); on SQLite, writers are
+serialised anyway. Contacts do not wait on each other.
+
+Each write is a method on an open connection, run either in a transaction of its own (the
+`record_*` methods) or with many others in one (`record_batch`, which the recorder uses to save
+a commit per event). A batch holds several contacts' locks at once, so it takes them in
+one global order, by (tenant, contact): two batches touching the same contacts wait for each
+other instead of deadlocking.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeAlias
@@ -29,12 +36,13 @@ from typing import Any, TypeAlias
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import SQLColumnExpression, and_, case, insert, or_, select, update
+from sqlalchemy import Select, SQLColumnExpression, and_, bindparam, case, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import InstrumentedAttribute
 
 from zapflow.conversation.responder import HistoryEntry, describe
+from zapflow.core.logging import get_logger
 from zapflow.store.errors import StoreError
 from zapflow.store.models import (
     CONVERSATION_CLOSED,
@@ -50,6 +58,8 @@ from zapflow.store.models import (
     Turn,
 )
 from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2
+
+log = get_logger(__name__)
 
 Upsert: TypeAlias = postgresql.Insert | sqlite.Insert
 # Both dialects spell INSERT ... ON CONFLICT alike; only the construct differs.
@@ -73,6 +83,126 @@ class Recorded(StrEnum):
     IGNORED = "ignored"  # not something the store keeps, e.g. a mark-read command
 
 
+@dataclass(frozen=True)
+class SequencedInbound:
+    """An inbound message with its ZF_INBOUND stream sequence, as `record_batch` takes it."""
+
+    message: inbound_pb2.InboundMessage
+    seq: int
+
+
+Event: TypeAlias = (
+    SequencedInbound
+    | outbound_pb2.OutboundCommand
+    | outbound_pb2.OutboundResult
+    | inbound_pb2.StatusUpdate
+    | turn_pb2.Turn
+)
+
+
+class _EventFailed(Exception):
+    """Writing one event of a batch failed (the cause), as opposed to opening or committing it."""
+
+
+# The columns an inbound / outbound message row takes from its event (besides its keys).
+INBOUND_CONTENT = ("direction", "type", "text", "body", "quoted_wamid", "stream_seq", "created_at")
+OUTBOUND_CONTENT = ("direction", "type", "text", "body", "quoted_wamid", "turn_id", "created_at")
+
+
+class _Statements:
+    """Every statement of the write path, built once per store and executed with new values.
+
+    SQLAlchemy spends several times more CPU building an upsert than executing it: built per
+    event, they cost the recorder more than its transactions did (bench/README.md). Inserts take
+    their columns from the values they are executed with; UPDATEs name their WHERE values
+    `where_*`, as a value named like a column would be taken for a column to SET.
+    """
+
+    def __init__(self, upsert: Callable[[type[Base]], Upsert]) -> None:
+        contact = upsert(Contact)
+        new = contact.excluded
+        name_is_newer = and_(
+            new.profile_name.is_not(None),
+            or_(
+                Contact.last_customer_message_at.is_(None),
+                new.last_customer_message_at >= Contact.last_customer_message_at,
+            ),
+        )
+        # DO UPDATE (never DO NOTHING) so that PostgreSQL locks the row even when nothing changes.
+        self.touch_contact = contact.on_conflict_do_update(
+            index_elements=[Contact.tenant, Contact.wa_id],
+            set_={
+                "profile_name": case((name_is_newer, new.profile_name), else_=Contact.profile_name),
+                "first_seen_at": _earlier(Contact.first_seen_at, new.first_seen_at),
+                "last_seen_at": _later(Contact.last_seen_at, new.last_seen_at),
+                "last_customer_message_at": _later(Contact.last_customer_message_at, new.last_customer_message_at),
+            },
+        )
+        self.open_conversation = select(Conversation.id).where(
+            Conversation.tenant == bindparam("tenant"),
+            Conversation.contact == bindparam("contact"),
+            Conversation.status == CONVERSATION_OPEN,
+        )
+        self.new_conversation = insert(Conversation).returning(Conversation.id)
+        self.inbound_by_wamid = select(Message.type, Message.conversation_id).where(
+            Message.tenant == bindparam("tenant"), Message.wamid == bindparam("wamid")
+        )
+        self.outbound_by_command = select(Message.type, Message.conversation_id).where(
+            Message.tenant == bindparam("tenant"), Message.command_id == bindparam("command_id")
+        )
+        self.delivery_by_command = select(Message.wamid, Message.status).where(
+            Message.tenant == bindparam("tenant"), Message.command_id == bindparam("command_id")
+        )
+        self.upsert_inbound = _fill_placeholder(upsert, Message.wamid, INBOUND_CONTENT)
+        self.upsert_outbound = _fill_placeholder(upsert, Message.command_id, OUTBOUND_CONTENT)
+        self.outbound_placeholder = upsert(Message).on_conflict_do_nothing(
+            index_elements=[Message.tenant, Message.command_id]
+        )
+        self.update_by_command = update(Message).where(
+            Message.tenant == bindparam("where_tenant"), Message.command_id == bindparam("where_command_id")
+        )
+        self.update_by_wamid = update(Message).where(
+            Message.tenant == bindparam("where_tenant"), Message.wamid == bindparam("where_wamid")
+        )
+        status = upsert(MessageStatus)
+        # A status reported twice keeps its earliest time.
+        self.upsert_status = status.on_conflict_do_update(
+            index_elements=[MessageStatus.tenant, MessageStatus.wamid, MessageStatus.status],
+            set_={"at": status.excluded.at},
+            where=status.excluded.at < MessageStatus.at,
+        )
+        self.statuses_of = select(
+            MessageStatus.status, MessageStatus.at, MessageStatus.error_code, MessageStatus.error_title
+        ).where(MessageStatus.tenant == bindparam("tenant"), MessageStatus.wamid == bindparam("wamid"))
+        self.turn_known = select(Turn.turn_id).where(
+            Turn.tenant == bindparam("tenant"), Turn.turn_id == bindparam("turn_id")
+        )
+        self.conversation_of_messages = (
+            select(Message.conversation_id)
+            .where(Message.tenant == bindparam("tenant"), Message.wamid.in_(bindparam("wamids", expanding=True)))
+            .limit(1)
+        )
+        self.insert_turn = upsert(Turn).on_conflict_do_nothing(index_elements=[Turn.tenant, Turn.turn_id])
+        link = upsert(Message)
+        self.link_to_turn = link.on_conflict_do_update(
+            index_elements=[Message.tenant, Message.wamid],
+            set_={"turn_id": link.excluded.turn_id},
+            where=Message.turn_id.is_(None),
+        )
+
+
+def _fill_placeholder(
+    upsert: Callable[[type[Base]], Upsert], key: InstrumentedAttribute[str | None], content: tuple[str, ...]
+) -> Upsert:
+    """Insert a message by its unique key, or fill in the placeholder (type NULL) holding that key."""
+    stmt = upsert(Message)
+    return stmt.on_conflict_do_update(
+        index_elements=[Message.tenant, key],
+        set_={name: stmt.excluded[name] for name in content},
+        where=Message.type.is_(None),
+    )
+
+
 class ConversationStore:
     """Contacts, conversations, messages, statuses and turns of every tenant."""
 
@@ -81,39 +211,14 @@ class ConversationStore:
         if upsert is None:
             raise StoreError(f"unsupported database {engine.dialect.name!r}")
         self._engine = engine
-        self._upsert = upsert
+        self._sql = _Statements(upsert)
 
     # --- writes ---
 
     async def record_inbound(self, message: inbound_pb2.InboundMessage, seq: int) -> Recorded:
         """A customer's message, `seq` being its ZF_INBOUND stream sequence."""
-        at = _time(message.sent_at) or _time(message.received_at) or _now()
-        content = message.WhichOneof("content")
         async with self._engine.begin() as conn:
-            await self._touch_contact(
-                conn,
-                message.tenant,
-                message.contact,
-                at=at,
-                seen_at=at,
-                customer_message_at=at,
-                profile_name=message.contact_name or None,
-            )
-            return await self._record_message(
-                conn,
-                message.tenant,
-                message.contact,
-                Message.wamid,
-                message.wamid,
-                at,
-                direction=INBOUND,
-                type=message.type or content or "unknown",
-                text=describe(message),
-                body=_as_dict(getattr(message, content)) if content else {},
-                quoted_wamid=message.quoted_wamid or None,
-                stream_seq=seq,
-                created_at=at,
-            )
+            return await self._write_inbound(conn, message, seq)
 
     async def record_outbound(self, command: outbound_pb2.OutboundCommand) -> Recorded:
         """A message the bot (or, later, an agent) sends, recorded when the command is published.
@@ -121,6 +226,108 @@ class ConversationStore:
         Mark-read and typing commands are not messages and are ignored. The wamid comes later,
         with the Graph API's result (`record_outbound_result`).
         """
+        async with self._engine.begin() as conn:
+            return await self._write_outbound(conn, command)
+
+    async def record_outbound_result(self, result: outbound_pb2.OutboundResult) -> Recorded:
+        """What the Graph API made of a command: the message's wamid, or why Meta refused it."""
+        async with self._engine.begin() as conn:
+            return await self._write_outbound_result(conn, result)
+
+    async def record_status(self, report: inbound_pb2.StatusUpdate) -> Recorded:
+        """A delivery status from Meta, whether or not its message is recorded yet.
+
+        Statuses only move forward (sent < delivered < read; failed is terminal): a late
+        "delivered" after "read" fills in delivered_at and leaves the status at read.
+        """
+        async with self._engine.begin() as conn:
+            return await self._write_status(conn, report)
+
+    async def record_turn(self, turn: turn_pb2.Turn) -> Recorded:
+        """A turn event; its inbound messages are linked to it, recorded yet or not."""
+        async with self._engine.begin() as conn:
+            return await self._write_turn(conn, turn)
+
+    async def record_batch(self, events: Sequence[Event]) -> list[Recorded | Exception]:
+        """Write many events of any kind in one transaction; one outcome per event, in order.
+
+        Events are applied sorted by (tenant, contact), each contact's in the order given, so
+        concurrent batches take contact row locks in the same order and cannot deadlock. When an
+        event fails, the batch is rolled back and every event is written again in a transaction
+        of its own, so only the events that fail alone are reported failed. A failure no event
+        caused (the database unreachable, the commit refused) is every event's outcome: writing
+        them one by one would only fail the same way, once per event.
+        """
+        in_lock_order = sorted(range(len(events)), key=lambda index: _contact_of(events[index]))
+        written: dict[int, Recorded] = {}
+        try:
+            async with self._engine.begin() as conn:
+                for index in in_lock_order:
+                    try:
+                        written[index] = await self._write(conn, events[index])
+                    except Exception as error:
+                        raise _EventFailed from error
+        except _EventFailed as failure:
+            log.warning(
+                "batch failed, writing its events one at a time",
+                events=len(events),
+                error=type(failure.__cause__).__name__,
+            )
+            return [await self._record_alone(event) for event in events]
+        except Exception as error:
+            return [error] * len(events)
+        return [written[index] for index in range(len(events))]
+
+    async def _record_alone(self, event: Event) -> Recorded | Exception:
+        try:
+            async with self._engine.begin() as conn:
+                return await self._write(conn, event)
+        except Exception as error:
+            return error
+
+    async def _write(self, conn: AsyncConnection, event: Event) -> Recorded:
+        match event:
+            case SequencedInbound(message, seq):
+                return await self._write_inbound(conn, message, seq)
+            case outbound_pb2.OutboundCommand():
+                return await self._write_outbound(conn, event)
+            case outbound_pb2.OutboundResult():
+                return await self._write_outbound_result(conn, event)
+            case inbound_pb2.StatusUpdate():
+                return await self._write_status(conn, event)
+            case turn_pb2.Turn():
+                return await self._write_turn(conn, event)
+
+    async def _write_inbound(self, conn: AsyncConnection, message: inbound_pb2.InboundMessage, seq: int) -> Recorded:
+        at = _time(message.sent_at) or _time(message.received_at) or _now()
+        content = message.WhichOneof("content")
+        await self._touch_contact(
+            conn,
+            message.tenant,
+            message.contact,
+            at=at,
+            seen_at=at,
+            customer_message_at=at,
+            profile_name=message.contact_name or None,
+        )
+        return await self._record_message(
+            conn,
+            self._sql.inbound_by_wamid,
+            self._sql.upsert_inbound,
+            "wamid",
+            tenant=message.tenant,
+            contact=message.contact,
+            wamid=message.wamid,
+            direction=INBOUND,
+            type=message.type or content or "unknown",
+            text=describe(message),
+            body=_as_dict(getattr(message, content)) if content else {},
+            quoted_wamid=message.quoted_wamid or None,
+            stream_seq=seq,
+            created_at=at,
+        )
+
+    async def _write_outbound(self, conn: AsyncConnection, command: outbound_pb2.OutboundCommand) -> Recorded:
         kind = command.WhichOneof("body")
         if kind == "text":
             text, body = command.text.body, _as_dict(command.text)
@@ -131,26 +338,25 @@ class ConversationStore:
         else:
             return Recorded.IGNORED
         at = _time(command.created_at) or _now()
-        async with self._engine.begin() as conn:
-            await self._touch_contact(conn, command.tenant, command.contact, at=at)
-            return await self._record_message(
-                conn,
-                command.tenant,
-                command.contact,
-                Message.command_id,
-                command.command_id,
-                at,
-                direction=OUTBOUND,
-                type=kind,
-                text=text,
-                body=body,
-                quoted_wamid=command.reply_to_wamid or None,
-                turn_id=command.turn_id or None,
-                created_at=at,
-            )
+        await self._touch_contact(conn, command.tenant, command.contact, at=at)
+        return await self._record_message(
+            conn,
+            self._sql.outbound_by_command,
+            self._sql.upsert_outbound,
+            "command_id",
+            tenant=command.tenant,
+            contact=command.contact,
+            command_id=command.command_id,
+            direction=OUTBOUND,
+            type=kind,
+            text=text,
+            body=body,
+            quoted_wamid=command.reply_to_wamid or None,
+            turn_id=command.turn_id or None,
+            created_at=at,
+        )
 
-    async def record_outbound_result(self, result: outbound_pb2.OutboundResult) -> Recorded:
-        """What the Graph API made of a command: the message's wamid, or why Meta refused it."""
+    async def _write_outbound_result(self, conn: AsyncConnection, result: outbound_pb2.OutboundResult) -> Recorded:
         at = _time(result.at) or _now()
         if result.result == "sent" and result.wamid:
             delivery: dict[str, Any] = {"wamid": result.wamid}
@@ -163,142 +369,115 @@ class ConversationStore:
             }
         else:
             return Recorded.IGNORED
-        async with self._engine.begin() as conn:
-            await self._touch_contact(conn, result.tenant, result.contact, at=at)
-            known = (
-                await conn.execute(
-                    select(Message.wamid, Message.status).where(
-                        Message.tenant == result.tenant, Message.command_id == result.command_id
-                    )
-                )
-            ).first()
-            if known is not None and (known.wamid is not None or known.status == FAILED):
-                return Recorded.DUPLICATE
-            if known is not None:
-                await conn.execute(
-                    update(Message)
-                    .where(Message.tenant == result.tenant, Message.command_id == result.command_id)
-                    .values(**delivery)
-                )
-            else:
-                # The result came before its command: keep it in a placeholder the command fills.
-                conversation_id = await self._open_conversation(conn, result.tenant, result.contact, at)
-                await conn.execute(
-                    self._upsert(Message)
-                    .values(
-                        tenant=result.tenant,
-                        contact=result.contact,
-                        conversation_id=conversation_id,
-                        direction=OUTBOUND,
-                        command_id=result.command_id,
-                        turn_id=result.turn_id or None,
-                        created_at=at,
-                        **delivery,
-                    )
-                    .on_conflict_do_nothing(index_elements=[Message.tenant, Message.command_id])
-                )
-            if result.wamid:
-                await self._apply_statuses(conn, result.tenant, result.wamid)
+        await self._touch_contact(conn, result.tenant, result.contact, at=at)
+        known = (
+            await conn.execute(
+                self._sql.delivery_by_command, {"tenant": result.tenant, "command_id": result.command_id}
+            )
+        ).first()
+        if known is not None and (known.wamid is not None or known.status == FAILED):
+            return Recorded.DUPLICATE
+        if known is not None:
+            await conn.execute(
+                self._sql.update_by_command,
+                {"where_tenant": result.tenant, "where_command_id": result.command_id, **delivery},
+            )
+        else:
+            # The result came before its command: keep it in a placeholder the command fills.
+            conversation_id = await self._open_conversation(conn, result.tenant, result.contact, at)
+            await conn.execute(
+                self._sql.outbound_placeholder,
+                {
+                    "tenant": result.tenant,
+                    "contact": result.contact,
+                    "conversation_id": conversation_id,
+                    "direction": OUTBOUND,
+                    "command_id": result.command_id,
+                    "turn_id": result.turn_id or None,
+                    "created_at": at,
+                    **delivery,
+                },
+            )
+        if result.wamid:
+            await self._apply_statuses(conn, result.tenant, result.wamid)
         return Recorded.NEW
 
-    async def record_status(self, report: inbound_pb2.StatusUpdate) -> Recorded:
-        """A delivery status from Meta, whether or not its message is recorded yet.
-
-        Statuses only move forward (sent < delivered < read; failed is terminal): a late
-        "delivered" after "read" fills in delivered_at and leaves the status at read.
-        """
+    async def _write_status(self, conn: AsyncConnection, report: inbound_pb2.StatusUpdate) -> Recorded:
         status = STATUS_ALIASES.get(report.status, report.status)
         if status not in STATUS_ORDER:
             return Recorded.IGNORED
         at = _time(report.at) or _now()
         error = report.errors[0] if report.errors else None
-        async with self._engine.begin() as conn:
-            await self._touch_contact(
-                conn, report.tenant, report.contact, at=at, seen_at=at if status == "read" else None
-            )
-            stmt = self._upsert(MessageStatus).values(
-                tenant=report.tenant,
-                wamid=report.wamid,
-                status=status,
-                contact=report.contact,
-                at=at,
-                error_code=error.code if error else None,
-                error_title=error.title if error else None,
-            )
-            # A status reported twice keeps its earliest time.
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[MessageStatus.tenant, MessageStatus.wamid, MessageStatus.status],
-                set_={"at": stmt.excluded.at},
-                where=stmt.excluded.at < MessageStatus.at,
-            )
-            if not (await conn.execute(stmt)).rowcount:
-                return Recorded.DUPLICATE
-            await self._apply_statuses(conn, report.tenant, report.wamid)
+        await self._touch_contact(conn, report.tenant, report.contact, at=at, seen_at=at if status == "read" else None)
+        recorded = await conn.execute(
+            self._sql.upsert_status,
+            {
+                "tenant": report.tenant,
+                "wamid": report.wamid,
+                "status": status,
+                "contact": report.contact,
+                "at": at,
+                "error_code": error.code if error else None,
+                "error_title": error.title if error else None,
+            },
+        )
+        if not recorded.rowcount:
+            return Recorded.DUPLICATE
+        await self._apply_statuses(conn, report.tenant, report.wamid)
         return Recorded.NEW
 
-    async def record_turn(self, turn: turn_pb2.Turn) -> Recorded:
-        """A turn event; its inbound messages are linked to it, recorded yet or not."""
+    async def _write_turn(self, conn: AsyncConnection, turn: turn_pb2.Turn) -> Recorded:
         created_at = _time(turn.started_at) or _time(turn.answered_at) or _now()
         answered_at = _time(turn.answered_at)
         closed_at = _time(turn.closed_at)
         latency_ms = round((answered_at - closed_at).total_seconds() * 1000) if answered_at and closed_at else None
-        async with self._engine.begin() as conn:
-            await self._touch_contact(conn, turn.tenant, turn.contact, at=created_at)
-            if await conn.scalar(select(Turn.turn_id).where(Turn.tenant == turn.tenant, Turn.turn_id == turn.turn_id)):
-                return Recorded.DUPLICATE
-            # The conversation its messages are in, when they are recorded; else the open one.
-            conversation_id = await conn.scalar(
-                select(Message.conversation_id)
-                .where(Message.tenant == turn.tenant, Message.wamid.in_(list(turn.inbound_wamids)))
-                .limit(1)
+        await self._touch_contact(conn, turn.tenant, turn.contact, at=created_at)
+        if await conn.scalar(self._sql.turn_known, {"tenant": turn.tenant, "turn_id": turn.turn_id}):
+            return Recorded.DUPLICATE
+        # The conversation its messages are in, when they are recorded; else the open one.
+        conversation_id = await conn.scalar(
+            self._sql.conversation_of_messages, {"tenant": turn.tenant, "wamids": list(turn.inbound_wamids)}
+        )
+        if conversation_id is None:
+            conversation_id = await self._open_conversation(conn, turn.tenant, turn.contact, created_at)
+        inserted = await conn.execute(
+            self._sql.insert_turn,
+            {
+                "tenant": turn.tenant,
+                "turn_id": turn.turn_id,
+                "contact": turn.contact,
+                "conversation_id": conversation_id,
+                "responder": turn.responder,
+                "outcome": turn.outcome,
+                "rule": turn.rule or None,
+                "latency_ms": latency_ms,
+                "prompt_tokens": turn.prompt_tokens,
+                "completion_tokens": turn.completion_tokens,
+                "message_count": len(turn.inbound_wamids),
+                "created_at": created_at,
+                "answered_at": answered_at,
+                "closed_at": closed_at,
+            },
+        )
+        if not inserted.rowcount:
+            return Recorded.DUPLICATE
+        if turn.inbound_wamids:
+            # Recorded messages get the turn id; the others become placeholders that keep it.
+            await conn.execute(
+                self._sql.link_to_turn,
+                [
+                    {
+                        "tenant": turn.tenant,
+                        "contact": turn.contact,
+                        "conversation_id": conversation_id,
+                        "direction": INBOUND,
+                        "wamid": wamid,
+                        "turn_id": turn.turn_id,
+                        "created_at": created_at,
+                    }
+                    for wamid in dict.fromkeys(turn.inbound_wamids)
+                ],
             )
-            if conversation_id is None:
-                conversation_id = await self._open_conversation(conn, turn.tenant, turn.contact, created_at)
-            inserted = await conn.execute(
-                self._upsert(Turn)
-                .values(
-                    tenant=turn.tenant,
-                    turn_id=turn.turn_id,
-                    contact=turn.contact,
-                    conversation_id=conversation_id,
-                    responder=turn.responder,
-                    outcome=turn.outcome,
-                    rule=turn.rule or None,
-                    latency_ms=latency_ms,
-                    prompt_tokens=turn.prompt_tokens,
-                    completion_tokens=turn.completion_tokens,
-                    message_count=len(turn.inbound_wamids),
-                    created_at=created_at,
-                    answered_at=answered_at,
-                    closed_at=closed_at,
-                )
-                .on_conflict_do_nothing(index_elements=[Turn.tenant, Turn.turn_id])
-            )
-            if not inserted.rowcount:
-                return Recorded.DUPLICATE
-            if turn.inbound_wamids:
-                # Recorded messages get the turn id; the others become placeholders that keep it.
-                link = self._upsert(Message).values(
-                    [
-                        {
-                            "tenant": turn.tenant,
-                            "contact": turn.contact,
-                            "conversation_id": conversation_id,
-                            "direction": INBOUND,
-                            "wamid": wamid,
-                            "turn_id": turn.turn_id,
-                            "created_at": created_at,
-                        }
-                        for wamid in dict.fromkeys(turn.inbound_wamids)
-                    ]
-                )
-                await conn.execute(
-                    link.on_conflict_do_update(
-                        index_elements=[Message.tenant, Message.wamid],
-                        set_={"turn_id": link.excluded.turn_id},
-                        where=Message.turn_id.is_(None),
-                    )
-                )
         return Recorded.NEW
 
     async def close_conversation(self, tenant: str, contact: str, at: datetime) -> bool:
@@ -384,111 +563,73 @@ class ConversationStore:
         out of order leave the same row; a redelivered old message does not bring back an old
         profile name.
         """
-        stmt = self._upsert(Contact).values(
-            tenant=tenant,
-            wa_id=wa_id,
-            profile_name=profile_name,
-            first_seen_at=at,
-            last_seen_at=seen_at,
-            last_customer_message_at=customer_message_at,
-        )
-        new = stmt.excluded
-        name_is_newer = and_(
-            new.profile_name.is_not(None),
-            or_(
-                Contact.last_customer_message_at.is_(None),
-                new.last_customer_message_at >= Contact.last_customer_message_at,
-            ),
-        )
-        # DO UPDATE (never DO NOTHING) so that PostgreSQL locks the row even when nothing changes.
         await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[Contact.tenant, Contact.wa_id],
-                set_={
-                    "profile_name": case((name_is_newer, new.profile_name), else_=Contact.profile_name),
-                    "first_seen_at": _earlier(Contact.first_seen_at, new.first_seen_at),
-                    "last_seen_at": _later(Contact.last_seen_at, new.last_seen_at),
-                    "last_customer_message_at": _later(Contact.last_customer_message_at, new.last_customer_message_at),
-                },
-            )
+            self._sql.touch_contact,
+            {
+                "tenant": tenant,
+                "wa_id": wa_id,
+                "profile_name": profile_name,
+                "first_seen_at": at,
+                "last_seen_at": seen_at,
+                "last_customer_message_at": customer_message_at,
+            },
         )
 
     async def _open_conversation(self, conn: AsyncConnection, tenant: str, contact: str, at: datetime) -> int:
         """The contact's open conversation, opened now if there is none."""
-        open_id = await conn.scalar(
-            select(Conversation.id).where(
-                Conversation.tenant == tenant,
-                Conversation.contact == contact,
-                Conversation.status == CONVERSATION_OPEN,
-            )
-        )
+        open_id = await conn.scalar(self._sql.open_conversation, {"tenant": tenant, "contact": contact})
         if open_id is not None:
-            return open_id
+            return int(open_id)
         opened = await conn.execute(
-            insert(Conversation)
-            .values(tenant=tenant, contact=contact, opened_at=at, status=CONVERSATION_OPEN)
-            .returning(Conversation.id)
+            self._sql.new_conversation,
+            {"tenant": tenant, "contact": contact, "opened_at": at, "status": CONVERSATION_OPEN},
         )
-        return opened.scalar_one()
+        return int(opened.scalar_one())
 
     async def _record_message(
-        self,
-        conn: AsyncConnection,
-        tenant: str,
-        contact: str,
-        key: InstrumentedAttribute[str | None],
-        key_value: str,
-        at: datetime,
-        **content: Any,
+        self, conn: AsyncConnection, find: Select[str | None, int], upsert: Upsert, key: str, **row: Any
     ) -> Recorded:
         """Insert a message by its unique key, or fill in the placeholder holding that key."""
-        known = (
-            await conn.execute(
-                select(Message.type, Message.conversation_id).where(Message.tenant == tenant, key == key_value)
-            )
-        ).first()
+        known = (await conn.execute(find, {"tenant": row["tenant"], key: row[key]})).first()
         if known is not None and known.type is not None:
             # Checked first so that a redelivery long after does not open a new conversation.
             return Recorded.DUPLICATE
         conversation_id = (
-            known.conversation_id if known is not None else await self._open_conversation(conn, tenant, contact, at)
+            known.conversation_id
+            if known is not None
+            else await self._open_conversation(conn, row["tenant"], row["contact"], row["created_at"])
         )
-        stmt = self._upsert(Message).values(
-            tenant=tenant, contact=contact, conversation_id=conversation_id, **{key.key: key_value}, **content
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[Message.tenant, key],
-            set_={name: stmt.excluded[name] for name in content},
-            where=Message.type.is_(None),
-        )
-        return Recorded.NEW if (await conn.execute(stmt)).rowcount else Recorded.DUPLICATE
+        written = await conn.execute(upsert, {**row, "conversation_id": conversation_id})
+        return Recorded.NEW if written.rowcount else Recorded.DUPLICATE
 
     async def _apply_statuses(self, conn: AsyncConnection, tenant: str, wamid: str) -> None:
         """Recompute a message's delivery columns from every status reported for its wamid."""
         reported = {
-            row.status: row
-            for row in await conn.execute(
-                select(
-                    MessageStatus.status, MessageStatus.at, MessageStatus.error_code, MessageStatus.error_title
-                ).where(MessageStatus.tenant == tenant, MessageStatus.wamid == wamid)
-            )
+            row.status: row for row in await conn.execute(self._sql.statuses_of, {"tenant": tenant, "wamid": wamid})
         }
         if not reported:
             return
         failure = reported.get(FAILED)
         await conn.execute(
-            update(Message)
-            .where(Message.tenant == tenant, Message.wamid == wamid)
-            .values(
-                status=max(reported, key=STATUS_ORDER.index),
-                sent_at=reported["sent"].at if "sent" in reported else None,
-                delivered_at=reported["delivered"].at if "delivered" in reported else None,
-                read_at=reported["read"].at if "read" in reported else None,
-                failed_at=failure.at if failure else None,
-                error_code=failure.error_code if failure else None,
-                error_title=failure.error_title if failure else None,
-            )
+            self._sql.update_by_wamid,
+            {
+                "where_tenant": tenant,
+                "where_wamid": wamid,
+                "status": max(reported, key=STATUS_ORDER.index),
+                "sent_at": reported["sent"].at if "sent" in reported else None,
+                "delivered_at": reported["delivered"].at if "delivered" in reported else None,
+                "read_at": reported["read"].at if "read" in reported else None,
+                "failed_at": failure.at if failure else None,
+                "error_code": failure.error_code if failure else None,
+                "error_title": failure.error_title if failure else None,
+            },
         )
+
+
+def _contact_of(event: Event) -> tuple[str, str]:
+    """The (tenant, contact) whose row lock writing the event takes."""
+    about = event.message if isinstance(event, SequencedInbound) else event
+    return about.tenant, about.contact
 
 
 def _time(stamp: Timestamp) -> datetime | None:

@@ -23,7 +23,7 @@ from zapflow.core.settings import CoreSettings
 from zapflow.core.telemetry import configure_tracing
 from zapflow.store.engine import create_engine
 from zapflow.store.migrate import require_migrated
-from zapflow.store.recorder import RECORDED_STREAMS, Recorder
+from zapflow.store.recorder import RECORDED_STREAMS, Recorder, WriteBatcher
 from zapflow.store.repository import ConversationStore
 
 
@@ -34,6 +34,10 @@ class RecorderSettings(BaseSettings):
     # Health and metrics only.
     host: str = "0.0.0.0"
     port: int = 8002
+    # At most this many events per transaction; the oldest waiting event waits at most the linger
+    # for others (under load they gather anyway while the previous batch is being written).
+    batch_max_events: int = Field(default=200, ge=1)
+    batch_linger_ms: float = Field(default=5.0, ge=0)
 
 
 @lru_cache
@@ -49,7 +53,8 @@ def create_app(settings: RecorderSettings) -> FastAPI:
         await require_migrated(settings.core.database_url)
         database = create_engine(settings.core.database_url)
         runtime = await ServiceRuntime.start("recorder", settings.core, RECORDED_STREAMS)
-        await Recorder(ConversationStore(database)).start(runtime)
+        batcher = WriteBatcher(ConversationStore(database), settings.batch_max_events, settings.batch_linger_ms / 1000)
+        await Recorder(batcher).start(runtime)
         holder["runtime"] = runtime
         try:
             yield
