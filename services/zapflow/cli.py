@@ -22,6 +22,8 @@ tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (BotTenant d
 app.add_typer(tenant_app, name="tenant")
 db_app = typer.Typer(no_args_is_help=True, help="Manage the database schema (conversations, messages, turns).")
 app.add_typer(db_app, name="db")
+contact_app = typer.Typer(no_args_is_help=True, help="A tenant's customers: erase one everywhere (LGPD / GDPR).")
+app.add_typer(contact_app, name="contact")
 
 out = Console()
 err = Console(stderr=True)
@@ -34,7 +36,8 @@ DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="Databas
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    # soft_wrap: one line whatever the terminal width, so a piped error stays greppable.
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code=1)
 
 
@@ -78,6 +81,34 @@ def recorder(host: Host = None, port: Port = None) -> None:
 
 
 @app.command()
+def scheduler(
+    host: Host = None,
+    port: Port = None,
+    once: Annotated[bool, typer.Option("--once", help="Run every job once and exit (for a cron job).")] = False,
+) -> None:
+    """Run the scheduler: closes idle sessions, archives them, enforces retention; serves erasures."""
+    from nats.errors import NoServersError
+
+    from zapflow.scheduler.service import SchedulerSettings, run, run_jobs_once
+    from zapflow.store.errors import StoreError
+
+    settings = _settings(SchedulerSettings, host=host, port=port)
+    try:
+        if not once:
+            run(settings)
+            return
+        succeeded = asyncio.run(run_jobs_once(settings.core))
+    except StoreError as error:
+        raise _fail(str(error)) from None
+    except (NoServersError, OSError, TimeoutError) as error:
+        raise _fail(f"cannot reach NATS at {settings.core.nats_url}: {error or type(error).__name__}") from None
+    for job, ok in succeeded.items():
+        out.print(f"{job}: {'done' if ok else '[red]failed[/] (see the log)'}")
+    if not all(succeeded.values()):
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def sandbox(
     host: Host = None,
     port: Port = None,
@@ -104,6 +135,7 @@ def dev(
     gateway_port: Annotated[int, typer.Option(help="Gateway (webhook) port.")] = 8000,
     conversation_port: Annotated[int, typer.Option(help="Conversation health/metrics port.")] = 8001,
     recorder_port: Annotated[int, typer.Option(help="Recorder health/metrics port.")] = 8002,
+    scheduler_port: Annotated[int, typer.Option(help="Scheduler admin API, health and metrics port.")] = 8003,
     sandbox_port: Annotated[int, typer.Option(help="Sandbox and web chat port.")] = 8100,
     nats_port: Annotated[int, typer.Option(help="Embedded nats-server port.")] = 14222,
     redis_port: Annotated[int, typer.Option(help="Embedded redis-server port.")] = 16379,
@@ -115,6 +147,7 @@ def dev(
         gateway=gateway_port,
         conversation=conversation_port,
         recorder=recorder_port,
+        scheduler=scheduler_port,
         sandbox=sandbox_port,
         nats=nats_port,
         redis=redis_port,
@@ -123,6 +156,56 @@ def dev(
         run_dev_stack(data_dir.resolve(), ports, out)
     except DevStackError as error:
         raise _fail(str(error)) from None
+
+
+@app.command()
+def report(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: every tenant).")] = None,
+    since: Annotated[str | None, typer.Option(help="First UTC day, YYYY-MM-DD (default: --until - 29 days).")] = None,
+    until: Annotated[str | None, typer.Option(help="Last UTC day, YYYY-MM-DD (default: today).")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    plot: Annotated[Path | None, typer.Option(help="Also draw daily volumes and response times into this PNG.")] = None,
+    analytics: Annotated[
+        Path | None, typer.Option(help="The DuckDB analytics file (ZAPFLOW_ANALYTICS_PATH, .zapflow/analytics.duckdb).")
+    ] = None,
+) -> None:
+    """Daily figures per tenant and UTC day: volumes, response times, fallback, handoff, delivery, top rules."""
+    import datetime as dt
+
+    from zapflow.analytics import report as reports
+    from zapflow.analytics.warehouse import WarehouseError, open_warehouse
+
+    if output_format not in reports.FORMATS:
+        raise _fail(f"--format: {escape(repr(output_format))} is not one of {', '.join(reports.FORMATS)}")
+    try:
+        period = reports.report_period(since, until, today=dt.datetime.now(dt.UTC).date())
+    except reports.ReportError as error:
+        raise _fail(escape(str(error))) from None
+    path = _settings(CoreSettings, analytics_path=analytics).analytics_path
+    try:
+        connection = open_warehouse(path, read_only=True)
+        try:
+            rows = reports.build_report(connection, period, tenant)
+        finally:
+            connection.close()
+    except WarehouseError as error:
+        raise _fail(escape(str(error))) from None
+    if plot is not None:
+        # matplotlib takes a while to import: only when a plot is asked for.
+        from zapflow.analytics.plot import plot_report
+
+        try:
+            plot_report(rows, period, plot)
+        except OSError as error:
+            raise _fail(f"cannot write the plot to {escape(str(plot))}: {error.strerror}") from None
+    if output_format == "json":
+        print(reports.to_json(rows), end="")
+    elif output_format == "csv":
+        print(reports.to_csv(rows), end="")
+    elif rows:
+        out.print(reports.to_table(rows, period))
+    else:
+        out.print(f"no data between {period.since} and {period.until}" + (f" for {escape(tenant)}" if tenant else ""))
 
 
 def _with_registry(nats_url: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
@@ -295,3 +378,32 @@ def db_current(database_url: DatabaseUrl = None) -> None:
 
     url, current = _with_database(database_url, migrate.current_revision)
     out.print(_revision_report(url, current))
+
+
+@contact_app.command("erase")
+def contact_erase(
+    tenant: Annotated[str, typer.Option(help="The tenant whose customer is erased.")],
+    phone: Annotated[str, typer.Option(help="The customer's phone number, e.g. +55 11 98765-4321.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase a customer's messages and state from every store; the erasure is recorded without them."""
+    from nats.errors import NoServersError
+
+    from zapflow.privacy.erasure import ErasureError, ErasureIncomplete, erase_once, normalise_phone
+    from zapflow.store.errors import StoreError
+
+    core = _settings(CoreSettings)
+    try:
+        normalise_phone(phone)
+    except ErasureError as error:
+        raise _fail(str(error)) from None
+    if not yes and not typer.confirm(f"Erase this customer of {tenant} from every store? This cannot be undone"):
+        raise _fail("nothing erased")
+    try:
+        record = asyncio.run(erase_once(core, tenant, phone))
+    except (ErasureError, ErasureIncomplete, StoreError) as error:
+        raise _fail(str(error)) from None
+    except (NoServersError, OSError, TimeoutError) as error:
+        raise _fail(f"cannot reach NATS at {core.nats_url}: {error or type(error).__name__}") from None
+    out.print(f"erasure {record.id} recorded for tenant {record.tenant}")
+    out.print_json(json.dumps(record.summary))

@@ -38,6 +38,7 @@ class DevPorts:
     gateway: int = 8000
     conversation: int = 8001
     recorder: int = 8002
+    scheduler: int = 8003
     sandbox: int = 8100
     nats: int = 14222
     redis: int = 16379
@@ -122,6 +123,7 @@ class DevStack:
             ZAPFLOW_REDIS_URL=f"redis://127.0.0.1:{self.ports.redis}/0",
             ZAPFLOW_LOG_JSON="true",
             ZAPFLOW_DATABASE_URL=sqlite_url(self.data_dir),
+            ZAPFLOW_ANALYTICS_PATH=str(self.data_dir / "analytics.duckdb"),
         )
         return env
 
@@ -198,6 +200,7 @@ class DevStack:
         gateway = self._service("gateway", "--host", "127.0.0.1", "--port", str(self.ports.gateway))
         conversation = self._service("conversation", "--host", "127.0.0.1", "--port", str(self.ports.conversation))
         recorder = self._service("recorder", "--host", "127.0.0.1", "--port", str(self.ports.recorder))
+        scheduler = self._service("scheduler", "--host", "127.0.0.1", "--port", str(self.ports.scheduler))
         sandbox = self._service(
             "sandbox",
             "--host", "127.0.0.1", "--port", str(self.ports.sandbox),
@@ -208,6 +211,7 @@ class DevStack:
             ("gateway", gateway, self.ports.gateway, "/readyz"),
             ("conversation", conversation, self.ports.conversation, "/readyz"),
             ("recorder", recorder, self.ports.recorder, "/readyz"),
+            ("scheduler", scheduler, self.ports.scheduler, "/readyz"),
             ("sandbox", sandbox, self.ports.sandbox, "/healthz"),
         ):
             _wait_until(
@@ -257,6 +261,8 @@ def run_dev_stack(data_dir: Path, ports: DevPorts, console: Console) -> None:
             f"  gateway metrics     http://127.0.0.1:{ports.gateway}/metrics\n"
             f"  conversation        http://127.0.0.1:{ports.conversation}/metrics\n"
             f"  recorder            http://127.0.0.1:{ports.recorder}/metrics\n"
+            f"  scheduler, admin    http://127.0.0.1:{ports.scheduler}/admin/v1/erasures (token: changethis)\n"
+            f"  analytics           {data_dir / 'analytics.duckdb'}\n"
             f"  database            {sqlite_url(data_dir)}\n"
             f"  nats                nats://127.0.0.1:{ports.nats}\n"
             f"  redis               redis://127.0.0.1:{ports.redis}\n"

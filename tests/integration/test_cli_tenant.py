@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from tests.support.cli import run_zapflow
 from tests.support.servers import ManagedServer
 from tests.support.tenants import tenant_document
-
-
-def run_zapflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zapflow", *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def zapflow(nats: ManagedServer, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ while another process holds it.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -108,3 +109,22 @@ def open_warehouse(path: Path, *, read_only: bool = False, wait_s: float = LOCK_
         for ddl in SCHEMA:
             connection.execute(ddl)
     return connection
+
+
+def delete_sessions_opened_before(connection: duckdb.DuckDBPyConnection, tenant: str, cutoff: datetime) -> int:
+    """Delete a tenant's sessions opened before `cutoff` (naive UTC) with their rows; rows deleted."""
+    expired = "SELECT session_id FROM sessions WHERE tenant = $tenant AND opened_at < $cutoff"
+    deleted = 0
+    connection.begin()
+    try:
+        for table in ("messages", "turns", "sessions"):
+            result = connection.execute(
+                f"DELETE FROM {table} WHERE tenant = $tenant AND session_id IN ({expired})",  # noqa: S608
+                {"tenant": tenant, "cutoff": cutoff},
+            ).fetchone()
+            deleted += int(result[0]) if result else 0
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    return deleted

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Response
 from fastapi.telemetry import TelemetryConfig
@@ -38,10 +39,28 @@ def ops_router(runtime: Callable[[], ServiceRuntime | None], metrics_token: Secr
     @router.get("/metrics")
     async def metrics(authorization: str | None = Header(default=None)) -> Response:
         """Prometheus metrics of this process."""
-        if metrics_token is not None:
-            expected = f"Bearer {metrics_token.get_secret_value()}"
-            if not authorization or not hmac.compare_digest(authorization.encode(), expected.encode()):
-                raise HTTPException(status_code=401, detail="metrics require a bearer token")
+        if metrics_token is not None and not bearer_matches(authorization, metrics_token):
+            raise HTTPException(status_code=401, detail="metrics require a bearer token")
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def bearer_matches(authorization: str | None, token: SecretStr) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time."""
+    expected = f"Bearer {token.get_secret_value()}"
+    return authorization is not None and hmac.compare_digest(authorization.encode(), expected.encode())
+
+
+def require_admin(admin_token: SecretStr) -> Callable[[str | None], Awaitable[None]]:
+    """A dependency that lets only callers holding ZAPFLOW_ADMIN_TOKEN through."""
+
+    async def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not bearer_matches(authorization, admin_token):
+            raise HTTPException(
+                status_code=401,
+                detail="admin endpoints require Authorization: Bearer <ZAPFLOW_ADMIN_TOKEN>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check

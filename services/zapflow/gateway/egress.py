@@ -232,4 +232,5 @@ class Egress:
             error_title=result.error_title,
             at=bus.now_timestamp(),
         )
-        await bus.publish(self._js, bus.event_subject("sent", tenant, command.contact), report, f"{command.command_id}:result")
+        subject = bus.event_subject("sent", tenant, command.contact)
+        await bus.publish(self._js, subject, report, f"{command.command_id}:result")

@@ -47,12 +47,18 @@ def redacted(url: str | URL) -> str:
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An engine for either database; the caller disposes of it."""
+    """An engine for either database; the caller disposes of it.
+
+    hide_parameters: a failed statement's error would otherwise quote its values (phone numbers,
+    message text), and errors reach logs and dead-letter reasons.
+    """
     parsed = parse_database_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
     # pre-ping: a connection the server dropped (restart, failover) is replaced, not used.
-    return create_async_engine(parsed, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT_S})
+    return create_async_engine(
+        parsed, pool_pre_ping=True, hide_parameters=True, connect_args={"timeout": CONNECT_TIMEOUT_S}
+    )
 
 
 def _sqlite_engine(url: URL) -> AsyncEngine:
@@ -62,7 +68,7 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create {directory} for the SQLite database: {error.strerror}") from None
-    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    engine = create_async_engine(url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
     event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
     return engine
 
@@ -73,4 +79,23 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     # Readers do not block the writer and the writer does not block readers.
     cursor.execute("PRAGMA journal_mode=WAL")
+    # Deleted rows (retention, erasure) are overwritten with zeros, not left in free pages.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+async def flush_deleted_rows(engine: AsyncEngine) -> bool:
+    """Make deleted rows' bytes leave the disk where the database allows it; True when done.
+
+    SQLite keeps earlier versions of changed pages in its write-ahead log until a checkpoint
+    copies the log into the database: a TRUNCATE checkpoint does that and empties the log file.
+    It fails (False) while another connection reads an older snapshot; the next call retries.
+    PostgreSQL keeps dead tuples in its pages until they are reused and in its WAL and backups
+    for their retention: that is the operator's to bound (documented in the store's README).
+    """
+    if engine.dialect.name != "sqlite":
+        return True
+    async with engine.connect() as conn:
+        checkpoint = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+    # (busy, frames in the log, frames checkpointed): busy is 1 when a reader held it back.
+    return not checkpoint[0]

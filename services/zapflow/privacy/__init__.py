@@ -1,0 +1,1 @@
+"""Privacy: erasing a contact everywhere (LGPD / GDPR)."""

@@ -1,0 +1,56 @@
+"""The erasures resource of the admin API: erase a contact, list past erasures."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field, SecretStr
+
+from zapflow.core.http import require_admin
+from zapflow.core.tenants import TENANT_NAME_PATTERN
+from zapflow.privacy.erasure import Eraser, ErasureError, ErasureIncomplete, ErasureRecord, list_erasures
+
+
+class ErasureRequest(BaseModel):
+    """The phone travels in the body, never in the URL, which proxies and access logs keep."""
+
+    tenant: str = Field(pattern=TENANT_NAME_PATTERN, description="The tenant whose customer is erased.")
+    phone: str = Field(min_length=6, max_length=32, description="The customer's phone number or WhatsApp id.")
+
+
+async def current_eraser(request: Request) -> Eraser:
+    """The app's Eraser, set on `app.state.eraser` once its connections are up."""
+    found = getattr(request.app.state, "eraser", None)
+    if not isinstance(found, Eraser):
+        raise HTTPException(status_code=503, detail="the service is starting; try again")
+    return found
+
+
+EraserDep = Annotated[Eraser, Depends(current_eraser)]
+
+
+def erasures_router(admin_token: SecretStr) -> APIRouter:
+    admin = Depends(require_admin(admin_token))
+    router = APIRouter(prefix="/admin/v1/erasures", tags=["privacy"], dependencies=[admin])
+
+    @router.post("", status_code=201)
+    async def erase(erasure: ErasureRequest, service: EraserDep) -> ErasureRecord:
+        """Erase one contact of a tenant from every store; the record holds no personal data."""
+        try:
+            return await service.erase(erasure.tenant, erasure.phone, "admin-api")
+        except ErasureError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        except ErasureIncomplete as error:
+            raise HTTPException(status_code=503, detail=f"erasure incomplete: {error}") from None
+
+    @router.get("")
+    async def erasures(
+        service: EraserDep,
+        tenant: Annotated[str, Query(pattern=TENANT_NAME_PATTERN)],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[ErasureRecord]:
+        """A tenant's erasures, newest first."""
+        return await list_erasures(service.engine, tenant, limit)
+
+    return router

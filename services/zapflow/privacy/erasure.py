@@ -1,0 +1,290 @@
+"""The right to be forgotten: erase one contact of one tenant from every store.
+
+In order, so that nothing erased comes back from a store not erased yet:
+
+1. Redis: the contact's conversation state, locks, history and outbound cursor (every key
+   `zf:<tenant>:<kind>:<contact>`) and its debounce entry; then the append-only file is
+   rewritten (and an RDB snapshot made where one is configured), because the old file still
+   holds the deleted values.
+2. JetStream: every message on the contact's subjects in every stream, dead letters included.
+   Each is deleted with the server's secure erase (overwritten with random bytes in the stream's
+   files): a purge by subject only marks messages deleted and leaves their bytes in the block
+   files until the block is compacted. The recorder cannot record them again once they are gone.
+3. The relational store: every row about the contact (store/lifecycle.py), then SQLite's
+   write-ahead log is checkpointed and truncated (its rows are overwritten on delete).
+4. Analytics: rows hold a pseudonym and no text; the pseudonym is replaced by an id that leads
+   nowhere, so the day's figures stay right and nothing links them to the person.
+5. An `erasures` row records that an erasure happened, when, who asked and what each store gave
+   up, and never the phone number.
+
+Logs never had the phone number or message text (outside debug mode). Knowledge-base vectors do
+not exist yet; the embedding service will add its step here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import insert, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from zapflow.analytics import pseudonym
+from zapflow.analytics.warehouse import WarehouseError, open_warehouse
+from zapflow.conversation.engine import DUE_KEY, due_member
+from zapflow.core import bus, metrics
+from zapflow.core.logging import get_logger
+from zapflow.core.settings import CoreSettings
+from zapflow.core.state import connect_redis, tenant_key
+from zapflow.core.tenants import TENANT_NAME_PATTERN
+from zapflow.store.engine import create_engine, flush_deleted_rows
+from zapflow.store.lifecycle import erase_contact
+from zapflow.store.migrate import require_migrated
+from zapflow.store.models import Erasure
+
+log = get_logger(__name__)
+
+# E.164: at most 15 digits; WhatsApp ids are the number without "+".
+PHONE_DIGITS = re.compile(r"^[0-9]{6,15}$")
+PHONE_DECORATION = re.compile(r"[\s()+.\-]")
+# How long to wait for Redis to finish rewriting its append-only file.
+PERSISTENCE_WAIT_S = 60.0
+REQUESTERS = ("cli", "admin-api")
+T = TypeVar("T")
+
+
+class ErasureError(Exception):
+    """The request is not valid; the message says why."""
+
+
+class ErasureIncomplete(Exception):
+    """A store could not be erased now; every step is idempotent, so asking again finishes it."""
+
+
+def normalise_phone(phone: str) -> str:
+    """The WhatsApp id of a phone number given as people write it: +55 (11) 98765-4321."""
+    digits = PHONE_DECORATION.sub("", phone)
+    if not PHONE_DIGITS.match(digits):
+        raise ErasureError(f"not a phone number: expected 6 to 15 digits, optionally with +, got {phone!r}")
+    return digits
+
+
+def contact_subjects(tenant: str, contact: str) -> dict[str, tuple[str, ...]]:
+    """Every subject that can carry a message about the contact, by stream."""
+    return {
+        bus.INBOUND.name: (bus.inbound_subject(tenant, contact),),
+        bus.STATUS.name: (bus.status_subject(tenant, contact),),
+        bus.OUTBOUND.name: (bus.outbound_subject(tenant, contact),),
+        bus.EVENTS.name: (bus.event_subject("*", tenant, contact),),
+        # zf.dlq.<service>.<original subject>, events having one token more.
+        bus.DEAD_LETTER.name: (f"zf.dlq.*.zf.*.{tenant}.{contact}", f"zf.dlq.*.zf.evt.*.{tenant}.{contact}"),
+    }
+
+
+@dataclass(frozen=True)
+class ErasureRecord:
+    """What the `erasures` table keeps: no phone number."""
+
+    id: str
+    tenant: str
+    requested_by: str
+    requested_at: datetime
+    completed_at: datetime
+    summary: dict[str, Any]
+
+
+class Eraser:
+    """Erases contacts; every step is idempotent, so a failed erasure is simply asked again."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        redis: Redis,
+        js: JetStreamContext,
+        warehouse: Path,
+        pseudonym_secret: str,
+    ) -> None:
+        self._engine = engine
+        self._redis = redis
+        self._js = js
+        self._warehouse = warehouse
+        self._secret = pseudonym_secret
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def erase(self, tenant: str, phone: str, requested_by: str) -> ErasureRecord:
+        if not re.match(TENANT_NAME_PATTERN, tenant):
+            raise ErasureError(f"not a tenant name: {tenant!r}")
+        if requested_by not in REQUESTERS:
+            raise ErasureError(f"unknown requester {requested_by!r}")
+        contact = normalise_phone(phone)
+        erasure_id = str(uuid.uuid4())
+        requested_at = datetime.now(UTC)
+        summary: dict[str, Any] = {
+            "redis": await _step("Redis", self._erase_redis(tenant, contact)),
+            "streams": await _step("JetStream", self._erase_streams(tenant, contact)),
+            "sql": await _step("the database", self._erase_sql(tenant, contact)),
+            "analytics": await _step(
+                "the analytics file", asyncio.to_thread(self._anonymise_analytics, tenant, contact, erasure_id)
+            ),
+        }
+        record = ErasureRecord(erasure_id, tenant, requested_by, requested_at, datetime.now(UTC), summary)
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(Erasure).values(
+                    id=record.id,
+                    tenant=tenant,
+                    requested_by=requested_by,
+                    requested_at=record.requested_at,
+                    completed_at=record.completed_at,
+                    summary=summary,
+                )
+            )
+        metrics.ERASURES.labels(tenant).inc()
+        log.info("contact erased", tenant=tenant, erasure_id=erasure_id, requested_by=requested_by)
+        return record
+
+    async def _erase_redis(self, tenant: str, contact: str) -> dict[str, Any]:
+        keys = [key async for key in self._redis.scan_iter(match=tenant_key(tenant, "*", contact), count=1000)]
+        deleted = int(await self._redis.delete(*keys)) if keys else 0
+        await self._redis.zrem(DUE_KEY, due_member(tenant, contact))
+        return {"keys": deleted, "persistence_rewritten": await self._rewrite_persistence()}
+
+    async def _rewrite_persistence(self) -> list[str]:
+        """Rewrite Redis's files so the deleted values leave the disk; which files were rewritten."""
+        persistence = await self._redis.info("persistence")
+        rewritten: list[str] = []
+        if int(persistence.get("aof_enabled", 0)):
+            await _wait_until_idle(self._redis, "aof_rewrite_in_progress", "aof_rewrite_scheduled")
+            await self._redis.bgrewriteaof()
+            await _wait_until_idle(self._redis, "aof_rewrite_in_progress", "aof_rewrite_scheduled")
+            if (await self._redis.info("persistence")).get("aof_last_bgrewrite_status") != "ok":
+                raise ErasureIncomplete("Redis could not rewrite its append-only file; erase again once it can")
+            rewritten.append("aof")
+        if await _snapshots_configured(self._redis):
+            await _wait_until_idle(self._redis, "rdb_bgsave_in_progress")
+            await self._redis.bgsave()
+            await _wait_until_idle(self._redis, "rdb_bgsave_in_progress")
+            rewritten.append("rdb")
+        return rewritten
+
+    async def _erase_streams(self, tenant: str, contact: str) -> dict[str, int]:
+        erased: dict[str, int] = {}
+        for stream, subjects in contact_subjects(tenant, contact).items():
+            erased[stream] = 0
+            for subject in subjects:
+                for seq in await self._sequences(stream, subject):
+                    try:
+                        # Without no_erase the server overwrites the message in its files.
+                        await self._js.delete_msg(stream, seq)
+                    except NotFoundError:  # expired or erased meanwhile: gone either way
+                        continue
+                    erased[stream] += 1
+        return erased
+
+    async def _sequences(self, stream: str, subject: str) -> list[int]:
+        sequences: list[int] = []
+        next_seq = 1
+        while True:
+            try:
+                found = await self._js.get_msg(stream, seq=next_seq, subject=subject, next=True)
+            except NotFoundError:
+                return sequences
+            if found.seq is None:
+                return sequences
+            sequences.append(found.seq)
+            next_seq = found.seq + 1
+
+    async def _erase_sql(self, tenant: str, contact: str) -> dict[str, Any]:
+        deleted = await erase_contact(self._engine, tenant, contact)
+        return {"rows": deleted.rows, "log_flushed": await flush_deleted_rows(self._engine)}
+
+    def _anonymise_analytics(self, tenant: str, contact: str, erasure_id: str) -> dict[str, int]:
+        if not self._warehouse.exists():
+            return {}
+        contact_key = pseudonym.pseudonymise(pseudonym.tenant_key(self._secret, tenant), contact)
+        anonymised: dict[str, int] = {}
+        with open_warehouse(self._warehouse) as warehouse:
+            warehouse.begin()
+            for table in ("sessions", "messages", "turns"):
+                changed = warehouse.execute(
+                    f"UPDATE {table} SET contact_key = ? WHERE tenant = ? AND contact_key = ?",  # noqa: S608
+                    [f"erased:{erasure_id}", tenant, contact_key],
+                ).fetchone()
+                anonymised[table] = int(changed[0]) if changed else 0
+            warehouse.commit()
+        return anonymised
+
+
+async def _step(store: str, work: Awaitable[T]) -> T:
+    """Run one store's erasure; an unreachable or failing store makes the erasure incomplete."""
+    try:
+        return await work
+    except ErasureIncomplete:
+        raise
+    except (RedisError, NatsError, TimeoutError, SQLAlchemyError, WarehouseError, duckdb.Error, OSError) as error:
+        raise ErasureIncomplete(f"{store}: {type(error).__name__}: {error}; erase again once it is back") from error
+
+
+async def list_erasures(engine: AsyncEngine, tenant: str, limit: int) -> list[ErasureRecord]:
+    """A tenant's erasures, newest first."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(Erasure).where(Erasure.tenant == tenant).order_by(Erasure.requested_at.desc()).limit(limit)
+        )
+        return [
+            ErasureRecord(row.id, row.tenant, row.requested_by, row.requested_at, row.completed_at, row.summary)
+            for row in rows
+        ]
+
+
+async def _wait_until_idle(redis: Redis, *flags: str) -> None:
+    """Wait for a background save or rewrite: Redis reports it only through INFO."""
+    deadline = time.monotonic() + PERSISTENCE_WAIT_S
+    while True:
+        persistence = await redis.info("persistence")
+        if not any(int(persistence.get(flag, 0)) for flag in flags):
+            return
+        if time.monotonic() > deadline:
+            raise ErasureIncomplete(f"Redis is still busy with {', '.join(flags)} after {PERSISTENCE_WAIT_S:.0f} s")
+        # Polling is the only way: Redis publishes no event when a rewrite ends.
+        await asyncio.sleep(0.05)
+
+
+async def _snapshots_configured(redis: Redis) -> bool:
+    try:
+        config = await redis.config_get("save")
+    except Exception:  # managed Redis may refuse CONFIG: then its snapshots are the provider's
+        return False
+    return bool(str(config.get("save", "")).strip())
+
+
+async def erase_once(core: CoreSettings, tenant: str, phone: str) -> ErasureRecord:
+    """Erase with connections of its own, for `zapflow contact erase`."""
+    await require_migrated(core.database_url)
+    nc = await bus.connect_once(core.nats_url, "zapflow-erasure")
+    redis = connect_redis(core.redis_url, max_connections=4)
+    engine = create_engine(core.database_url)
+    try:
+        eraser = Eraser(engine, redis, nc.jetstream(), core.analytics_path, core.pseudonym_secret.get_secret_value())
+        return await eraser.erase(tenant, phone, "cli")
+    finally:
+        await engine.dispose()
+        await redis.aclose()
+        await nc.close()

@@ -1,0 +1,1 @@
+"""The scheduler: durable timers for closing sessions, archiving them and enforcing retention."""

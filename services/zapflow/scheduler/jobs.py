@@ -1,0 +1,91 @@
+"""The scheduler's jobs, run one after the other at every tick.
+
+1. close_idle: conversations idle longer than their tenant's `sessionIdleMinutes` are closed;
+2. archive: closed conversations are copied into the analytics file;
+3. retention: archived conversations older than `retentionDays` leave the relational store,
+   and archived sessions older than `analyticsRetentionDays` leave the analytics file.
+
+Every job is idempotent, so a tick killed half-way is finished by the next one. A job that
+fails is counted and logged and does not stop the ones after it, except that retention never
+runs before archival has succeeded in the same tick (it only deletes archived rows anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from zapflow.analytics.archive import Archiver
+from zapflow.analytics.warehouse import delete_sessions_opened_before, open_warehouse
+from zapflow.core import metrics
+from zapflow.core.logging import get_logger
+from zapflow.store.lifecycle import DataSpecOf, close_idle_conversations, delete_expired_conversations
+
+log = get_logger(__name__)
+
+
+class Jobs:
+    def __init__(self, engine: AsyncEngine, warehouse: Path, pseudonym_secret: str, data_of: DataSpecOf) -> None:
+        self._engine = engine
+        self._warehouse = warehouse
+        self._data_of = data_of
+        self._archiver = Archiver(engine, warehouse, pseudonym_secret)
+
+    async def run_all(self, now: datetime | None = None) -> dict[str, bool]:
+        """One tick: every job once, in order; which jobs succeeded."""
+        at = now or datetime.now(UTC)
+        succeeded = {
+            "close_idle": await _timed("close_idle", lambda: self.close_idle(at)),
+            "archive": await _timed("archive", lambda: self.archive(at)),
+        }
+        if succeeded["archive"]:
+            succeeded["retention"] = await _timed("retention", lambda: self.retention(at))
+        return succeeded
+
+    async def close_idle(self, now: datetime) -> int:
+        closed = await close_idle_conversations(self._engine, self._data_of, now)
+        metrics.SESSIONS_CLOSED.inc(closed)
+        return closed
+
+    async def archive(self, now: datetime) -> int:
+        archived = await self._archiver.archive_closed(now)
+        metrics.SESSIONS_ARCHIVED.inc(archived)
+        return archived
+
+    async def retention(self, now: datetime) -> dict[str, int]:
+        sql = await delete_expired_conversations(self._engine, self._data_of, now)
+        metrics.RETENTION_DELETED_ROWS.labels("sql").inc(sql.total)
+        analytics = await asyncio.to_thread(self._expire_analytics, now)
+        metrics.RETENTION_DELETED_ROWS.labels("analytics").inc(analytics)
+        return {"sql": sql.total, "analytics": analytics}
+
+    def _expire_analytics(self, now: datetime) -> int:
+        if not self._warehouse.exists():
+            return 0
+        deleted = 0
+        with open_warehouse(self._warehouse) as warehouse:
+            tenants = [row[0] for row in warehouse.execute("SELECT DISTINCT tenant FROM sessions").fetchall()]
+            for tenant in tenants:
+                cutoff = now - timedelta(days=self._data_of(tenant).analytics_retention_days)
+                deleted += delete_sessions_opened_before(warehouse, tenant, cutoff.replace(tzinfo=None))
+        return deleted
+
+
+async def _timed(job: str, run: Callable[[], Awaitable[object]]) -> bool:
+    started = time.perf_counter()
+    try:
+        outcome = await run()
+    except Exception:  # the next tick retries; the others still run
+        metrics.JOB_FAILURES.labels(job).inc()
+        log.exception("scheduler job failed", job=job)
+        return False
+    finally:
+        metrics.JOB_SECONDS.labels(job).observe(time.perf_counter() - started)
+    metrics.JOB_LAST_SUCCESS.labels(job).set_to_current_time()
+    log.info("scheduler job done", job=job, outcome=outcome)
+    return True

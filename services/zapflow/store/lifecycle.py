@@ -1,0 +1,196 @@
+"""The end of a conversation's life: closing idle sessions, retention, and erasing a contact.
+
+Each change about one contact runs in a transaction that first locks the contact's row (on
+PostgreSQL; SQLite has one writer at a time), the lock every recording transaction takes first
+(see repository.py): a message recorded while its conversation is being closed or deleted
+waits, then sees the result, instead of landing in a conversation that is going away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, delete, exists, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from zapflow.core.tenants import DataSpec
+from zapflow.store.models import (
+    CONVERSATION_CLOSED,
+    CONVERSATION_OPEN,
+    HANDOFF_CLOSED,
+    Contact,
+    Conversation,
+    Handoff,
+    Message,
+    MessageStatus,
+    Turn,
+)
+
+# Conversations deleted per transaction by the retention job: short transactions, so recording
+# never waits long behind it.
+RETENTION_BATCH = 200
+
+DataSpecOf = Callable[[str], DataSpec]
+
+
+@dataclass
+class Deleted:
+    """Rows deleted, by table."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def add(self, table: str, count: int) -> None:
+        self.rows[table] = self.rows.get(table, 0) + max(count, 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+def _last_activity() -> Select[datetime]:
+    """The time of a conversation's latest message, either way (correlated to `conversations`)."""
+    return select(func.max(Message.created_at)).where(
+        Message.tenant == Conversation.tenant, Message.conversation_id == Conversation.id
+    )
+
+
+async def close_idle_conversations(engine: AsyncEngine, data_of: DataSpecOf, now: datetime) -> int:
+    """Close every open conversation idle for longer than its tenant's `sessionIdleMinutes`.
+
+    The closing time is the last message's, so a scheduler that was down does not make sessions
+    look longer than they were. A conversation with a human on it stays open (humans win).
+    """
+    last_activity = func.coalesce(_last_activity().scalar_subquery(), Conversation.opened_at)
+    closed = 0
+    async with engine.connect() as conn:
+        tenants = list(
+            await conn.scalars(select(Conversation.tenant).where(Conversation.status == CONVERSATION_OPEN).distinct())
+        )
+    for tenant in tenants:
+        cutoff = now - timedelta(minutes=data_of(tenant).session_idle_minutes)
+        async with engine.connect() as conn:
+            idle = (
+                await conn.execute(
+                    select(Conversation.id, Conversation.contact).where(
+                        Conversation.tenant == tenant,
+                        Conversation.status == CONVERSATION_OPEN,
+                        last_activity < cutoff,
+                    )
+                )
+            ).all()
+        for conversation_id, contact in idle:
+            async with engine.begin() as conn:
+                await _lock_contact(conn, tenant, contact)
+                # Checked again under the lock: a message may have come since the first look.
+                result = await conn.execute(
+                    update(Conversation)
+                    .where(
+                        Conversation.id == conversation_id,
+                        Conversation.status == CONVERSATION_OPEN,
+                        last_activity < cutoff,
+                        ~exists().where(
+                            Handoff.tenant == tenant, Handoff.contact == contact, Handoff.status != HANDOFF_CLOSED
+                        ),
+                    )
+                    .values(status=CONVERSATION_CLOSED, closed_at=last_activity)
+                )
+                closed += result.rowcount
+    return closed
+
+
+async def delete_expired_conversations(engine: AsyncEngine, data_of: DataSpecOf, now: datetime) -> Deleted:
+    """Delete archived conversations closed longer ago than their tenant's `retentionDays`.
+
+    Unarchived ones wait for the archive job, so a report never loses a session to retention.
+    Contacts left with nothing are deleted too.
+    """
+    deleted = Deleted()
+    async with engine.connect() as conn:
+        tenants = list(await conn.scalars(select(Contact.tenant).distinct()))
+    for tenant in tenants:
+        cutoff = now - timedelta(days=data_of(tenant).retention_days)
+        while True:
+            async with engine.begin() as conn:
+                expired = list(
+                    await conn.scalars(
+                        select(Conversation.id)
+                        .where(
+                            Conversation.tenant == tenant,
+                            Conversation.status == CONVERSATION_CLOSED,
+                            Conversation.archived_at.is_not(None),
+                            Conversation.closed_at < cutoff,
+                        )
+                        .limit(RETENTION_BATCH)
+                    )
+                )
+                if not expired:
+                    break
+                await _delete_conversations(conn, tenant, expired, deleted)
+        async with engine.begin() as conn:
+            # Statuses whose message was never recorded (or is gone) expire on their own time.
+            orphan_statuses = await conn.execute(
+                delete(MessageStatus).where(
+                    MessageStatus.tenant == tenant,
+                    MessageStatus.at < cutoff,
+                    ~exists().where(Message.tenant == tenant, Message.wamid == MessageStatus.wamid),
+                )
+            )
+            deleted.add("message_statuses", orphan_statuses.rowcount)
+            forgotten = await conn.execute(
+                delete(Contact).where(
+                    Contact.tenant == tenant,
+                    func.coalesce(Contact.last_seen_at, Contact.first_seen_at) < cutoff,
+                    ~exists().where(Conversation.tenant == tenant, Conversation.contact == Contact.wa_id),
+                    ~exists().where(MessageStatus.tenant == tenant, MessageStatus.contact == Contact.wa_id),
+                )
+            )
+            deleted.add("contacts", forgotten.rowcount)
+    return deleted
+
+
+async def erase_contact(engine: AsyncEngine, tenant: str, contact: str) -> Deleted:
+    """Delete everything the relational store has about one contact of a tenant."""
+    deleted = Deleted()
+    async with engine.begin() as conn:
+        await _lock_contact(conn, tenant, contact)
+        conversations = list(
+            await conn.scalars(
+                select(Conversation.id).where(Conversation.tenant == tenant, Conversation.contact == contact)
+            )
+        )
+        await _delete_conversations(conn, tenant, conversations, deleted)
+        # Rows of the contact outside any of its conversations: statuses of unknown messages.
+        statuses = await conn.execute(
+            delete(MessageStatus).where(MessageStatus.tenant == tenant, MessageStatus.contact == contact)
+        )
+        deleted.add("message_statuses", statuses.rowcount)
+        contacts = await conn.execute(delete(Contact).where(Contact.tenant == tenant, Contact.wa_id == contact))
+        deleted.add("contacts", contacts.rowcount)
+    return deleted
+
+
+async def _delete_conversations(conn: AsyncConnection, tenant: str, ids: list[int], deleted: Deleted) -> None:
+    if not ids:
+        return
+    wamids = select(Message.wamid).where(
+        Message.tenant == tenant, Message.conversation_id.in_(ids), Message.wamid.is_not(None)
+    )
+    statuses = await conn.execute(
+        delete(MessageStatus).where(MessageStatus.tenant == tenant, MessageStatus.wamid.in_(wamids))
+    )
+    deleted.add("message_statuses", statuses.rowcount)
+    for model in (Message, Turn, Handoff):
+        result = await conn.execute(delete(model).where(model.tenant == tenant, model.conversation_id.in_(ids)))
+        deleted.add(model.__tablename__, result.rowcount)
+    result = await conn.execute(delete(Conversation).where(Conversation.tenant == tenant, Conversation.id.in_(ids)))
+    deleted.add(Conversation.__tablename__, result.rowcount)
+
+
+async def _lock_contact(conn: AsyncConnection, tenant: str, contact: str) -> None:
+    """Take the contact's row lock (PostgreSQL); SQLite serialises writers by itself."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            select(Contact.wa_id).where(Contact.tenant == tenant, Contact.wa_id == contact).with_for_update()
+        )

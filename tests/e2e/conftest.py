@@ -1,0 +1,27 @@
+"""Fixtures of the end-to-end suite: a `zapflow dev` stack on free ports in a fresh data directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.devstack import DevProcess
+from tests.support.servers import free_port
+
+
+@pytest.fixture
+def ports() -> dict[str, int]:
+    return {
+        name: free_port() for name in ("gateway", "conversation", "recorder", "scheduler", "sandbox", "nats", "redis")
+    }
+
+
+@pytest.fixture
+def dev(tmp_path: Path, ports: dict[str, int]) -> Iterator[DevProcess]:
+    running = DevProcess(tmp_path / "data", ports)
+    yield running
+    if running.process.poll() is None:
+        # Ctrl-C, not a kill: zapflow dev's children run in their own sessions and would outlive it.
+        running.interrupt()

@@ -1,0 +1,248 @@
+"""Erasure through the admin API and the CLI, against real NATS, Redis and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from tests.support import meta
+from tests.support.cli import run_zapflow
+from tests.support.http import serve
+from tests.support.platform import Platform, eventually, running_platform
+from tests.support.servers import ManagedServer
+from tests.support.tenants import secret
+from zapflow.core import bus
+from zapflow.core.registry import TenantRegistry
+from zapflow.core.settings import CoreSettings
+from zapflow.privacy.erasure import Eraser
+from zapflow.scheduler.jobs import Jobs
+from zapflow.scheduler.service import Scheduler, SchedulerSettings, create_app
+from zapflow.store.engine import create_engine
+from zapflow.store.models import Erasure, Message
+
+FORGOTTEN = "5511966660001"
+KEPT = "5511966660002"
+ADMIN = {"Authorization": "Bearer changethis"}
+
+
+@pytest.fixture
+async def admin(core: CoreSettings, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The scheduler's admin API (its jobs tick once an hour: these tests drive nothing through them)."""
+    core = core.model_copy(update={"analytics_path": tmp_path / "analytics.duckdb"})
+    app = create_app(SchedulerSettings(core=core, interval_seconds=3600))
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+        yield client
+
+
+async def say(platform: Platform, customer: str, text: str) -> None:
+    body, headers = meta.signed(
+        meta.notification(platform.number, [meta.text(customer, text)]), secret(platform.tenant)
+    )
+    assert (await platform.gateway.post("/webhook/whatsapp", content=body, headers=headers)).status_code == 200
+
+
+async def recorded_messages(core: CoreSettings, customer: str) -> int:
+    engine = create_engine(core.database_url)
+    try:
+        async with engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).where(Message.contact == customer)) or 0)
+    finally:
+        await engine.dispose()
+
+
+async def stream_messages(js: JetStreamContext, stream: str, subject: str) -> int:
+    try:
+        await js.get_msg(stream, seq=1, subject=subject, next=True)
+    except NotFoundError:
+        return 0
+    info = await js.stream_info(stream, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
+
+
+async def test_an_erasure_removes_the_contact_from_every_store_and_spares_the_others(
+    core: CoreSettings, registry: TenantRegistry, js: JetStreamContext, admin: httpx.AsyncClient
+) -> None:
+    redis = Redis.from_url(core.redis_url, decode_responses=True)
+    try:
+        async with running_platform(core, registry, record=True) as platform:
+            tenant = platform.tenant.name
+            await say(platform, FORGOTTEN, "hello")
+            await say(platform, KEPT, "hello")
+            await platform.wait_for_texts(FORGOTTEN, 1)
+            await platform.wait_for_texts(KEPT, 1)
+
+            async def both_recorded() -> bool | None:
+                counts = [await recorded_messages(core, c) for c in (FORGOTTEN, KEPT)]
+                return True if min(counts) >= 2 else None
+
+            await eventually(both_recorded, what="both conversations in the store")
+            assert await redis.exists(f"zf:{tenant}:conv:{FORGOTTEN}")
+
+            erased = await admin.post("/admin/v1/erasures", json={"tenant": tenant, "phone": FORGOTTEN}, headers=ADMIN)
+
+            assert erased.status_code == 201, erased.text
+            summary = erased.json()["summary"]
+            assert summary["streams"][bus.INBOUND.name] == 1
+            assert summary["streams"][bus.OUTBOUND.name] >= 1
+            assert summary["streams"][bus.EVENTS.name] >= 2  # the turn and the send result
+            assert summary["redis"]["keys"] >= 1
+            for subjects, stream in (
+                (bus.inbound_subject, bus.INBOUND.name),
+                (bus.outbound_subject, bus.OUTBOUND.name),
+                (bus.status_subject, bus.STATUS.name),
+            ):
+                assert await stream_messages(js, stream, subjects(tenant, FORGOTTEN)) == 0
+                assert await stream_messages(js, stream, subjects(tenant, KEPT)) >= 1
+            assert await stream_messages(js, bus.EVENTS.name, f"zf.evt.*.{tenant}.{FORGOTTEN}") == 0
+            assert [key async for key in redis.scan_iter(match=f"zf:{tenant}:*:{FORGOTTEN}")] == []
+            assert await redis.exists(f"zf:{tenant}:conv:{KEPT}")
+            assert await recorded_messages(core, FORGOTTEN) == 0
+            assert await recorded_messages(core, KEPT) >= 2
+    finally:
+        await redis.aclose()
+    listed = await admin.get("/admin/v1/erasures", params={"tenant": tenant}, headers=ADMIN)
+    assert [entry["id"] for entry in listed.json()] == [erased.json()["id"]]
+    assert FORGOTTEN not in listed.text
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"tenant": "acme", "phone": "call me maybe"}, "not a phone number"),
+        ({"tenant": "Not A Tenant", "phone": "5511966660001"}, "tenant"),
+        ({"tenant": "acme"}, "phone"),
+    ],
+)
+async def test_bad_requests_get_a_reason(admin: httpx.AsyncClient, body: dict[str, str], reason: str) -> None:
+    response = await admin.post("/admin/v1/erasures", json=body, headers=ADMIN)
+    assert response.status_code == 422
+    assert reason in response.text
+
+
+async def test_the_admin_api_wants_the_admin_token(admin: httpx.AsyncClient) -> None:
+    body = {"tenant": "acme", "phone": FORGOTTEN}
+    assert (await admin.post("/admin/v1/erasures", json=body)).status_code == 401
+    wrong = {"Authorization": "Bearer guess"}
+    assert (await admin.post("/admin/v1/erasures", json=body, headers=wrong)).status_code == 401
+    assert (await admin.get("/admin/v1/erasures", params={"tenant": "acme"})).status_code == 401
+
+
+async def test_an_erasure_with_redis_down_is_a_503_to_retry(admin: httpx.AsyncClient, redis: ManagedServer) -> None:
+    redis.stop()
+    response = await admin.post("/admin/v1/erasures", json={"tenant": "acme", "phone": FORGOTTEN}, headers=ADMIN)
+    assert response.status_code == 503
+    assert "Redis" in response.json()["detail"] and "erase again" in response.json()["detail"]
+
+
+class CountingJobs(Jobs):
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.ticked = asyncio.Event()
+
+    async def run_all(self, now: datetime | None = None) -> dict[str, bool]:
+        self.ticks += 1
+        self.ticked.set()
+        return {}
+
+
+async def test_one_scheduler_replica_runs_the_jobs_and_another_takes_over_when_it_stops(core: CoreSettings) -> None:
+    redis = Redis.from_url(core.redis_url, decode_responses=True)
+    first_jobs, second_jobs = CountingJobs(), CountingJobs()
+    first, second = Scheduler(first_jobs, redis, 0.05), Scheduler(second_jobs, redis, 0.05)
+    try:
+        first.start()
+        await asyncio.wait_for(first_jobs.ticked.wait(), 10)
+        second.start()
+        for _ in range(3):  # several ticks of both: the lease stays with the first
+            first_jobs.ticked.clear()
+            await asyncio.wait_for(first_jobs.ticked.wait(), 10)
+        assert second_jobs.ticks == 0
+        await first.stop()
+        await asyncio.wait_for(second_jobs.ticked.wait(), 10)  # once the lease expires
+    finally:
+        await first.stop()
+        await second.stop()
+        await redis.aclose()
+
+
+def test_the_cli_erases_and_refuses_bad_input(core: CoreSettings, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ZAPFLOW_NATS_URL": core.nats_url,
+        "ZAPFLOW_REDIS_URL": core.redis_url,
+        "ZAPFLOW_DATABASE_URL": core.database_url,
+        "ZAPFLOW_ANALYTICS_PATH": str(tmp_path / "analytics.duckdb"),
+        "COLUMNS": "200",
+    }
+    bad = run_zapflow(env, "contact", "erase", "--tenant", "acme", "--phone", "12", "--yes")
+    assert bad.returncode == 1
+    assert "not a phone number" in bad.stderr and "Traceback" not in bad.stderr
+
+    unreachable = run_zapflow(
+        {**env, "ZAPFLOW_NATS_URL": "nats://127.0.0.1:1"}, "contact", "erase", "--tenant", "acme", "--phone",
+        FORGOTTEN, "--yes",
+    )  # fmt: skip
+    assert unreachable.returncode == 1
+    assert "cannot reach NATS" in unreachable.stderr and "Traceback" not in unreachable.stderr
+
+    done = run_zapflow(env, "contact", "erase", "--tenant", "acme", "--phone", f"+{FORGOTTEN}", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "erasure" in done.stdout and FORGOTTEN not in done.stdout
+
+    async def recorded() -> list[tuple[str, str]]:
+        engine = create_engine(core.database_url)
+        try:
+            async with engine.connect() as conn:
+                return [tuple(row) for row in await conn.execute(select(Erasure.tenant, Erasure.requested_by))]  # type: ignore[misc]
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(recorded()) == [("acme", "cli")]
+
+
+async def test_every_subject_that_can_carry_the_contact_is_erased_dead_letters_included(
+    core: CoreSettings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    await bus.ensure_streams(js, bus.ALL_STREAMS)
+    subjects = {
+        bus.INBOUND.name: bus.inbound_subject("acme", "{c}"),
+        bus.STATUS.name: bus.status_subject("acme", "{c}"),
+        bus.OUTBOUND.name: bus.outbound_subject("acme", "{c}"),
+        bus.EVENTS.name: bus.event_subject("turn", "acme", "{c}"),
+        bus.DEAD_LETTER.name: "zf.dlq.recorder.zf.in.acme.{c}",
+    }
+    for contact in (FORGOTTEN, KEPT):
+        for subject in subjects.values():
+            await js.publish(subject.format(c=contact), b"words of " + contact.encode())
+        await js.publish(f"zf.dlq.gateway.zf.evt.sent.acme.{contact}", b"a dead result")
+    await js.publish(f"zf.in.globex.{FORGOTTEN}", b"the same person at another tenant")
+    redis = Redis.from_url(core.redis_url, decode_responses=True)
+    engine = create_engine(core.database_url)
+    try:
+        eraser = Eraser(engine, redis, js, tmp_path / "analytics.duckdb", "secret")
+        record = await eraser.erase("acme", FORGOTTEN, "cli")
+    finally:
+        await engine.dispose()
+        await redis.aclose()
+
+    assert record.summary["streams"] == {
+        bus.INBOUND.name: 1,
+        bus.STATUS.name: 1,
+        bus.OUTBOUND.name: 1,
+        bus.EVENTS.name: 1,
+        bus.DEAD_LETTER.name: 2,
+    }
+    for stream, subject in subjects.items():
+        assert await stream_messages(js, stream, subject.format(c=FORGOTTEN)) == 0
+        assert await stream_messages(js, stream, subject.format(c=KEPT)) == 1
+    assert await stream_messages(js, bus.INBOUND.name, f"zf.in.globex.{FORGOTTEN}") == 1
