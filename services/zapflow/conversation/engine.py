@@ -74,6 +74,10 @@ if not cursor_value then return 'no_cursor' end
 local cursor = tonumber(cursor_value)
 local seq = tonumber(ARGV[1])
 if cursor >= seq then return 'settled' end
+-- Every copy in the stream counts, duplicates too: a turn reads up to last_seen, and a duplicate
+-- is counted by the turn that skips it.
+local last_seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '0')
+if seq > last_seen then redis.call('HSET', KEYS[1], 'last_seen', seq) end
 local owner = redis.call('GET', KEYS[3])
 if owner and owner ~= ARGV[1] then return 'duplicate' end
 if not owner then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
@@ -84,8 +88,6 @@ if first < 0 then
   first = now
   redis.call('HSET', KEYS[1], 'first', now)
 end
-local last_seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '0')
-if seq > last_seen then redis.call('HSET', KEYS[1], 'last_seen', seq) end
 local deadline = math.min(now + tonumber(ARGV[3]), first + tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[2], deadline, ARGV[5])
 return 'pending'
@@ -187,6 +189,21 @@ class PendingTurn:
                 "first_contact": self.first_contact,
             }
         )
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What settling a turn records: its idempotency key and the exchange for the history."""
+
+    turn_key: str
+    turn_key_ttl_s: int
+    exchange: tuple[str, ...]  # the customer's and the bot's history entries, JSON
+
+
+def _exchange(messages: tuple[inbound_pb2.InboundMessage, ...], answer: Answer) -> tuple[str, ...]:
+    customer = "\n".join(describe(m) for m in messages)
+    bot = "\n".join(r.text for r in answer.replies)
+    return (json.dumps({"role": "customer", "text": customer}), json.dumps({"role": "bot", "text": bot}))
 
 
 @dataclass
@@ -365,8 +382,8 @@ class Engine:
             with tracer.start_as_current_span("conversation turn", context=parent, links=links) as span:
                 span.set_attribute("zapflow.tenant", keys.tenant)
                 span.set_attribute("zapflow.turn_id", pending.turn_id)
-                await self._answer(tenant, keys, pending, closed_at, closed_stamp)
-            await self._settle(keys, token, pending.last_seq)
+                answered = await self._answer(tenant, keys, pending, closed_at, closed_stamp)
+            await self._settle(keys, token, pending.last_seq, answered)
         except Exception:
             # Nothing is acknowledged: the lock expires and the in-flight turn is re-run.
             log.exception("turn failed; it will be retried", tenant=keys.tenant)
@@ -390,7 +407,10 @@ class Engine:
 
     async def _pending_turn(self, tenant: BotTenant, keys: ContactKeys) -> PendingTurn | None:
         """The in-flight turn of a crashed run, or the messages after the cursor."""
-        inflight = await self._redis.get(keys.inflight)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.inflight)
+            pipe.hmget(keys.conversation, ["cursor", "last_seen"])
+            inflight, (known_cursor, known_last_seen) = await pipe.execute()
         if inflight:
             record = json.loads(inflight)
             replayed = [await self._read(seq) for seq in record["seqs"]]
@@ -402,13 +422,18 @@ class Engine:
                 record["first_contact"],
                 [headers for _, headers in replayed],
             )
-        cursor = await self._cursor(keys)
+        cursor = int(known_cursor) if known_cursor is not None else await self._cursor(keys)
+        # The newest message ingested: reading stops there instead of paying a NotFound lookup
+        # to learn the burst ended. Unknown after Redis lost its data: read to the stream's end.
+        last_seen = int(known_last_seen) if known_last_seen is not None else None
         subject = bus.inbound_subject(keys.tenant, keys.contact)
         messages: list[tuple[int, inbound_pb2.InboundMessage]] = []
         trace_headers: list[dict[str, str]] = []
         duplicates: list[str] = []
         last_seq = cursor
         while len(messages) < self._settings.max_turn_messages:
+            if last_seen is not None and last_seq >= last_seen:
+                break
             try:
                 raw = await self._js.get_msg(bus.INBOUND.name, seq=last_seq + 1, subject=subject, next=True)
             except NotFoundError:
@@ -436,11 +461,12 @@ class Engine:
 
     async def _answer(
         self, tenant: BotTenant, keys: ContactKeys, pending: PendingTurn, closed_at: float, closed_stamp: Timestamp
-    ) -> None:
+    ) -> Answered | None:
+        """Publish the turn's replies and its event; None when the turn was answered before."""
         turn_key = keys.turn(pending.turn_id)
         if await self._redis.exists(turn_key):
             metrics.DUPLICATES_DROPPED.labels(keys.tenant, "turn_key").inc()
-            return
+            return None
         answerable = [(s, m) for s, m in pending.messages if m.type not in SILENT_TYPES]
         bot = tenant.spec.bot
         subject = bus.outbound_subject(keys.tenant, keys.contact)
@@ -480,13 +506,13 @@ class Engine:
             actions=list(answer.actions),
         )
         await bus.publish(self._js, turn_subject(keys.tenant, keys.contact), turn, pending.turn_id)
-        await self._redis.set(turn_key, "answered", ex=self._turn_ttl(tenant))
         if answerable:
             metrics.TURN_LATENCY_SECONDS.labels(keys.tenant).observe(time.perf_counter() - closed_at)
             metrics.TURN_MESSAGES.labels(keys.tenant).observe(len(answerable))
             metrics.TURNS.labels(keys.tenant, answer.outcome).inc()
-            await self._remember(keys, tuple(m for _, m in answerable), answer)
         log.info("turn answered", tenant=keys.tenant, turn_id=pending.turn_id, outcome=answer.outcome)
+        exchange = _exchange(tuple(m for _, m in answerable), answer) if answerable else ()
+        return Answered(turn_key, self._turn_ttl(tenant), exchange)
 
     def _command(self, keys: ContactKeys, turn_id: str, suffix: str) -> outbound_pb2.OutboundCommand:
         return outbound_pb2.OutboundCommand(
@@ -553,29 +579,30 @@ class Engine:
                 await pipe.execute()
         return stored
 
-    async def _remember(
-        self, keys: ContactKeys, messages: tuple[inbound_pb2.InboundMessage, ...], answer: Answer
+    async def _settle(
+        self, keys: ContactKeys, token: str, last_seq: int | None, answered: Answered | None = None
     ) -> None:
-        customer = "\n".join(describe(m) for m in messages)
-        bot = "\n".join(r.text for r in answer.replies)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(
-                keys.history,
-                json.dumps({"role": "customer", "text": customer}),
-                json.dumps({"role": "bot", "text": bot}),
-            )
-            pipe.ltrim(keys.history, -2 * self._settings.history_max_turns, -1)
-            pipe.expire(keys.history, self._settings.history_ttl_s)
-            await pipe.execute()
+        """Record the answer, advance the cursor, release the lock, then acknowledge what it answered.
 
-    async def _settle(self, keys: ContactKeys, token: str, last_seq: int | None) -> None:
-        """Advance the cursor, release the lock, then acknowledge what this turn answered."""
+        One round trip: the turn key, the history and the cursor go in one pipeline, in that order,
+        so a crash part-way leaves the in-flight turn to be re-run, which the turn key (or the
+        reply's dedup id) stops from answering twice.
+        """
         if last_seq is None:
             last_seq = int(await self._redis.hget(keys.conversation, "cursor") or 0)
-        await self._finish(
-            keys=[keys.conversation, DUE_KEY, keys.inflight, keys.lock],
-            args=[last_seq, due_member(keys.tenant, keys.contact), token],
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if answered is not None:
+                pipe.set(answered.turn_key, "answered", ex=answered.turn_key_ttl_s)
+                if answered.exchange:
+                    pipe.rpush(keys.history, *answered.exchange)
+                    pipe.ltrim(keys.history, -2 * self._settings.history_max_turns, -1)
+                    pipe.expire(keys.history, self._settings.history_ttl_s)
+            await self._finish(
+                keys=[keys.conversation, DUE_KEY, keys.inflight, keys.lock],
+                args=[last_seq, due_member(keys.tenant, keys.contact), token],
+                client=pipe,
+            )
+            await pipe.execute()
         for msg in self._held.release_through(keys.tenant, keys.contact, last_seq):
             await msg.ack()
 
