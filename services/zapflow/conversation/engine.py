@@ -250,7 +250,6 @@ class Engine:
         self._settings = settings
         self._history_store = history_store
         self._ingest = redis.register_script(_INGEST)
-        self._finish = redis.register_script(_FINISH)
         self._claim = redis.register_script(_CLAIM)
         self._extend = redis.register_script(_EXTEND_LOCK)
         self._held = HeldMessages()
@@ -597,11 +596,10 @@ class Engine:
                     pipe.rpush(keys.history, *answered.exchange)
                     pipe.ltrim(keys.history, -2 * self._settings.history_max_turns, -1)
                     pipe.expire(keys.history, self._settings.history_ttl_s)
-            await self._finish(
-                keys=[keys.conversation, DUE_KEY, keys.inflight, keys.lock],
-                args=[last_seq, due_member(keys.tenant, keys.contact), token],
-                client=pipe,
-            )
+            # EVAL, not the registered script: in a pipeline, redis-py would first ask SCRIPT
+            # EXISTS, a round trip more; Redis caches the compiled script by its hash anyway.
+            finish_keys = (keys.conversation, DUE_KEY, keys.inflight, keys.lock)
+            pipe.eval(_FINISH, len(finish_keys), *finish_keys, last_seq, due_member(keys.tenant, keys.contact), token)
             await pipe.execute()
         for msg in self._held.release_through(keys.tenant, keys.contact, last_seq):
             await msg.ack()

@@ -91,13 +91,17 @@ class Egress:
         tenant = self._registry.by_name(command.tenant)
         if tenant is None:
             raise bus.RetryLater(f"tenant {command.tenant} is not in the registry (yet)")
-        await self._wait_for_earlier(command, msg)
+        key = tenant_key(command.tenant, "out", command.command_id)
+        # Both reads every send starts with, in one round trip.
+        values = await self._redis.mget(tenant_key(command.tenant, "outcursor", command.contact), key)
+        cursor_value, state = (None if value is None else str(value) for value in values)
+        await self._wait_for_earlier(command, msg, cursor_value)
         # A command dead-lettered on the way (bus.Reject) is moved past by `settled`, the
         # consumer's dead-letter hook.
-        await self._deliver(tenant, command, msg)
+        await self._deliver(tenant, command, msg, key, state)
         await self._move_past(command, msg)
 
-    async def _wait_for_earlier(self, command: pb.OutboundCommand, msg: Msg) -> None:
+    async def _wait_for_earlier(self, command: pb.OutboundCommand, msg: Msg, cursor_value: str | None) -> None:
         """Per-contact order: send only after every earlier command to this contact is settled.
 
         Redeliveries (a killed replica, a 429 backoff) would otherwise let a later reply
@@ -107,7 +111,6 @@ class Egress:
         """
         seq = msg.metadata.sequence.stream
         cursor_key = tenant_key(command.tenant, "outcursor", command.contact)
-        cursor_value = await self._redis.get(cursor_key)
         # Unknown cursor (a new contact, or Redis lost it): everything up to the consumer's ack
         # floor is settled for sure; what lies above it is checked one by one below.
         cursor = int(cursor_value) if cursor_value is not None else await self._ack_floor()
@@ -151,9 +154,10 @@ class Egress:
         cursor_key = tenant_key(command.tenant, "outcursor", command.contact)
         await self._advance(keys=[cursor_key], args=[msg.metadata.sequence.stream, self._settings.sent_key_ttl_s])
 
-    async def _deliver(self, tenant: BotTenant, command: pb.OutboundCommand, msg: Msg) -> None:
-        key = tenant_key(command.tenant, "out", command.command_id)
-        state = await self._redis.get(key)
+    async def _deliver(
+        self, tenant: BotTenant, command: pb.OutboundCommand, msg: Msg, key: str, state: str | None
+    ) -> None:
+        """Call the Graph API once for the command; `state` is its key's value when handling began."""
         if state is not None:
             await self._already_handled(command, str(state))
             return
