@@ -36,15 +36,21 @@ def files_containing(data_dir: Path, *needles: str) -> dict[str, list[str]]:
 
 
 def wait_until_recorded(database: Path, customers: int) -> None:
-    """The recorder has written both customers' messages and every turn."""
+    """Every turn is recorded and every reply read: nothing about these conversations is on its way.
+
+    Each customer writes once and gets the greeting; the sandbox reports it sent, delivered and
+    then read, so a recorded "read" is the last event of the conversation.
+    """
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with sqlite3.connect(database) as conn:
-            recorded = conn.execute("SELECT count(DISTINCT contact) FROM turns").fetchone()[0]
-        if recorded >= customers:
+            turns = conn.execute("SELECT count(DISTINCT contact) FROM turns").fetchone()[0]
+            read = conn.execute("SELECT count(*) FROM messages WHERE direction = 'outbound' AND status = 'read'")
+            replies_read = read.fetchone()[0]
+        if turns >= customers and replies_read >= customers:
             return
         time.sleep(0.1)
-    raise AssertionError("the recorder did not record the turns")
+    raise AssertionError("the recorder did not record the turns and the read receipts")
 
 
 def archive_now(dev: DevProcess, data_dir: Path) -> None:
