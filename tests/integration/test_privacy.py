@@ -164,7 +164,9 @@ class CountingJobs(Jobs):
 async def test_one_scheduler_replica_runs_the_jobs_and_another_takes_over_when_it_stops(core: CoreSettings) -> None:
     redis = Redis.from_url(core.redis_url, decode_responses=True)
     first_jobs, second_jobs = CountingJobs(), CountingJobs()
-    first, second = Scheduler(first_jobs, redis, 0.05), Scheduler(second_jobs, redis, 0.05)
+    # Ticks of 0.25 s (a lease of 0.75 s): long enough that a loaded machine's pauses do not
+    # let the lease lapse, short enough that the takeover is quick.
+    first, second = Scheduler(first_jobs, redis, 0.25), Scheduler(second_jobs, redis, 0.25)
     try:
         first.start()
         await asyncio.wait_for(first_jobs.ticked.wait(), 10)

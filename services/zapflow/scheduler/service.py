@@ -90,13 +90,30 @@ class Scheduler:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                if await self._lease(keys=[LEADER_KEY], args=[self._identity, int(self._interval_s * 3000)]):
-                    await self._jobs.run_all(datetime.now(UTC))
+                if await self._hold_lease():
+                    # Renewed while the jobs run: a long archival must not let another replica in.
+                    keeper = asyncio.create_task(self._keep_lease())
+                    try:
+                        await self._jobs.run_all(datetime.now(UTC))
+                    finally:
+                        keeper.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await keeper
             except Exception:  # Redis unreachable: try again at the next tick
                 log.exception("scheduler tick failed")
             # The interval is the schedule itself, not a wait for something to happen.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+
+    async def _hold_lease(self) -> bool:
+        """Take or renew the lease for three intervals; whether this replica holds it."""
+        return bool(await self._lease(keys=[LEADER_KEY], args=[self._identity, int(self._interval_s * 3000)]))
+
+    async def _keep_lease(self) -> None:
+        while True:
+            # Pacing: renew well before the lease's three intervals run out.
+            await asyncio.sleep(self._interval_s)
+            await self._hold_lease()
 
 
 def data_spec_lookup(tenant_named: Callable[[str], BotTenant | None]) -> Callable[[str], DataSpec]:
