@@ -41,6 +41,10 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def _nats_unreachable(url: str, error: BaseException) -> typer.Exit:
+    return _fail(f"cannot reach NATS at {url}: {error or type(error).__name__}")
+
+
 def _settings(factory: Callable[..., T], **overrides: Any) -> T:
     """Build a settings object from the environment plus the options given on the command line."""
     try:
@@ -101,7 +105,7 @@ def scheduler(
     except StoreError as error:
         raise _fail(str(error)) from None
     except (NoServersError, OSError, TimeoutError) as error:
-        raise _fail(f"cannot reach NATS at {settings.core.nats_url}: {error or type(error).__name__}") from None
+        raise _nats_unreachable(settings.core.nats_url, error) from None
     for job, ok in succeeded.items():
         out.print(f"{job}: {'done' if ok else '[red]failed[/] (see the log)'}")
     if not all(succeeded.values()):
@@ -221,7 +225,7 @@ def _with_registry(nats_url: str | None, action: Callable[[Any], Awaitable[T]]) 
         try:
             nc = await bus.connect_once(core.nats_url, "zapflow-cli")
         except (NoServersError, OSError, TimeoutError) as error:
-            raise _fail(f"cannot reach NATS at {core.nats_url}: {error or type(error).__name__}") from None
+            raise _nats_unreachable(core.nats_url, error) from None
         try:
             js = nc.jetstream()
             registry = TenantRegistry(await open_bucket(js, core.tenant_bucket, core.stream_replicas))
@@ -404,6 +408,6 @@ def contact_erase(
     except (ErasureError, ErasureIncomplete, StoreError) as error:
         raise _fail(str(error)) from None
     except (NoServersError, OSError, TimeoutError) as error:
-        raise _fail(f"cannot reach NATS at {core.nats_url}: {error or type(error).__name__}") from None
+        raise _nats_unreachable(core.nats_url, error) from None
     out.print(f"erasure {record.id} recorded for tenant {record.tenant}")
     out.print_json(json.dumps(record.summary))

@@ -7,13 +7,12 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.devstack import DEMO_TENANT, DevProcess, converse
+from tests.support.devstack import DEMO_TENANT, DevProcess, converse, poll_until
 
 pytestmark = pytest.mark.slow
 FORGOTTEN = "5511977770001"
@@ -41,16 +40,15 @@ def wait_until_recorded(database: Path, customers: int) -> None:
     Each customer writes once and gets the greeting; the sandbox reports it sent, delivered and
     then read, so a recorded "read" is the last event of the conversation.
     """
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def recorded() -> bool | None:
         with sqlite3.connect(database) as conn:
             turns = conn.execute("SELECT count(DISTINCT contact) FROM turns").fetchone()[0]
             read = conn.execute("SELECT count(*) FROM messages WHERE direction = 'outbound' AND status = 'read'")
             replies_read = read.fetchone()[0]
-        if turns >= customers and replies_read >= customers:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the recorder did not record the turns and the read receipts")
+        return True if turns >= customers and replies_read >= customers else None
+
+    poll_until(recorded, timeout=30, what="turns and read receipts in the store")
 
 
 def archive_now(dev: DevProcess, data_dir: Path) -> None:

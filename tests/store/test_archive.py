@@ -54,7 +54,7 @@ async def closed_sessions(store: ConversationStore, engine: AsyncEngine) -> None
 
 
 def key(tenant: str, contact: str) -> str:
-    return pseudonym.pseudonymise(pseudonym.tenant_key(SECRET, tenant), contact)
+    return pseudonym.contact_pseudonym(SECRET, tenant, contact)
 
 
 async def test_closed_sessions_are_archived_with_their_figures_and_pseudonyms(

@@ -7,12 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
 DEMO_NUMBER = "100000000000001"
 DEMO_TENANT = "demo"
+T = TypeVar("T")
 
 
 class DevProcess:
@@ -57,13 +60,25 @@ def converse(dev: DevProcess, customer: str, text: str, expected_count: int) -> 
         f"{dev.sandbox}/sandbox/chat/send", json={"phone_number_id": DEMO_NUMBER, "from": customer, "text": text}
     )
     assert sent.status_code == 200 and sent.json()["gateway_status"] == 200, sent.text
-    deadline = time.monotonic() + 20
+
+    def replies() -> list[dict[str, Any]] | None:
+        messages: list[dict[str, Any]] = httpx.get(f"{dev.sandbox}/sandbox/messages", params={"to": customer}).json()[
+            "messages"
+        ]
+        return messages if len(messages) >= expected_count else None
+
+    return [
+        m["payload"]["text"]["body"] if m["type"] == "text" else m["payload"]["interactive"]["body"]["text"]
+        for m in poll_until(replies, timeout=20, what=f"a reply to {text!r}")
+    ]
+
+
+def poll_until(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Call `probe` until it returns something, for at most `timeout` seconds (a process's state)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        messages = httpx.get(f"{dev.sandbox}/sandbox/messages", params={"to": customer}).json()["messages"]
-        if len(messages) >= expected_count:
-            return [
-                m["payload"]["text"]["body"] if m["type"] == "text" else m["payload"]["interactive"]["body"]["text"]
-                for m in messages
-            ]
+        found = probe()
+        if found is not None:
+            return found
         time.sleep(0.1)
-    raise AssertionError(f"no reply to {text!r}")
+    raise AssertionError(f"no {what} within {timeout:.0f} s")

@@ -28,7 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zapflow.analytics import pseudonym
-from zapflow.analytics.warehouse import open_warehouse
+from zapflow.analytics.warehouse import TABLES, open_warehouse, transaction
 from zapflow.store.models import CONVERSATION_CLOSED, INBOUND, OUTBOUND, Conversation, Handoff, Message, Turn
 
 # Sessions per DuckDB transaction: big enough that a commit is rare, small enough that a batch
@@ -98,24 +98,19 @@ class Archiver:
         self._engine = engine
         self._warehouse = warehouse
         self._secret = pseudonym_secret
-        self._keys: dict[str, bytes] = {}
 
     async def archive_closed(self, now: datetime | None = None, batch_sessions: int = BATCH_SESSIONS) -> int:
         """Archive every closed conversation not archived yet; returns how many were archived."""
         archived = 0
         while True:
-            batch = await self._read_batch(batch_sessions, now or datetime.now(UTC))
+            # One archival time per batch: the warehouse's archived_at and SQL's agree.
+            at = now or datetime.now(UTC)
+            batch = await self._read_batch(batch_sessions, at)
             if batch is None:
                 return archived
             await asyncio.to_thread(self._write, batch)
-            await self._mark_archived(batch.session_ids, now or datetime.now(UTC))
+            await self._mark_archived(batch.session_ids, at)
             archived += sum(len(ids) for ids in batch.session_ids.values())
-
-    def contact_key(self, tenant: str, wa_id: str) -> str:
-        key = self._keys.get(tenant)
-        if key is None:
-            key = self._keys[tenant] = pseudonym.tenant_key(self._secret, tenant)
-        return pseudonym.pseudonymise(key, wa_id)
 
     async def _read_batch(self, limit: int, now: datetime) -> ArchiveBatch | None:
         async with self._engine.connect() as conn:
@@ -149,7 +144,10 @@ class Archiver:
                     .group_by(Handoff.tenant, Handoff.conversation_id)
                 )
             }
-        contact_of = {(row.tenant, row.id): self.contact_key(row.tenant, row.contact) for row in conversations}
+        contact_of = {
+            (row.tenant, row.id): pseudonym.contact_pseudonym(self._secret, row.tenant, row.contact)
+            for row in conversations
+        }
         batch = ArchiveBatch(
             session_ids=dict(by_tenant),
             sessions={name: [] for name in SESSION_COLUMNS},
@@ -217,22 +215,16 @@ class Archiver:
 
     def _write(self, batch: ArchiveBatch) -> None:
         """Replace the batch's sessions in the warehouse, in one transaction."""
-        with open_warehouse(self._warehouse) as warehouse:
-            warehouse.begin()
-            try:
-                for tenant, ids in batch.session_ids.items():
-                    for table in ("sessions", "messages", "turns"):
-                        warehouse.execute(
-                            f"DELETE FROM {table} WHERE tenant = ? AND list_contains(?, session_id)",  # noqa: S608
-                            [tenant, ids],
-                        )
-                _insert_columns(warehouse, "sessions", batch.sessions)
-                _insert_columns(warehouse, "messages", batch.messages)
-                _insert_columns(warehouse, "turns", batch.turns)
-                warehouse.commit()
-            except BaseException:
-                warehouse.rollback()
-                raise
+        with open_warehouse(self._warehouse) as warehouse, transaction(warehouse):
+            for tenant, ids in batch.session_ids.items():
+                for table in TABLES:
+                    warehouse.execute(
+                        f"DELETE FROM {table} WHERE tenant = ? AND list_contains(?, session_id)",  # noqa: S608
+                        [tenant, ids],
+                    )
+            _insert_columns(warehouse, "sessions", batch.sessions)
+            _insert_columns(warehouse, "messages", batch.messages)
+            _insert_columns(warehouse, "turns", batch.turns)
 
     async def _mark_archived(self, session_ids: dict[str, list[int]], now: datetime) -> None:
         async with self._engine.begin() as conn:

@@ -13,6 +13,8 @@ while another process holds it.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -111,20 +113,35 @@ def open_warehouse(path: Path, *, read_only: bool = False, wait_s: float = LOCK_
     return connection
 
 
+@contextmanager
+def transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All of the block's statements or none of them."""
+    connection.begin()
+    try:
+        yield connection
+    except BaseException:
+        connection.rollback()
+        raise
+    connection.commit()
+
+
+def changed_rows(result: duckdb.DuckDBPyConnection) -> int:
+    """The row count an INSERT, UPDATE or DELETE returns."""
+    row = result.fetchone()
+    return int(row[0]) if row else 0
+
+
 def delete_sessions_opened_before(connection: duckdb.DuckDBPyConnection, tenant: str, cutoff: datetime) -> int:
     """Delete a tenant's sessions opened before `cutoff` (naive UTC) with their rows; rows deleted."""
     expired = "SELECT session_id FROM sessions WHERE tenant = $tenant AND opened_at < $cutoff"
     deleted = 0
-    connection.begin()
-    try:
+    with transaction(connection):
+        # Sessions last: the others find their rows through them.
         for table in ("messages", "turns", "sessions"):
-            result = connection.execute(
-                f"DELETE FROM {table} WHERE tenant = $tenant AND session_id IN ({expired})",  # noqa: S608
-                {"tenant": tenant, "cutoff": cutoff},
-            ).fetchone()
-            deleted += int(result[0]) if result else 0
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
+            deleted += changed_rows(
+                connection.execute(
+                    f"DELETE FROM {table} WHERE tenant = $tenant AND session_id IN ({expired})",  # noqa: S608
+                    {"tenant": tenant, "cutoff": cutoff},
+                )
+            )
     return deleted

@@ -203,7 +203,12 @@ class Answered:
 def _exchange(messages: tuple[inbound_pb2.InboundMessage, ...], answer: Answer) -> tuple[str, ...]:
     customer = "\n".join(describe(m) for m in messages)
     bot = "\n".join(r.text for r in answer.replies)
-    return (json.dumps({"role": "customer", "text": customer}), json.dumps({"role": "bot", "text": bot}))
+    return (_history_entry(HistoryEntry("customer", customer)), _history_entry(HistoryEntry("bot", bot)))
+
+
+def _history_entry(entry: HistoryEntry) -> str:
+    """A history entry as the Redis list keeps it (read back with HistoryEntry(**json.loads(...)))."""
+    return json.dumps({"role": entry.role, "text": entry.text})
 
 
 @dataclass
@@ -573,7 +578,7 @@ class Engine:
         if stored:
             # Redis is the short cache in front of SQL: fill it so the next turn reads it there.
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.rpush(keys.history, *(json.dumps({"role": e.role, "text": e.text}) for e in stored))
+                pipe.rpush(keys.history, *(_history_entry(entry) for entry in stored))
                 pipe.expire(keys.history, self._settings.history_ttl_s)
                 await pipe.execute()
         return stored

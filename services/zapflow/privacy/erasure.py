@@ -44,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from zapflow.analytics import pseudonym
-from zapflow.analytics.warehouse import WarehouseError, open_warehouse
+from zapflow.analytics.warehouse import TABLES, WarehouseError, changed_rows, open_warehouse, transaction
 from zapflow.conversation.engine import DUE_KEY, due_member
 from zapflow.core import bus, metrics
 from zapflow.core.logging import get_logger
@@ -218,17 +218,16 @@ class Eraser:
     def _anonymise_analytics(self, tenant: str, contact: str, erasure_id: str) -> dict[str, int]:
         if not self._warehouse.exists():
             return {}
-        contact_key = pseudonym.pseudonymise(pseudonym.tenant_key(self._secret, tenant), contact)
+        contact_key = pseudonym.contact_pseudonym(self._secret, tenant, contact)
         anonymised: dict[str, int] = {}
-        with open_warehouse(self._warehouse) as warehouse:
-            warehouse.begin()
-            for table in ("sessions", "messages", "turns"):
-                changed = warehouse.execute(
-                    f"UPDATE {table} SET contact_key = ? WHERE tenant = ? AND contact_key = ?",  # noqa: S608
-                    [f"erased:{erasure_id}", tenant, contact_key],
-                ).fetchone()
-                anonymised[table] = int(changed[0]) if changed else 0
-            warehouse.commit()
+        with open_warehouse(self._warehouse) as warehouse, transaction(warehouse):
+            for table in TABLES:
+                anonymised[table] = changed_rows(
+                    warehouse.execute(
+                        f"UPDATE {table} SET contact_key = ? WHERE tenant = ? AND contact_key = ?",  # noqa: S608
+                        [f"erased:{erasure_id}", tenant, contact_key],
+                    )
+                )
         return anonymised
 
 
