@@ -36,6 +36,8 @@ class ConversationSettings(BaseSettings):
     lock_retry_ms: int = 100
     # The most messages one turn takes; a longer burst continues in the next turn.
     max_turn_messages: int = 50
-    # Conversation history kept for LLM context (until history moves to SQL).
+    # LLM context: the relational store holds the history; Redis keeps a contact's last turns as a
+    # short write-through cache, refreshed by every turn, so a live conversation never waits for
+    # the recorder and an idle one (or one Redis lost) is read back from SQL.
     history_max_turns: int = 50
-    history_ttl_s: int = 7 * 86_400
+    history_ttl_s: int = 3_600
