@@ -1,21 +1,30 @@
-"""CPU per event of the relational store's writes, as the recorder makes them, on a SQLite file.
+"""CPU per event of the relational store's writes, as the recorder makes them.
 
-    uv run python bench/store_writes.py            # 1,000 turns: one transaction per event, then batches
+    uv run python bench/store_writes.py            # 1,000 turns on a SQLite file: per event, then batches
     uv run python bench/store_writes.py --turns 5000 --batch 500
+    uv run python bench/store_writes.py --postgres postgresql://postgres@127.0.0.1:5432/postgres
 
 Each turn of the benchmark's end-to-end phase gives the recorder four events (the customer's
 message, the turn, the reply command, the Graph API result), for 1,400 contacts. CPU is the
-process's user + system time, so aiosqlite's worker thread (where SQLite runs) is counted.
+process's user + system time, so aiosqlite's worker thread (where SQLite runs) is counted. With
+`--postgres` (a server and a role that may create databases) each measurement writes into a
+database of its own, created and dropped around it, and the server's share is reported apart:
+the CPU of the server processes serving that database, read from /proc (so the server must run
+on this machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
+import secrets
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,9 +32,11 @@ if str(ROOT) not in sys.path:  # `python bench/store_writes.py` puts bench/, not
     sys.path.insert(0, str(ROOT))
 
 from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
+from sqlalchemy import make_url  # noqa: E402
+from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from zapflow.store import migrate  # noqa: E402
-from zapflow.store.engine import create_engine, sqlite_url  # noqa: E402
+from zapflow.store.engine import create_engine, parse_database_url, sqlite_url  # noqa: E402
 from zapflow.store.repository import ConversationStore, Event, SequencedInbound  # noqa: E402
 from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2  # noqa: E402
 
@@ -75,12 +86,54 @@ async def record_one(store: ConversationStore, event: Event) -> None:
             await store.record_turn(event)
 
 
-async def measure(directory: Path, events: list[Event], batch: int) -> None:
+@asynccontextmanager
+async def sqlite_database() -> AsyncIterator[str]:
+    with tempfile.TemporaryDirectory(prefix="zapflow-store-writes-") as directory:
+        yield sqlite_url(Path(directory))
+
+
+@asynccontextmanager
+async def postgres_database(admin_url: str) -> AsyncIterator[str]:
+    """A database of its own on the server of `admin_url`, dropped afterwards."""
+    name = f"zapflow_bench_{secrets.token_hex(6)}"
+    admin = create_async_engine(parse_database_url(admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            async with admin.connect() as conn:
+                await conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.dispose()
+
+
+def server_cpu_s(database: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving `database`, by pid (its title names it)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not title.startswith("postgres:") or f" {database} " not in title:
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return found
+
+
+async def measure(url: str, events: list[Event], batch: int) -> None:
     """Write every event into a new database, one per transaction (batch 1) or `batch` at a time."""
-    url = sqlite_url(directory)
     await migrate.upgrade(url)
     engine = create_engine(url)
     store = ConversationStore(engine)
+    database = make_url(url).database if make_url(url).get_backend_name() == "postgresql" else None
+    server_before = server_cpu_s(database) if database else {}
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     if batch == 1:
         for event in events:
@@ -91,26 +144,35 @@ async def measure(directory: Path, events: list[Event], batch: int) -> None:
             if failed:
                 raise failed[0]
     after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - started
+    server_after = server_cpu_s(database) if database else {}
     await engine.dispose()
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     how = "one transaction per event" if batch == 1 else f"batches of {batch}"
-    print(
+    line = (
         f"{how:26} {len(events)} events: {1000 * cpu / len(events):.2f} ms CPU per event, "
-        f"{len(events) / wall:.0f} events/s",
-        flush=True,
+        f"{len(events) / wall:.0f} events/s"
     )
+    if database:
+        server = sum(cpu_s - server_before.get(pid, 0.0) for pid, cpu_s in server_after.items())
+        line += f"; PostgreSQL's backends {1000 * server / len(events):.2f} ms CPU per event"
+    print(line, flush=True)
 
 
-async def main(turns: int, batch: int) -> None:
+async def main(turns: int, batch: int, postgres: str | None) -> None:
     events = turn_events(turns)
     for size in (1, batch):
-        with tempfile.TemporaryDirectory(prefix="zapflow-store-writes-") as directory:
-            await measure(Path(directory), events, size)
+        async with postgres_database(postgres) if postgres else sqlite_database() as url:
+            await measure(url, events, size)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=200, help="events per transaction of the batched run (200)")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="write to PostgreSQL: a server on this machine, as a role that may create databases",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.turns, args.batch))
+    asyncio.run(main(args.turns, args.batch, args.postgres))
