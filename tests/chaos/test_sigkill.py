@@ -29,7 +29,7 @@ import yaml
 from nats.js import JetStreamContext
 
 from tests.support import meta
-from tests.support.servers import ManagedServer, free_port, wait_for_port
+from tests.support.servers import ManagedServer, free_port
 from tests.support.tenants import tenant_document
 from zapflow.core import bus
 from zapflow.v1 import turn_pb2
@@ -43,47 +43,20 @@ SEED = int(os.environ.get("ZAPFLOW_CHAOS_SEED", "20261125"))
 
 
 @dataclass
-class Process:
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    port: int
-    log: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.popen = subprocess.Popen(self.command, env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-        wait_for_port(self.port, self.popen, self.name)
-
-    def kill(self) -> None:
-        assert self.popen is not None
-        self.popen.kill()
-        self.popen.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-
-
-@dataclass
 class Stack:
-    gateway: Process
-    conversations: list[Process]
-    sandbox: Process
+    gateway: ManagedServer
+    conversations: list[ManagedServer]
+    sandbox: ManagedServer
     tenant: dict[str, Any]
     kills: list[str] = field(default_factory=list)
 
     @property
     def webhook(self) -> str:
-        return f"http://127.0.0.1:{self.gateway.port}/webhook/whatsapp"
+        return f"{self.gateway.url}/webhook/whatsapp"
 
     @property
     def sandbox_url(self) -> str:
-        return f"http://127.0.0.1:{self.sandbox.port}"
+        return self.sandbox.url
 
 
 @pytest.fixture
@@ -120,7 +93,7 @@ def stack(nats: ManagedServer, redis: ManagedServer, tmp_path: Path) -> Iterator
     )  # fmt: skip
     assert applied.returncode == 0, applied.stderr
 
-    def service(name: str, port: int, *args: str) -> Process:
+    def service(name: str, port: int, *args: str) -> ManagedServer:
         command = [
             sys.executable,
             "-m",
@@ -132,7 +105,7 @@ def stack(nats: ManagedServer, redis: ManagedServer, tmp_path: Path) -> Iterator
             str(port),
             *args,
         ]
-        return Process(name, command, env, port, tmp_path / f"{name}.log")
+        return ManagedServer(name, "http", command, port, env=env, log=tmp_path / f"{name}.log")
 
     sandbox = service(
         "sandbox",

@@ -7,6 +7,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from zapflow.dev import find_nats_server, find_redis_server
 
@@ -20,12 +21,15 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, log: Path | None = None) -> None:
     """Bounded readiness poll: the server accepts connections, or the test fails with its output."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            if log is not None:
+                output = log.read_text(errors="replace")[-4000:]
+            else:
+                output = process.stdout.read().decode(errors="replace") if process.stdout else ""
             raise RuntimeError(f"{what} exited with {process.returncode}: {output}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -37,12 +41,18 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> Non
 
 @dataclass
 class ManagedServer:
-    """A server process that a test can kill and restart on the same port and data."""
+    """A server process that a test can kill and restart on the same port and data.
+
+    `env` replaces the environment; `log` collects its output in a file that outlives restarts
+    (else it goes to a pipe, read when the process fails to start).
+    """
 
     name: str
     scheme: str
     command: list[str]
     port: int
+    env: dict[str, str] | None = None
+    log: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -50,8 +60,15 @@ class ManagedServer:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, self.process, self.name)
+        if self.log is None:
+            self.process = self._spawn(subprocess.PIPE)
+        else:
+            with self.log.open("ab") as output:  # the child keeps its own descriptor
+                self.process = self._spawn(output)
+        wait_for_port(self.port, self.process, self.name, self.log)
+
+    def _spawn(self, output: int | IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, env=self.env, stdout=output, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -62,7 +79,7 @@ class ManagedServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
