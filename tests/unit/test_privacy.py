@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
+
 import pytest
 
 from zapflow.analytics.pseudonym import PSEUDONYM_HEX_CHARS, pseudonymise, tenant_key
+from zapflow.core.logging import redact_phone
 from zapflow.privacy.erasure import ErasureError, normalise_phone
 
 
@@ -30,3 +35,19 @@ def test_phone_numbers_are_taken_as_people_write_them(written: str, wa_id: str) 
 def test_anything_else_is_refused_with_a_reason(written: str) -> None:
     with pytest.raises(ErasureError, match="not a phone number"):
         normalise_phone(written)
+
+
+def test_a_logged_phone_number_cannot_be_found_by_hashing_candidate_numbers() -> None:
+    phone = "5511987654321"
+    redacted = redact_phone(phone)
+    assert redacted == redact_phone(phone) != redact_phone("5511987654322")
+    assert phone not in redacted
+    # An unkeyed hash would be matched by hashing every possible number.
+    assert redacted.removeprefix("wa:") not in hashlib.sha256(phone.encode()).hexdigest()
+    # The key lives and dies with the process: another one redacts the same number differently.
+    other_process = subprocess.run(
+        [sys.executable, "-c", f"from zapflow.core.logging import redact_phone; print(redact_phone({phone!r}))"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert other_process.stdout.strip() != redacted
+    assert redact_phone(phone, debug=True) == phone

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import secrets
 import sys
 from typing import Any
 
@@ -51,11 +53,16 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
     structlog.contextvars.bind_contextvars(service=service)
 
 
+# A plain hash of a phone number is reversed by hashing every number; one keyed with a secret
+# that never leaves the process is not, and still lets one process's log lines be correlated.
+_REDACTION_KEY = secrets.token_bytes(32)
+
+
 def redact_phone(phone: str, debug: bool = False) -> str:
-    """A stable, non-reversible stand-in for a phone number, unless in debug mode."""
+    """A stand-in for a phone number, stable within the process and meaningless outside it."""
     if debug:
         return phone
-    return "wa:" + hashlib.sha256(phone.encode()).hexdigest()[:12]
+    return "wa:" + hmac.new(_REDACTION_KEY, phone.encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
