@@ -132,7 +132,8 @@ async def measure(url: str, events: list[Event], batch: int) -> None:
     await migrate.upgrade(url)
     engine = create_engine(url)
     store = ConversationStore(engine)
-    database = make_url(url).database if make_url(url).get_backend_name() == "postgresql" else None
+    parsed = make_url(url)
+    database = parsed.database if parsed.get_backend_name() == "postgresql" else None
     server_before = server_cpu_s(database) if database else {}
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     if batch == 1:

@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 
 from tests.support import meta
 from tests.support.http import serve
+from tests.support.platform import eventually
 from tests.support.servers import ManagedServer
 from tests.support.tenants import make_tenant, secret
 from zapflow.core.registry import TenantRegistry
@@ -175,14 +176,13 @@ async def test_jetstream_down_gives_503_and_metas_retry_is_accepted_once_it_is_b
     assert "event bus unavailable" in down.json()["detail"]
 
     nats.start()  # same port, same JetStream directory
-    ready = await gateway.get("/readyz")
     async with httpx.AsyncClient(base_url=str(gateway.base_url)) as probe:
-        for _ in range(200):  # bounded wait for the client's reconnect, driven by /readyz
-            ready = await probe.get("/readyz")
-            if ready.status_code == 200:
-                break
-            await __import__("asyncio").sleep(0.05)
-    assert ready.status_code == 200, ready.text
+
+        async def ready() -> httpx.Response | None:
+            response = await probe.get("/readyz")
+            return response if response.status_code == 200 else None
+
+        await eventually(ready, timeout=10, what="/readyz after the NATS client reconnected")
     retry = await post(gateway, payload, secret(tenant))
     assert retry.status_code == 200, retry.text
 
