@@ -2,7 +2,7 @@
 
     uv run python bench/fetch_latency.py [--rate 350] [--seconds 5]
 
-zapflow's consumers (core/bus.py `Consumer._run`) call `fetch(batch, timeout=1.0)` in a loop.
+zapflow's consumers (platform/bus.py `Consumer._run`) call `fetch(batch, timeout=1.0)` in a loop.
 When the consumer is caught up, nats-py keeps a fetch open until the *whole batch* arrived or
 the timeout passed, so a message published into an idle consumer waits for the batch to fill
 (batch / rate seconds) or for the timeout. This script publishes at a steady rate into a file

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from zapflow.core.signature import SIGNATURE_HEADER, sign
+from zapflow.whatsapp.signature import SIGNATURE_HEADER, sign
 
 # --- payloads ---------------------------------------------------------------------------------
 

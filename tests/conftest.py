@@ -11,10 +11,10 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from tests.support.servers import ManagedServer, nats_server, redis_server
-from zapflow.core import bus
-from zapflow.core.registry import TenantRegistry, open_bucket
-from zapflow.core.settings import CoreSettings
+from zapflow.platform import bus
+from zapflow.platform.settings import CoreSettings
 from zapflow.store.migrate import upgrade
+from zapflow.tenants.registry import TenantRegistry, open_bucket
 
 # The headless-Chromium `page` fixture.
 pytest_plugins = ["tests.support.browser"]

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from zapflow.core.settings import CoreSettings
+from zapflow.platform.settings import CoreSettings
 
 app = typer.Typer(no_args_is_help=True, help="zapflow: WhatsApp bots at scale.", pretty_exceptions_enable=False)
 tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (BotTenant documents) in the registry.")
@@ -122,10 +122,10 @@ def sandbox(
     ] = None,
 ) -> None:
     """Run the WhatsApp Cloud API sandbox and its web chat."""
-    from zapflow.core.tenants import SecretUnavailable, TenantError
     from zapflow.sandbox.app import run
     from zapflow.sandbox.numbers import NumberConflict
     from zapflow.sandbox.settings import SandboxSettings
+    from zapflow.tenants.model import SecretUnavailable, TenantError
 
     try:
         run(_settings(SandboxSettings, host=host, port=port, webhook_url=webhook_url, tenant_files=tenant_file))
@@ -216,8 +216,8 @@ def _with_registry(nats_url: str | None, action: Callable[[Any], Awaitable[T]]) 
     """Run an action against the tenant registry, turning connection failures into a message."""
     from nats.errors import NoServersError
 
-    from zapflow.core import bus
-    from zapflow.core.registry import TenantRegistry, open_bucket
+    from zapflow.platform import bus
+    from zapflow.tenants.registry import TenantRegistry, open_bucket
 
     core = _settings(CoreSettings, nats_url=nats_url)
 
@@ -242,7 +242,7 @@ def tenant_apply(
     nats_url: NatsUrl = None,
 ) -> None:
     """Validate tenants and store them in the registry; running services pick them up live."""
-    from zapflow.core.tenants import TenantError, load_tenant_documents
+    from zapflow.tenants.model import TenantError, load_tenant_documents
 
     try:
         tenants = load_tenant_documents(file)
@@ -321,7 +321,7 @@ def tenant_delete(name: str, nats_url: NatsUrl = None) -> None:
 @tenant_app.command("schema")
 def tenant_schema() -> None:
     """Print the JSON schema of a BotTenant (the one the CRD uses)."""
-    from zapflow.core.tenants import tenant_json_schema
+    from zapflow.tenants.model import tenant_json_schema
 
     print(json.dumps(tenant_json_schema(), indent=2))
 

@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 from tests.support import meta
 from tests.support.servers import ManagedServer, free_port
 from tests.support.tenants import tenant_document
-from zapflow.core import bus
+from zapflow.platform import bus
 from zapflow.v1 import turn_pb2
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -9,8 +9,8 @@ from playwright.async_api import Page, expect
 
 from tests.support.browser import screenshot_dir
 from tests.support.platform import running_platform
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.registry import TenantRegistry
 
 pytestmark = pytest.mark.browser
 WAIT_MS = 15_000

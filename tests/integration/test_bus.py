@@ -8,7 +8,7 @@ import dataclasses
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from zapflow.core import bus, metrics
+from zapflow.platform import bus, metrics
 from zapflow.v1 import inbound_pb2, turn_pb2
 
 TENANT = "bus-test"

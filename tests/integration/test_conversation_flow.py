@@ -10,10 +10,10 @@ from nats.js import JetStreamContext
 from tests.support import meta
 from tests.support.platform import Platform, eventually, running_platform
 from tests.support.tenants import secret, tenant_document
-from zapflow.core import metrics
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
-from zapflow.core.tenants import parse_tenant
+from zapflow.platform import metrics
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.model import parse_tenant
+from zapflow.tenants.registry import TenantRegistry
 
 CUSTOMER = "5511977776666"
 

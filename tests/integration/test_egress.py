@@ -9,9 +9,9 @@ import pytest
 from nats.js import JetStreamContext
 
 from tests.support.platform import Platform, running_platform
-from zapflow.core import bus, metrics
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
+from zapflow.platform import bus, metrics
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.registry import TenantRegistry
 from zapflow.v1 import outbound_pb2
 
 CUSTOMER = "5511966665555"
@@ -94,7 +94,7 @@ async def test_a_command_abandoned_mid_call_is_dead_lettered_not_resent(
 ) -> None:
     from redis.asyncio import Redis
 
-    from zapflow.core.state import tenant_key
+    from zapflow.platform.redis import tenant_key
 
     # What a gateway killed during its Graph API call leaves behind: an expired "calling" lease.
     redis = Redis.from_url(core.redis_url, decode_responses=True)

@@ -13,10 +13,10 @@ from tests.support import meta
 from tests.support.platform import Platform, running_platform
 from tests.support.tenants import secret
 from zapflow.conversation.responder import Answer, TurnInput
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
-from zapflow.core.state import tenant_key
-from zapflow.core.tenants import ReplySpec
+from zapflow.platform.redis import tenant_key
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.model import ReplySpec
+from zapflow.tenants.registry import TenantRegistry
 from zapflow.v1 import inbound_pb2, turn_pb2
 
 CUSTOMER = "5511933332222"

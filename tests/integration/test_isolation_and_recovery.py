@@ -11,9 +11,9 @@ from tests.support.platform import Platform, eventually, register_number, runnin
 from tests.support.servers import ManagedServer
 from tests.support.tenants import make_tenant
 from zapflow.conversation.responder import Answer, TurnInput
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
-from zapflow.core.tenants import BotTenant, ReplySpec
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.model import BotTenant, ReplySpec
+from zapflow.tenants.registry import TenantRegistry
 
 
 class SlowForOneTenant:

@@ -9,12 +9,12 @@ from redis.asyncio import Redis
 from tests.support.http import serve
 from tests.support.openai_server import NOT_JSON, FakeOpenAI, Hang
 from tests.support.platform import eventually, running_platform
-from zapflow.core import metrics
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
-from zapflow.core.state import tenant_key
+from zapflow.platform import metrics
+from zapflow.platform.redis import tenant_key
+from zapflow.platform.settings import CoreSettings
 from zapflow.store.engine import create_engine
 from zapflow.store.repository import ConversationStore
+from zapflow.tenants.registry import TenantRegistry
 
 CUSTOMER = "5511922221111"
 FALLBACK = "Our assistant is busy, a person will answer soon."

@@ -20,14 +20,14 @@ from tests.support.http import serve
 from tests.support.platform import Platform, eventually, running_platform
 from tests.support.servers import ManagedServer
 from tests.support.tenants import secret
-from zapflow.core import bus
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
+from zapflow.platform import bus
+from zapflow.platform.settings import CoreSettings
 from zapflow.privacy.erasure import Eraser
 from zapflow.scheduler.jobs import Jobs
 from zapflow.scheduler.service import Scheduler, SchedulerSettings, create_app
 from zapflow.store.engine import create_engine
 from zapflow.store.models import Erasure, Message
+from zapflow.tenants.registry import TenantRegistry
 
 FORGOTTEN = "5511966660001"
 KEPT = "5511966660002"

@@ -18,14 +18,14 @@ from tests.support import meta
 from tests.support.http import serve
 from tests.support.platform import eventually, running_platform
 from tests.support.tenants import secret
-from zapflow.core import bus
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
+from zapflow.platform import bus
+from zapflow.platform.settings import CoreSettings
 from zapflow.store.engine import create_engine
 from zapflow.store.models import Message, MessageStatus, Turn
 from zapflow.store.recorder import RECORDED_STREAMS
 from zapflow.store.service import RecorderSettings
 from zapflow.store.service import create_app as recorder_app
+from zapflow.tenants.registry import TenantRegistry
 
 CUSTOMER = "5511900001111"
 

@@ -11,8 +11,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.support.platform import eventually, running_platform
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.registry import TenantRegistry
 
 CUSTOMER = "5511944443333"
 

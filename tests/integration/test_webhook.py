@@ -14,11 +14,11 @@ from tests.support.http import serve
 from tests.support.platform import eventually
 from tests.support.servers import ManagedServer
 from tests.support.tenants import make_tenant, secret
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
-from zapflow.core.tenants import BotTenant
 from zapflow.gateway.app import create_app
 from zapflow.gateway.settings import GatewaySettings
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.model import BotTenant
+from zapflow.tenants.registry import TenantRegistry
 from zapflow.v1 import inbound_pb2
 
 CUSTOMER = "5511988887777"
@@ -142,7 +142,7 @@ async def test_unknown_number_is_refused(gateway: httpx.AsyncClient, js: JetStre
 async def test_malformed_bodies_get_a_reason_not_a_500(gateway: httpx.AsyncClient, tenants: list[BotTenant]) -> None:
     tenant = tenants[0]
     number = tenant.spec.whatsapp.phone_number_id
-    from zapflow.core.signature import sign
+    from zapflow.whatsapp.signature import sign
 
     broken = b'{"object":"whatsapp_business_account","phone_number_id":"' + number.encode() + b'", '
     answer = await gateway.post(

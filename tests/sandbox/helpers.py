@@ -13,9 +13,9 @@ import httpx
 from fastapi import FastAPI, Request, Response
 
 from tests.support.http import serve
-from zapflow.core.signature import SIGNATURE_HEADER, signature_matches
 from zapflow.sandbox.app import create_app
 from zapflow.sandbox.settings import SandboxSettings
+from zapflow.whatsapp.signature import SIGNATURE_HEADER, signature_matches
 
 NUMBER = "106540352242922"
 TENANT = "acme"

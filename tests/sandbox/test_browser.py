@@ -15,7 +15,7 @@ from playwright.async_api import Page, expect
 from tests.sandbox.helpers import APP_SECRET, GRAPH_HEADERS, NUMBER, WAIT_S, messages_url, running_sandbox
 from tests.support.browser import screenshot_dir
 from tests.support.http import serve
-from zapflow.core.signature import SIGNATURE_HEADER, signature_matches
+from zapflow.whatsapp.signature import SIGNATURE_HEADER, signature_matches
 
 pytestmark = pytest.mark.browser
 

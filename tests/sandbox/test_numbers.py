@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from tests.sandbox.helpers import NOWHERE, messages_url, text_message
 from tests.support.http import serve
-from zapflow.core.tenants import SecretUnavailable, TenantError
 from zapflow.sandbox.app import create_app
 from zapflow.sandbox.numbers import NumberConflict
 from zapflow.sandbox.settings import SandboxSettings
+from zapflow.tenants.model import SecretUnavailable, TenantError
 
 
 def tenant_yaml(name: str, number: str, access_token: dict[str, object]) -> str:

@@ -17,11 +17,11 @@ from tests.store.events import T0, at
 from zapflow.analytics import pseudonym
 from zapflow.analytics.archive import Archiver
 from zapflow.analytics.warehouse import TABLES, open_warehouse
-from zapflow.core.tenants import DataSpec
 from zapflow.scheduler.jobs import Jobs
 from zapflow.store.lifecycle import close_idle_conversations
 from zapflow.store.models import Conversation
 from zapflow.store.repository import ConversationStore
+from zapflow.tenants.model import DataSpec
 
 SECRET = "test-pseudonym-secret"
 

@@ -9,7 +9,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.store.conversations import ALICE, BOB, exchange
 from tests.store.events import T0, at, status
-from zapflow.core.tenants import DataSpec
 from zapflow.store.lifecycle import close_idle_conversations, delete_expired_conversations, erase_contact
 from zapflow.store.models import (
     Base,
@@ -21,6 +20,7 @@ from zapflow.store.models import (
     Turn,
 )
 from zapflow.store.repository import ConversationStore
+from zapflow.tenants.model import DataSpec
 
 
 def data(idle_minutes: int = 30, retention_days: int = 90) -> DataSpec:

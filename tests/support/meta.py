@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from zapflow.core.signature import SIGNATURE_HEADER, sign
+from zapflow.whatsapp.signature import SIGNATURE_HEADER, sign
 
 _sequence = itertools.count(1)
 

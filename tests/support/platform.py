@@ -17,15 +17,15 @@ from tests.support.tenants import make_tenant, secret
 from zapflow.conversation.app import create_app as conversation_app
 from zapflow.conversation.responder import Responder
 from zapflow.conversation.settings import ConversationSettings
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
-from zapflow.core.tenants import BotTenant
 from zapflow.gateway.app import create_app as gateway_app
 from zapflow.gateway.settings import GatewaySettings
+from zapflow.platform.settings import CoreSettings
 from zapflow.sandbox.app import create_app as sandbox_app
 from zapflow.sandbox.settings import SandboxSettings
 from zapflow.store.service import RecorderSettings
 from zapflow.store.service import create_app as recorder_app
+from zapflow.tenants.model import BotTenant
+from zapflow.tenants.registry import TenantRegistry
 
 T = TypeVar("T")
 

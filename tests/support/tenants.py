@@ -6,7 +6,7 @@ import itertools
 import uuid
 from typing import Any
 
-from zapflow.core.tenants import BotTenant, parse_tenant
+from zapflow.tenants.model import BotTenant, parse_tenant
 
 _numbers = itertools.count(100_000_000_000_100)
 

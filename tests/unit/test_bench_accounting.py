@@ -10,7 +10,7 @@ import pytest
 
 from bench import accounting, loadgen
 from bench.accounting import SendRecord, TurnRecord
-from zapflow.core.signature import signature_matches
+from zapflow.whatsapp.signature import signature_matches
 
 
 def turn(turn_id: str, *wamids: str, closed: float = 10.0, answered: float = 10.02) -> TurnRecord:

@@ -31,8 +31,8 @@ from tests.support.tenants import tenant_document
 from zapflow.conversation.llm import MAX_RETRIES, MAX_TOOL_ROUNDS, RETRY_WAIT_ALLOWANCE_S, OpenAIResponder
 from zapflow.conversation.responder import Answer, HistoryEntry, TurnInput
 from zapflow.conversation.tools import Tool, ToolError, ToolRegistry, ToolResult, default_tools
-from zapflow.core.settings import CoreSettings
-from zapflow.core.tenants import BotTenant, parse_tenant
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.model import BotTenant, parse_tenant
 from zapflow.v1 import inbound_pb2
 
 FALLBACK = "Our assistant is unavailable, a person will answer soon."

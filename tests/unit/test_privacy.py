@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from zapflow.analytics.pseudonym import PSEUDONYM_HEX_CHARS, pseudonymise, tenant_key
-from zapflow.core.logging import redact_phone
+from zapflow.platform.logging import redact_phone
 from zapflow.privacy.erasure import ErasureError, normalise_phone
 
 
@@ -46,7 +46,7 @@ def test_a_logged_phone_number_cannot_be_found_by_hashing_candidate_numbers() ->
     assert redacted.removeprefix("wa:") not in hashlib.sha256(phone.encode()).hexdigest()
     # The key lives and dies with the process: another one redacts the same number differently.
     other_process = subprocess.run(
-        [sys.executable, "-c", f"from zapflow.core.logging import redact_phone; print(redact_phone({phone!r}))"],
+        [sys.executable, "-c", f"from zapflow.platform.logging import redact_phone; print(redact_phone({phone!r}))"],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert other_process.stdout.strip() != redacted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.support.tenants import make_tenant
 from zapflow.conversation.rules import answer, reply_command
-from zapflow.core.tenants import BotSpec
+from zapflow.tenants.model import BotSpec
 from zapflow.v1 import inbound_pb2, outbound_pb2
 
 BOT = BotSpec.model_validate(

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.support.tenants import tenant_document
-from zapflow.core.tenants import (
+from zapflow.tenants.model import (
     SecretRef,
     SecretUnavailable,
     TenantError,

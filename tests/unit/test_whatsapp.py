@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tests.support import meta
-from zapflow.core.signature import sign, signature_matches
-from zapflow.core.whatsapp import PayloadError, parse_webhook, phone_number_ids_hint
+from zapflow.whatsapp.signature import sign, signature_matches
+from zapflow.whatsapp.webhook import PayloadError, parse_webhook, phone_number_ids_hint
 
 SENDER = "5511999990001"
 

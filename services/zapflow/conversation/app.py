@@ -14,11 +14,11 @@ from zapflow.conversation.llm import OpenAIResponder
 from zapflow.conversation.responder import Responder
 from zapflow.conversation.rules import RulesResponder
 from zapflow.conversation.settings import ConversationSettings
-from zapflow.core import bus, metrics
-from zapflow.core.http import FASTAPI_TELEMETRY_OFF, ops_router
-from zapflow.core.logging import configure_logging
-from zapflow.core.runtime import ServiceRuntime
-from zapflow.core.telemetry import configure_tracing
+from zapflow.platform import bus, metrics
+from zapflow.platform.http import FASTAPI_TELEMETRY_OFF, ops_router
+from zapflow.platform.logging import configure_logging
+from zapflow.platform.runtime import ServiceRuntime
+from zapflow.platform.telemetry import configure_tracing
 from zapflow.store.engine import create_engine
 from zapflow.store.repository import ConversationStore
 from zapflow.v1 import inbound_pb2

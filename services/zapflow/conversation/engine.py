@@ -41,12 +41,12 @@ from redis.asyncio import Redis
 from zapflow.conversation.responder import Answer, HistoryEntry, Responder, TurnInput, describe
 from zapflow.conversation.rules import reply_command
 from zapflow.conversation.settings import ConversationSettings
-from zapflow.core import bus, metrics
-from zapflow.core.logging import get_logger
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.state import tenant_key
-from zapflow.core.telemetry import extract_context
-from zapflow.core.tenants import BotTenant
+from zapflow.platform import bus, metrics
+from zapflow.platform.logging import get_logger
+from zapflow.platform.redis import tenant_key
+from zapflow.platform.telemetry import extract_context
+from zapflow.tenants.model import BotTenant
+from zapflow.tenants.registry import TenantRegistry
 from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2
 
 log = get_logger(__name__)

@@ -26,9 +26,9 @@ from pydantic import Field as ModelField
 
 from zapflow.conversation.responder import Answer, TurnInput, describe
 from zapflow.conversation.tools import ToolRegistry, default_tools
-from zapflow.core.logging import get_logger
-from zapflow.core.settings import CoreSettings
-from zapflow.core.tenants import OpenAISpec, ReplySpec, SecretUnavailable, resolve_secret
+from zapflow.platform.logging import get_logger
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.model import OpenAISpec, ReplySpec, SecretUnavailable, resolve_secret
 
 log = get_logger(__name__)
 

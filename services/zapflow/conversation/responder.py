@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from zapflow.core.tenants import BotTenant, ReplySpec
+from zapflow.tenants.model import BotTenant, ReplySpec
 from zapflow.v1 import inbound_pb2
 
 

@@ -6,7 +6,7 @@ import re
 import unicodedata
 
 from zapflow.conversation.responder import Answer, TurnInput, message_text
-from zapflow.core.tenants import BotSpec, ReplySpec, RuleSpec
+from zapflow.tenants.model import BotSpec, ReplySpec, RuleSpec
 from zapflow.v1 import inbound_pb2, outbound_pb2
 
 

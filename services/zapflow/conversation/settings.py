@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from zapflow.core.settings import CoreSettings
+from zapflow.platform.settings import CoreSettings
 
 
 class ConversationSettings(BaseSettings):

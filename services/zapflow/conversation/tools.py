@@ -21,7 +21,7 @@ from typing import Any
 from openai.types.chat import ChatCompletionFunctionToolParam
 
 from zapflow.conversation.responder import TurnInput
-from zapflow.core.logging import get_logger
+from zapflow.platform.logging import get_logger
 
 log = get_logger(__name__)
 

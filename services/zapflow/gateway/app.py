@@ -9,12 +9,12 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from zapflow.core.http import FASTAPI_TELEMETRY_OFF, ops_router
-from zapflow.core.logging import configure_logging
-from zapflow.core.telemetry import configure_tracing
 from zapflow.gateway import webhook
 from zapflow.gateway.runtime import GatewayRuntime
 from zapflow.gateway.settings import GatewaySettings
+from zapflow.platform.http import FASTAPI_TELEMETRY_OFF, ops_router
+from zapflow.platform.logging import configure_logging
+from zapflow.platform.telemetry import configure_tracing
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:

@@ -23,12 +23,6 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
-from zapflow.core import bus, metrics
-from zapflow.core.logging import get_logger
-from zapflow.core.registry import TenantRegistry
-from zapflow.core.settings import CoreSettings
-from zapflow.core.state import RateLimiter, tenant_key
-from zapflow.core.tenants import BotTenant, SecretUnavailable, resolve_secret
 from zapflow.gateway.graph import (
     GraphResult,
     Outcome,
@@ -37,6 +31,12 @@ from zapflow.gateway.graph import (
     graph_payload,
 )
 from zapflow.gateway.settings import GatewaySettings
+from zapflow.platform import bus, metrics
+from zapflow.platform.logging import get_logger
+from zapflow.platform.redis import RateLimiter, tenant_key
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.model import BotTenant, SecretUnavailable, resolve_secret
+from zapflow.tenants.registry import TenantRegistry
 from zapflow.v1 import outbound_pb2 as pb
 
 log = get_logger(__name__)

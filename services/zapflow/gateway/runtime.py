@@ -9,10 +9,10 @@ from typing import Annotated
 import aiohttp
 from fastapi import Depends, Request
 
-from zapflow.core import bus
-from zapflow.core.runtime import ServiceRuntime
 from zapflow.gateway.egress import EGRESS, Egress
 from zapflow.gateway.settings import GatewaySettings
+from zapflow.platform import bus
+from zapflow.platform.runtime import ServiceRuntime
 from zapflow.v1 import outbound_pb2
 
 GATEWAY_STREAMS = (bus.INBOUND, bus.STATUS, bus.OUTBOUND, bus.EVENTS, bus.DEAD_LETTER)

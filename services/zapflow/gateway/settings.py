@@ -7,7 +7,7 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from zapflow.core.settings import CoreSettings
+from zapflow.platform.settings import CoreSettings
 
 
 class GatewaySettings(BaseSettings):

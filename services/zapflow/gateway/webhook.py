@@ -14,12 +14,12 @@ from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from zapflow.core import bus, metrics
-from zapflow.core.logging import get_logger
-from zapflow.core.signature import signature_matches
-from zapflow.core.tenants import BotTenant, SecretUnavailable, resolve_secret
-from zapflow.core.whatsapp import PayloadError, parse_webhook, phone_number_ids_hint
 from zapflow.gateway.runtime import GatewayRuntime, Runtime
+from zapflow.platform import bus, metrics
+from zapflow.platform.logging import get_logger
+from zapflow.tenants.model import BotTenant, SecretUnavailable, resolve_secret
+from zapflow.whatsapp.signature import signature_matches
+from zapflow.whatsapp.webhook import PayloadError, parse_webhook, phone_number_ids_hint
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/webhook", tags=["webhook"])

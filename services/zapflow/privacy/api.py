@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field, SecretStr
 
-from zapflow.core.http import require_admin
-from zapflow.core.tenants import TENANT_NAME_PATTERN
+from zapflow.platform.http import require_admin
 from zapflow.privacy.erasure import Eraser, ErasureError, ErasureIncomplete, ErasureRecord, list_erasures
+from zapflow.tenants.model import TENANT_NAME_PATTERN
 
 
 class ErasureRequest(BaseModel):

@@ -46,15 +46,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from zapflow.analytics import pseudonym
 from zapflow.analytics.warehouse import TABLES, WarehouseError, changed_rows, open_warehouse, transaction
 from zapflow.conversation.engine import DUE_KEY, due_member
-from zapflow.core import bus, metrics
-from zapflow.core.logging import get_logger
-from zapflow.core.settings import CoreSettings
-from zapflow.core.state import connect_redis, tenant_key
-from zapflow.core.tenants import TENANT_NAME_PATTERN
+from zapflow.platform import bus, metrics
+from zapflow.platform.logging import get_logger
+from zapflow.platform.redis import connect_redis, tenant_key
+from zapflow.platform.settings import CoreSettings
 from zapflow.store.engine import create_engine, flush_deleted_rows
 from zapflow.store.lifecycle import erase_contact
 from zapflow.store.migrate import require_migrated
 from zapflow.store.models import Erasure
+from zapflow.tenants.model import TENANT_NAME_PATTERN
 
 log = get_logger(__name__)
 

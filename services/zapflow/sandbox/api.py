@@ -12,7 +12,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from zapflow.core.tenants import TENANT_NAME_PATTERN
 from zapflow.sandbox.chat import ChatHub
 from zapflow.sandbox.delivery import GatewayAnswer, GatewayUnreachable
 from zapflow.sandbox.graph import GraphEmulator
@@ -26,6 +25,7 @@ from zapflow.sandbox.numbers import (
     default_waba_id,
 )
 from zapflow.sandbox.recording import FaultPlan, Recorder
+from zapflow.tenants.model import TENANT_NAME_PATTERN
 
 PHONE_NUMBER_ID_PATTERN = r"^[0-9]{1,32}$"
 # Keep-alive comments on the chat stream, so proxies and browsers do not drop an idle chat.

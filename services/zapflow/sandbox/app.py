@@ -12,8 +12,8 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zapflow.core.http import FASTAPI_TELEMETRY_OFF
-from zapflow.core.logging import configure_logging, get_logger
+from zapflow.platform.http import FASTAPI_TELEMETRY_OFF
+from zapflow.platform.logging import configure_logging, get_logger
 from zapflow.sandbox.api import SandboxServices, routers
 from zapflow.sandbox.chat import ChatHub
 from zapflow.sandbox.delivery import BackgroundTasks, StatusLifecycle, WebhookDelivery

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from zapflow.core.logging import get_logger
+from zapflow.platform.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import httpx
 
-from zapflow.core.logging import get_logger, redact_phone
-from zapflow.core.signature import SIGNATURE_HEADER, sign
+from zapflow.platform.logging import get_logger, redact_phone
 from zapflow.sandbox.meta import StatusName, encode_webhook, status_webhook
 from zapflow.sandbox.numbers import SandboxNumber
 from zapflow.sandbox.recording import SentMessage
 from zapflow.sandbox.settings import SandboxSettings
+from zapflow.whatsapp.signature import SIGNATURE_HEADER, sign
 
 log = get_logger(__name__)
 

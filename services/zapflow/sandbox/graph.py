@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from zapflow.core.logging import get_logger, redact_phone
+from zapflow.platform.logging import get_logger, redact_phone
 from zapflow.sandbox.chat import ChatEvent, ChatHub
 from zapflow.sandbox.delivery import StatusLifecycle
 from zapflow.sandbox.meta import (

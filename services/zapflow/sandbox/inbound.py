@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from zapflow.core.logging import get_logger
+from zapflow.platform.logging import get_logger
 from zapflow.sandbox.delivery import GatewayAnswer, WebhookDelivery
 from zapflow.sandbox.meta import unix_timestamp
 from zapflow.sandbox.numbers import SandboxNumber

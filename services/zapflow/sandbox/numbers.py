@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zapflow.core.tenants import BotTenant, load_tenant_documents, resolve_secret
+from zapflow.tenants.model import BotTenant, load_tenant_documents, resolve_secret
 
 
 @dataclass(frozen=True)

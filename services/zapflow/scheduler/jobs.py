@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from zapflow.analytics.archive import Archiver
 from zapflow.analytics.warehouse import delete_sessions_opened_before, open_warehouse
-from zapflow.core import metrics
-from zapflow.core.logging import get_logger
+from zapflow.platform import metrics
+from zapflow.platform.logging import get_logger
 from zapflow.store.lifecycle import DataSpecOf, close_idle_conversations, delete_expired_conversations
 
 log = get_logger(__name__)

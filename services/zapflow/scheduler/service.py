@@ -24,19 +24,19 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 
-from zapflow.core import bus
-from zapflow.core.http import FASTAPI_TELEMETRY_OFF, ops_router
-from zapflow.core.logging import configure_logging, get_logger
-from zapflow.core.registry import TenantRegistry, open_bucket
-from zapflow.core.runtime import ServiceRuntime
-from zapflow.core.settings import CoreSettings
-from zapflow.core.telemetry import configure_tracing
-from zapflow.core.tenants import BotTenant, DataSpec
+from zapflow.platform import bus
+from zapflow.platform.http import FASTAPI_TELEMETRY_OFF, ops_router
+from zapflow.platform.logging import configure_logging, get_logger
+from zapflow.platform.runtime import ServiceRuntime
+from zapflow.platform.settings import CoreSettings
+from zapflow.platform.telemetry import configure_tracing
 from zapflow.privacy.api import erasures_router
 from zapflow.privacy.erasure import Eraser
 from zapflow.scheduler.jobs import Jobs
 from zapflow.store.engine import create_engine
 from zapflow.store.migrate import require_migrated
+from zapflow.tenants.model import BotTenant, DataSpec
+from zapflow.tenants.registry import TenantRegistry, open_bucket
 
 log = get_logger(__name__)
 

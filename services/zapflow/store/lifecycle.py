@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from zapflow.core.tenants import DataSpec
 from zapflow.store.models import (
     CONVERSATION_CLOSED,
     CONVERSATION_OPEN,
@@ -27,6 +26,7 @@ from zapflow.store.models import (
     MessageStatus,
     Turn,
 )
+from zapflow.tenants.model import DataSpec
 
 # Conversations deleted per transaction by the retention job: short transactions, so recording
 # never waits long behind it.

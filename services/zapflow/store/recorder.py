@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
-from zapflow.core import bus, metrics
-from zapflow.core.runtime import ServiceRuntime
+from zapflow.platform import bus, metrics
+from zapflow.platform.runtime import ServiceRuntime
 from zapflow.store.repository import ConversationStore, Event, Recorded, SequencedInbound
 from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2
 

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import InstrumentedAttribute
 
 from zapflow.conversation.responder import HistoryEntry, describe
-from zapflow.core.logging import get_logger
+from zapflow.platform.logging import get_logger
 from zapflow.store.errors import StoreError
 from zapflow.store.models import (
     CONVERSATION_CLOSED,

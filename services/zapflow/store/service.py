@@ -16,11 +16,11 @@ from fastapi import FastAPI
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from zapflow.core.http import FASTAPI_TELEMETRY_OFF, ops_router
-from zapflow.core.logging import configure_logging
-from zapflow.core.runtime import ServiceRuntime
-from zapflow.core.settings import CoreSettings
-from zapflow.core.telemetry import configure_tracing
+from zapflow.platform.http import FASTAPI_TELEMETRY_OFF, ops_router
+from zapflow.platform.logging import configure_logging
+from zapflow.platform.runtime import ServiceRuntime
+from zapflow.platform.settings import CoreSettings
+from zapflow.platform.telemetry import configure_tracing
 from zapflow.store.engine import create_engine
 from zapflow.store.migrate import require_migrated
 from zapflow.store.recorder import RECORDED_STREAMS, Recorder, WriteBatcher

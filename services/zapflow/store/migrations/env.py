@@ -14,7 +14,7 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection
 
-from zapflow.core.settings import CoreSettings
+from zapflow.platform.settings import CoreSettings
 from zapflow.store.engine import create_engine
 from zapflow.store.models import Base, UtcDateTime
 

@@ -13,10 +13,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from redis.asyncio import Redis
 
-from zapflow.core import bus
-from zapflow.core.registry import TenantRegistry, open_bucket
-from zapflow.core.settings import CoreSettings
-from zapflow.core.state import connect_redis
+from zapflow.platform import bus
+from zapflow.platform.redis import connect_redis
+from zapflow.platform.settings import CoreSettings
+from zapflow.tenants.registry import TenantRegistry, open_bucket
 
 
 @dataclass

@@ -11,7 +11,7 @@ from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
-from zapflow.core.runtime import ServiceRuntime
+from zapflow.platform.runtime import ServiceRuntime
 
 # FastAPI's built-in telemetry would add a second set of server spans and metrics on every
 # request; zapflow's own spans and Prometheus metrics are the ones dashboards use.

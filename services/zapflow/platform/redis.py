@@ -9,7 +9,7 @@ import asyncio
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from zapflow.core import metrics
+from zapflow.platform import metrics
 
 
 def connect_redis(url: str, max_connections: int = 64) -> Redis:

@@ -11,9 +11,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from zapflow.core import metrics
-from zapflow.core.logging import get_logger
-from zapflow.core.tenants import BotTenant, TenantError, parse_tenant
+from zapflow.platform import metrics
+from zapflow.platform.logging import get_logger
+from zapflow.tenants.model import BotTenant, TenantError, parse_tenant
 
 log = get_logger(__name__)
 

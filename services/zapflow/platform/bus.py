@@ -19,9 +19,9 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 from opentelemetry import trace
 
-from zapflow.core import metrics
-from zapflow.core.logging import get_logger
-from zapflow.core.telemetry import extract_context, inject_headers
+from zapflow.platform import metrics
+from zapflow.platform.logging import get_logger
+from zapflow.platform.telemetry import extract_context, inject_headers
 from zapflow.v1 import turn_pb2
 
 log = get_logger(__name__)

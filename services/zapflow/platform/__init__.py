@@ -1,0 +1,1 @@
+"""The platform layer every service is built on: settings, connections, the bus, the catalogue, HTTP, the supervisor."""
