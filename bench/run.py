@@ -42,7 +42,7 @@ from redis.asyncio import Redis  # noqa: E402
 
 from bench import accounting, loadgen, profile  # noqa: E402
 from bench.stack import BenchError, Ports, ResourceMonitor, Stack  # noqa: E402
-from zapflow.store import recorder  # noqa: E402
+from zapflow.platform import catalogue, keys  # noqa: E402
 from zapflow.v1 import inbound_pb2, turn_pb2  # noqa: E402
 
 TARGETS = {
@@ -57,8 +57,7 @@ DEBOUNCE = {"windowMs": 300, "maxWaitMs": 1000}
 # window and its maximum wait, so every message is its own turn and turns map 1:1 to messages.
 CONTACT_GAP_S = 4.0
 RECORDER_CONSUMERS = tuple(
-    (spec.stream.name, spec.durable)
-    for spec in (recorder.INBOUND, recorder.OUTBOUND, recorder.STATUSES, recorder.TURNS, recorder.RESULTS)
+    (spec.stream.name, spec.durable) for spec in catalogue.ALL_CONSUMERS if spec.service == catalogue.RECORDER_SERVICE
 )
 
 
@@ -302,12 +301,13 @@ def _seconds(stamp: Any) -> float:
 
 
 async def read_turns(js: Any) -> list[accounting.TurnRecord]:
-    info = await js.stream_info("ZF_EVENTS", subjects_filter="zf.evt.turn.>")
+    info = await js.stream_info(catalogue.EVENTS.name, subjects_filter=catalogue.events_of(catalogue.TURN))
     expected = sum((info.state.subjects or {}).values())
     turns: list[accounting.TurnRecord] = []
     if not expected:
         return turns
-    subscription = await js.subscribe("zf.evt.turn.>", stream="ZF_EVENTS", ordered_consumer=True)
+    turns_subject = catalogue.events_of(catalogue.TURN)
+    subscription = await js.subscribe(turns_subject, stream=catalogue.EVENTS.name, ordered_consumer=True)
     try:
         while len(turns) < expected:
             msg = await subscription.next_msg(timeout=10)
@@ -356,9 +356,9 @@ async def sample_backlogs(
     try:
         while not stop.is_set():
             with contextlib.suppress(Exception):
-                inbound = await js.consumer_info("ZF_INBOUND", "conversation")
-                outbound = await js.consumer_info("ZF_OUTBOUND", "gateway-egress")
-                overdue = await redis.zcount("zf:due", "-inf", int(time.time() * 1000) - 50)
+                inbound = await js.consumer_info(catalogue.INBOUND.name, catalogue.CONVERSATION_INBOUND.durable)
+                outbound = await js.consumer_info(catalogue.OUTBOUND.name, catalogue.EGRESS.durable)
+                overdue = await redis.zcount(keys.DUE, "-inf", int(time.time() * 1000) - 50)
                 store_backlog = await recorder_backlog(js) if record else None
                 series["inbound_pending"].append(int(inbound.num_pending or 0))
                 series["inbound_held"].append(int(inbound.num_ack_pending or 0))
@@ -402,8 +402,8 @@ async def recorder_catch_up(js: Any, stack: Stack, since: float, timeout_s: floa
 
 
 async def consumers_idle(js: Any) -> bool:
-    for stream, durable in (("ZF_INBOUND", "conversation"), ("ZF_OUTBOUND", "gateway-egress")):
-        info = await js.consumer_info(stream, durable)
+    for consumer in (catalogue.CONVERSATION_INBOUND, catalogue.EGRESS):
+        info = await js.consumer_info(consumer.stream.name, consumer.durable)
         if info.num_pending or info.num_ack_pending:
             return False
     return True
@@ -509,7 +509,7 @@ async def run(args: argparse.Namespace, stack: Stack, monitor: ResourceMonitor, 
         # at the JetStream ack; nothing downstream competes for the two cores).
         count = int(args.rate * args.duration)
         requests, _, _ = build_requests(documents, stack.ports.gateway, count, args.contacts, "55110", run_id)
-        before = await stream_messages(js, "ZF_INBOUND")
+        before = await stream_messages(js, catalogue.INBOUND.name)
         print(f"[2/4] ingress: {count} signed webhooks at {args.rate:.0f}/s over {args.connections} connections ...",
               flush=True)  # fmt: skip
         monitor.begin("ingress")
@@ -521,7 +521,7 @@ async def run(args: argparse.Namespace, stack: Stack, monitor: ResourceMonitor, 
         ingress["resources"] = monitor.end()
         ingress["duration_s"] = args.duration
         ingress["conversation_running"] = False
-        ingress["persisted_in_jetstream"] = await stream_messages(js, "ZF_INBOUND") - before
+        ingress["persisted_in_jetstream"] = await stream_messages(js, catalogue.INBOUND.name) - before
         report["phases"]["ingress"] = ingress
         lat = ingress["latency_from_schedule"]
         print(f"      {ingress['accepted']}/{count} accepted, {ingress['throughput_per_s']:.0f}/s, "
@@ -548,7 +548,7 @@ async def run(args: argparse.Namespace, stack: Stack, monitor: ResourceMonitor, 
 
         # The ingress messages were never consumed: purge them so the conversation service
         # starts on an empty inbound stream and the end-to-end phase measures only its own turns.
-        await js.purge_stream("ZF_INBOUND")
+        await js.purge_stream(catalogue.INBOUND.name)
 
         # Phase 3: end to end with the conversation service(s).
         stack.start_conversations(record=args.recorder)

@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 from tests.support import meta
 from tests.support.servers import ManagedServer, free_port
 from tests.support.tenants import tenant_document
-from zapflow.platform import bus
+from zapflow.platform import catalogue
 from zapflow.v1 import turn_pb2
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -192,8 +192,10 @@ async def chaos_monkey(stack: Stack, rng: random.Random) -> None:
 
 
 async def all_turns(js: JetStreamContext, tenant: str) -> list[turn_pb2.Turn]:
-    subscription = await js.subscribe(f"zf.evt.turn.{tenant}.>", stream=bus.EVENTS.name, ordered_consumer=True)
-    info = await js.stream_info(bus.EVENTS.name, subjects_filter=f"zf.evt.turn.{tenant}.>")
+    subscription = await js.subscribe(
+        catalogue.events_of(catalogue.TURN, tenant), stream=catalogue.EVENTS.name, ordered_consumer=True
+    )
+    info = await js.stream_info(catalogue.EVENTS.name, subjects_filter=catalogue.events_of(catalogue.TURN, tenant))
     turns = []
     for _ in range(sum((info.state.subjects or {}).values())):
         turns.append(turn_pb2.Turn.FromString((await subscription.next_msg(timeout=10)).data))

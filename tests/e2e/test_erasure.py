@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.support.devstack import DEMO_TENANT, DevProcess, converse, poll_until
+from zapflow.platform import catalogue
 
 pytestmark = pytest.mark.slow
 FORGOTTEN = "5511977770001"
@@ -95,7 +96,7 @@ def test_an_erased_customer_leaves_no_trace_in_the_data_directory(dev: DevProces
     assert erased.status_code == 201, erased.text
     record = erased.json()
     assert FORGOTTEN not in erased.text
-    assert record["summary"]["streams"]["ZF_INBOUND"] == 1
+    assert record["summary"]["streams"][catalogue.INBOUND.name] == 1
     assert record["summary"]["sql"]["rows"]["messages"] >= 2
     assert record["summary"]["analytics"]["sessions"] == 1
     assert "aof" in record["summary"]["redis"]["persistence_rewritten"]

@@ -8,19 +8,19 @@ import dataclasses
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from zapflow.platform import bus, metrics
+from zapflow.platform import bus, catalogue, metrics
 from zapflow.v1 import inbound_pb2, turn_pb2
 
 TENANT = "bus-test"
 
 
 async def test_streams_are_declared_idempotently_and_updated_in_place(js: JetStreamContext) -> None:
-    await bus.ensure_streams(js, bus.ALL_STREAMS)
-    await bus.ensure_streams(js, bus.ALL_STREAMS)
-    longer = dataclasses.replace(bus.INBOUND, max_age_s=bus.INBOUND.max_age_s * 2)
+    await bus.ensure_streams(js, catalogue.ALL_STREAMS)
+    await bus.ensure_streams(js, catalogue.ALL_STREAMS)
+    longer = dataclasses.replace(catalogue.INBOUND, max_age_s=catalogue.INBOUND.max_age_s * 2)
     await bus.ensure_stream(js, longer)
 
-    info = await js.stream_info("ZF_INBOUND")
+    info = await js.stream_info(catalogue.INBOUND.name)
     assert info.config.max_age == longer.max_age_s
     assert info.config.storage == "file"
     assert info.config.duplicate_window == 120.0
@@ -28,26 +28,26 @@ async def test_streams_are_declared_idempotently_and_updated_in_place(js: JetStr
 
 
 async def test_a_republished_fact_is_stored_once_and_counted(js: JetStreamContext) -> None:
-    await bus.ensure_stream(js, bus.INBOUND)
+    await bus.ensure_stream(js, catalogue.INBOUND)
     duplicates = metrics.DUPLICATES_DROPPED.labels(TENANT, "jetstream")
     before = duplicates._value.get()
     event = inbound_pb2.InboundMessage(tenant=TENANT, wamid="wamid.DUP")
-    first = await bus.publish(js, bus.inbound_subject(TENANT, "1"), event, "wamid.DUP")
-    second = await bus.publish(js, bus.inbound_subject(TENANT, "1"), event, "wamid.DUP")
+    first = await bus.publish(js, catalogue.inbound_subject(TENANT, "1"), event, "wamid.DUP")
+    second = await bus.publish(js, catalogue.inbound_subject(TENANT, "1"), event, "wamid.DUP")
     assert (first.duplicate, second.duplicate) == (None, True)
     assert first.seq == second.seq
     assert duplicates._value.get() == before + 1
 
 
 async def consume_until_dead_letter(
-    js: JetStreamContext, spec: bus.ConsumerSpec, payload: bytes, handler: bus.Handler[inbound_pb2.InboundMessage]
+    js: JetStreamContext, spec: catalogue.ConsumerSpec, payload: bytes, handler: bus.Handler[inbound_pb2.InboundMessage]
 ) -> turn_pb2.DeadLetter:
-    await bus.ensure_streams(js, (bus.INBOUND, bus.DEAD_LETTER))
-    letters = await js.subscribe(f"zf.dlq.{spec.service}.>", stream="ZF_DLQ")
+    await bus.ensure_streams(js, (catalogue.INBOUND, catalogue.DEAD_LETTER))
+    letters = await js.subscribe(catalogue.dead_letters_of(spec.service), stream=catalogue.DEAD_LETTER.name)
     consumer = bus.Consumer(js, spec, inbound_pb2.InboundMessage, handler)
     await consumer.start()
     try:
-        await js.publish(bus.inbound_subject(TENANT, "2"), payload, headers={bus.MSG_ID_HEADER: "wamid.POISON"})
+        await js.publish(catalogue.inbound_subject(TENANT, "2"), payload, headers={bus.MSG_ID_HEADER: "wamid.POISON"})
         letter = turn_pb2.DeadLetter.FromString((await letters.next_msg(timeout=20)).data)
     finally:
         await consumer.stop()
@@ -56,7 +56,9 @@ async def consume_until_dead_letter(
 
 
 async def test_a_failing_message_is_retried_with_backoff_then_dead_lettered(js: JetStreamContext) -> None:
-    spec = bus.ConsumerSpec(bus.INBOUND, "retry-test", "zf.in.>", "bustest", max_attempts=3, backoff_s=(0.05, 0.1))
+    spec = catalogue.ConsumerSpec(
+        catalogue.INBOUND, "retry-test", catalogue.INBOUND.subjects[0], "bustest", max_attempts=3, backoff_s=(0.05, 0.1)
+    )
     attempts: list[int] = []
 
     async def always_fails(_: inbound_pb2.InboundMessage, msg: Msg) -> None:
@@ -70,7 +72,7 @@ async def test_a_failing_message_is_retried_with_backoff_then_dead_lettered(js: 
     )
 
     assert attempts == [1, 2, 3]
-    assert letter.original_subject == f"zf.in.{TENANT}.2"
+    assert letter.original_subject == catalogue.inbound_subject(TENANT, "2")
     assert letter.message_id == "wamid.POISON"
     assert "downstream is broken" in letter.reason
     assert letter.deliveries == 3
@@ -78,7 +80,7 @@ async def test_a_failing_message_is_retried_with_backoff_then_dead_lettered(js: 
 
 
 async def test_an_undecodable_message_is_dead_lettered_at_once(js: JetStreamContext) -> None:
-    spec = bus.ConsumerSpec(bus.INBOUND, "decode-test", "zf.in.>", "bustest")
+    spec = catalogue.ConsumerSpec(catalogue.INBOUND, "decode-test", catalogue.INBOUND.subjects[0], "bustest")
     handled = asyncio.Event()
 
     async def never_called(_: inbound_pb2.InboundMessage, __: Msg) -> None:
@@ -91,7 +93,7 @@ async def test_an_undecodable_message_is_dead_lettered_at_once(js: JetStreamCont
 
 
 async def test_reject_dead_letters_without_retrying(js: JetStreamContext) -> None:
-    spec = bus.ConsumerSpec(bus.INBOUND, "reject-test", "zf.in.>", "bustest")
+    spec = catalogue.ConsumerSpec(catalogue.INBOUND, "reject-test", catalogue.INBOUND.subjects[0], "bustest")
     calls = 0
 
     async def rejects(_: inbound_pb2.InboundMessage, __: Msg) -> None:
@@ -101,9 +103,3 @@ async def test_reject_dead_letters_without_retrying(js: JetStreamContext) -> Non
 
     letter = await consume_until_dead_letter(js, spec, b"", rejects)
     assert (letter.reason, calls) == ("cannot ever work", 1)
-
-
-def test_tenant_is_read_from_every_kind_of_subject() -> None:
-    assert bus.tenant_of("zf.in.acme.5511") == "acme"
-    assert bus.tenant_of("zf.evt.turn.acme") == "acme"
-    assert bus.tenant_of("zf.dlq.gateway.zf.out.acme.5511") == "acme"

@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 from tests.support import meta
 from tests.support.platform import Platform, eventually, running_platform
 from tests.support.tenants import secret, tenant_document
-from zapflow.platform import metrics
+from zapflow.platform import catalogue, metrics
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.model import parse_tenant
 from zapflow.tenants.registry import TenantRegistry
@@ -85,7 +85,7 @@ async def test_a_copy_resent_after_the_dedup_window_is_dropped_by_the_message_ke
 ) -> None:
     wamid = await platform.say(CUSTOMER, "price")
     assert await platform.wait_for_texts(CUSTOMER, 2) == ["Welcome!", "It costs $10."]
-    stored = await js.get_last_msg("ZF_INBOUND", f"zf.in.{platform.tenant.name}.{CUSTOMER}")
+    stored = await js.get_last_msg(catalogue.INBOUND.name, catalogue.inbound_subject(platform.tenant.name, CUSTOMER))
     before = metrics.DUPLICATES_DROPPED.labels(platform.tenant.name, "message_key")._value.get()
     # Meta's retry days later: same wamid, new stream message (past JetStream's 2-minute window).
     await js.publish(stored.subject or "", stored.data or b"", headers={"Nats-Msg-Id": f"{wamid}-days-later"})

@@ -9,7 +9,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from tests.support.platform import Platform, running_platform
-from zapflow.platform import bus, metrics
+from zapflow.platform import bus, catalogue, metrics
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.registry import TenantRegistry
 from zapflow.v1 import outbound_pb2
@@ -48,7 +48,7 @@ async def inject(platform: Platform, kind: str, count: int) -> None:
 async def test_a_429_then_200_gives_exactly_one_send(platform: Platform, js: JetStreamContext) -> None:
     await inject(platform, "429", 1)
     await bus.publish(
-        js, bus.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-429", "hi"), "c-429"
+        js, catalogue.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-429", "hi"), "c-429"
     )
 
     assert await platform.wait_for_texts(CUSTOMER, 1) == ["hi"]
@@ -61,10 +61,10 @@ async def test_a_closed_window_131047_is_not_retried(platform: Platform, js: Jet
     before = violations._value.get()
     await inject(platform, "131047", 5)
     await bus.publish(
-        js, bus.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-win", "late"), "c-win"
+        js, catalogue.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-win", "late"), "c-win"
     )
 
-    result = await js.subscribe(bus.event_subject("sent", platform.tenant.name, CUSTOMER), stream="ZF_EVENTS")
+    result = await js.subscribe(catalogue.result_subject(platform.tenant.name, CUSTOMER), stream=catalogue.EVENTS.name)
     outcome = outbound_pb2.OutboundResult.FromString((await result.next_msg(timeout=15)).data)
     await result.unsubscribe()
 
@@ -75,7 +75,7 @@ async def test_a_closed_window_131047_is_not_retried(platform: Platform, js: Jet
 
 
 async def test_a_redelivered_command_is_not_sent_twice(platform: Platform, js: JetStreamContext) -> None:
-    subject = bus.outbound_subject(platform.tenant.name, CUSTOMER)
+    subject = catalogue.outbound_subject(platform.tenant.name, CUSTOMER)
     first = command(platform, "c-once", "only once")
     await bus.publish(js, subject, first, "c-once")
     await platform.wait_for_texts(CUSTOMER, 1)
@@ -94,17 +94,19 @@ async def test_a_command_abandoned_mid_call_is_dead_lettered_not_resent(
 ) -> None:
     from redis.asyncio import Redis
 
-    from zapflow.platform.redis import tenant_key
+    from zapflow.platform.keys import command_key
 
     # What a gateway killed during its Graph API call leaves behind: an expired "calling" lease.
     redis = Redis.from_url(core.redis_url, decode_responses=True)
-    await redis.set(tenant_key(platform.tenant.name, "out", "c-crashed"), "calling:1000.0")
+    await redis.set(command_key(platform.tenant.name, "c-crashed"), "calling:1000.0")
     await redis.aclose()
     await bus.publish(
-        js, bus.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-crashed", "?"), "c-crashed"
+        js, catalogue.outbound_subject(platform.tenant.name, CUSTOMER), command(platform, "c-crashed", "?"), "c-crashed"
     )
 
-    letters = await js.subscribe("zf.dlq.gateway.>", stream="ZF_DLQ")
+    letters = await js.subscribe(
+        catalogue.dead_letters_of(catalogue.GATEWAY_SERVICE), stream=catalogue.DEAD_LETTER.name
+    )
     from zapflow.v1 import turn_pb2
 
     letter = turn_pb2.DeadLetter.FromString((await letters.next_msg(timeout=15)).data)
@@ -117,7 +119,7 @@ async def test_egress_respects_the_numbers_rate_limit(
     core: CoreSettings, registry: TenantRegistry, js: JetStreamContext
 ) -> None:
     async with running_platform(core, registry, messages_per_second=20) as platform:
-        subject = bus.outbound_subject(platform.tenant.name, CUSTOMER)
+        subject = catalogue.outbound_subject(platform.tenant.name, CUSTOMER)
         for i in range(21):
             await bus.publish(js, subject, command(platform, f"rate-{i}", f"m{i}"), f"rate-{i}")
         await platform.wait_for_texts(CUSTOMER, 21)
@@ -128,7 +130,7 @@ async def test_egress_respects_the_numbers_rate_limit(
 
 async def test_a_retried_reply_is_not_overtaken_by_a_later_one(platform: Platform, js: JetStreamContext) -> None:
     await inject(platform, "429", 1)
-    subject = bus.outbound_subject(platform.tenant.name, CUSTOMER)
+    subject = catalogue.outbound_subject(platform.tenant.name, CUSTOMER)
     await bus.publish(js, subject, command(platform, "c-first", "first"), "c-first")
     await bus.publish(js, subject, command(platform, "c-second", "second"), "c-second")
 
@@ -168,9 +170,11 @@ async def test_a_tenant_with_a_hanging_graph_api_does_not_hold_up_another(
         for i in range(5):
             stuck_command = command(platform, f"stuck-{i}", "never")
             stuck_command.tenant, stuck_command.contact = stuck.name, f"55110000000{i}"
-            await bus.publish(js, bus.outbound_subject(stuck.name, stuck_command.contact), stuck_command, f"stuck-{i}")
+            await bus.publish(
+                js, catalogue.outbound_subject(stuck.name, stuck_command.contact), stuck_command, f"stuck-{i}"
+            )
         await asyncio.wait_for(all_stuck.wait(), timeout=15)  # egress is inside all five calls
-        subject = bus.outbound_subject(platform.tenant.name, CUSTOMER)
+        subject = catalogue.outbound_subject(platform.tenant.name, CUSTOMER)
         await bus.publish(js, subject, command(platform, "healthy", "on time"), "healthy")
 
         # Well before the stuck calls' 10 s timeout.

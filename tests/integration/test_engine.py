@@ -13,7 +13,8 @@ from tests.support import meta
 from tests.support.platform import Platform, running_platform
 from tests.support.tenants import secret
 from zapflow.conversation.responder import Answer, TurnInput
-from zapflow.platform.redis import tenant_key
+from zapflow.platform import catalogue
+from zapflow.platform.keys import ContactKeys
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.model import ReplySpec
 from zapflow.tenants.registry import TenantRegistry
@@ -25,7 +26,9 @@ QUIET_BOT: dict[str, Any] = {"rules": [], "fallback": {"text": "ok"}, "quoteAfte
 
 async def next_turns(js: JetStreamContext, platform: Platform, count: int, timeout: float = 20) -> list[turn_pb2.Turn]:
     """The next `count` turn events of the customer, read from JetStream as they are published."""
-    subscription = await js.subscribe(f"zf.evt.turn.{platform.tenant.name}.{CUSTOMER}", stream="ZF_EVENTS")
+    subscription = await js.subscribe(
+        catalogue.turn_subject(platform.tenant.name, CUSTOMER), stream=catalogue.EVENTS.name
+    )
     try:
         return [turn_pb2.Turn.FromString((await subscription.next_msg(timeout=timeout)).data) for _ in range(count)]
     finally:
@@ -53,7 +56,7 @@ async def test_a_burst_within_the_window_is_one_turn_with_every_message_in_order
 
         assert list(turn.inbound_wamids) == [m["id"] for m in burst]
         stored = [
-            inbound_pb2.InboundMessage.FromString((await js.get_msg("ZF_INBOUND", seq)).data or b"")
+            inbound_pb2.InboundMessage.FromString((await js.get_msg(catalogue.INBOUND.name, seq)).data or b"")
             for seq in turn.inbound_seqs
         ]
         assert [m.type for m in stored] == ["image", "location", "text"]
@@ -157,8 +160,8 @@ async def test_idempotency_key_lifetimes_are_per_tenant(
         (turn,) = await turns
         redis = Redis.from_url(core.redis_url, decode_responses=True)
         try:
-            message_ttl = await redis.ttl(tenant_key(platform.tenant.name, "msg", wamid))
-            turn_ttl = await redis.ttl(tenant_key(platform.tenant.name, "turn", turn.turn_id))
+            message_ttl = await redis.ttl(ContactKeys(platform.tenant.name, CUSTOMER).message(wamid))
+            turn_ttl = await redis.ttl(ContactKeys(platform.tenant.name, CUSTOMER).turn(turn.turn_id))
         finally:
             await redis.aclose()
         assert 0 < message_ttl <= 120

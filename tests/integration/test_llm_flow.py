@@ -10,7 +10,7 @@ from tests.support.http import serve
 from tests.support.openai_server import NOT_JSON, FakeOpenAI, Hang
 from tests.support.platform import eventually, running_platform
 from zapflow.platform import metrics
-from zapflow.platform.redis import tenant_key
+from zapflow.platform.keys import ContactKeys
 from zapflow.platform.settings import CoreSettings
 from zapflow.store.engine import create_engine
 from zapflow.store.repository import ConversationStore
@@ -79,7 +79,7 @@ async def test_history_comes_back_from_the_store_when_redis_lost_it(
         finally:
             await database.dispose()
         redis = Redis.from_url(core.redis_url)
-        await redis.delete(tenant_key(platform.tenant.name, "hist", CUSTOMER))  # Redis lost it
+        await redis.delete(ContactKeys(platform.tenant.name, CUSTOMER).history)  # Redis lost it
         await redis.aclose()
 
         await platform.say(CUSTOMER, "order 42")

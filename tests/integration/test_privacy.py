@@ -20,7 +20,8 @@ from tests.support.http import serve
 from tests.support.platform import Platform, eventually, running_platform
 from tests.support.servers import ManagedServer
 from tests.support.tenants import secret
-from zapflow.platform import bus
+from zapflow.platform import bus, catalogue
+from zapflow.platform.keys import ContactKeys
 from zapflow.platform.settings import CoreSettings
 from zapflow.privacy.erasure import Eraser
 from zapflow.scheduler.jobs import Jobs
@@ -87,26 +88,28 @@ async def test_an_erasure_removes_the_contact_from_every_store_and_spares_the_ot
                 return True if delivered == replies else None
 
             await eventually(both_delivered, what="both conversations delivered and in the store")
-            assert await redis.exists(f"zf:{tenant}:conv:{FORGOTTEN}")
+            assert await redis.exists(ContactKeys(tenant, FORGOTTEN).conversation)
 
             erased = await admin.post("/admin/v1/erasures", json={"tenant": tenant, "phone": FORGOTTEN}, headers=ADMIN)
 
             assert erased.status_code == 201, erased.text
             summary = erased.json()["summary"]
-            assert summary["streams"][bus.INBOUND.name] == 1
-            assert summary["streams"][bus.OUTBOUND.name] >= 1
-            assert summary["streams"][bus.EVENTS.name] >= 2  # the turn and the send result
+            assert summary["streams"][catalogue.INBOUND.name] == 1
+            assert summary["streams"][catalogue.OUTBOUND.name] >= 1
+            assert summary["streams"][catalogue.EVENTS.name] >= 2  # the turn and the send result
             assert summary["redis"]["keys"] >= 1
             for subjects, stream in (
-                (bus.inbound_subject, bus.INBOUND.name),
-                (bus.outbound_subject, bus.OUTBOUND.name),
-                (bus.status_subject, bus.STATUS.name),
+                (catalogue.inbound_subject, catalogue.INBOUND.name),
+                (catalogue.outbound_subject, catalogue.OUTBOUND.name),
+                (catalogue.status_subject, catalogue.STATUS.name),
             ):
                 assert await stream_messages(js, stream, subjects(tenant, FORGOTTEN)) == 0
                 assert await stream_messages(js, stream, subjects(tenant, KEPT)) >= 1
-            assert await stream_messages(js, bus.EVENTS.name, f"zf.evt.*.{tenant}.{FORGOTTEN}") == 0
-            assert [key async for key in redis.scan_iter(match=f"zf:{tenant}:*:{FORGOTTEN}")] == []
-            assert await redis.exists(f"zf:{tenant}:conv:{KEPT}")
+            assert (
+                await stream_messages(js, catalogue.EVENTS.name, catalogue.event_subject("*", tenant, FORGOTTEN)) == 0
+            )
+            assert await redis.exists(*ContactKeys(tenant, FORGOTTEN).all()) == 0
+            assert await redis.exists(ContactKeys(tenant, KEPT).conversation)
             assert await recorded_messages(core, FORGOTTEN) == 0
             assert await recorded_messages(core, KEPT) >= 2
     finally:
@@ -216,19 +219,24 @@ def test_the_cli_erases_and_refuses_bad_input(core: CoreSettings, tmp_path: Path
 async def test_every_subject_that_can_carry_the_contact_is_erased_dead_letters_included(
     core: CoreSettings, js: JetStreamContext, tmp_path: Path
 ) -> None:
-    await bus.ensure_streams(js, bus.ALL_STREAMS)
+    await bus.ensure_streams(js, catalogue.ALL_STREAMS)
     subjects = {
-        bus.INBOUND.name: bus.inbound_subject("acme", "{c}"),
-        bus.STATUS.name: bus.status_subject("acme", "{c}"),
-        bus.OUTBOUND.name: bus.outbound_subject("acme", "{c}"),
-        bus.EVENTS.name: bus.event_subject("turn", "acme", "{c}"),
-        bus.DEAD_LETTER.name: "zf.dlq.recorder.zf.in.acme.{c}",
+        catalogue.INBOUND.name: catalogue.inbound_subject("acme", "{c}"),
+        catalogue.STATUS.name: catalogue.status_subject("acme", "{c}"),
+        catalogue.OUTBOUND.name: catalogue.outbound_subject("acme", "{c}"),
+        catalogue.EVENTS.name: catalogue.event_subject("turn", "acme", "{c}"),
+        catalogue.DEAD_LETTER.name: catalogue.dead_letter_subject(
+            catalogue.RECORDER_SERVICE, catalogue.inbound_subject("acme", "{c}")
+        ),
     }
     for contact in (FORGOTTEN, KEPT):
         for subject in subjects.values():
             await js.publish(subject.format(c=contact), b"words of " + contact.encode())
-        await js.publish(f"zf.dlq.gateway.zf.evt.sent.acme.{contact}", b"a dead result")
-    await js.publish(f"zf.in.globex.{FORGOTTEN}", b"the same person at another tenant")
+        await js.publish(
+            catalogue.dead_letter_subject(catalogue.GATEWAY_SERVICE, catalogue.result_subject("acme", contact)),
+            b"a dead result",
+        )
+    await js.publish(catalogue.inbound_subject("globex", FORGOTTEN), b"the same person at another tenant")
     redis = Redis.from_url(core.redis_url, decode_responses=True)
     engine = create_engine(core.database_url)
     try:
@@ -239,13 +247,13 @@ async def test_every_subject_that_can_carry_the_contact_is_erased_dead_letters_i
         await redis.aclose()
 
     assert record.summary["streams"] == {
-        bus.INBOUND.name: 1,
-        bus.STATUS.name: 1,
-        bus.OUTBOUND.name: 1,
-        bus.EVENTS.name: 1,
-        bus.DEAD_LETTER.name: 2,
+        catalogue.INBOUND.name: 1,
+        catalogue.STATUS.name: 1,
+        catalogue.OUTBOUND.name: 1,
+        catalogue.EVENTS.name: 1,
+        catalogue.DEAD_LETTER.name: 2,
     }
     for stream, subject in subjects.items():
         assert await stream_messages(js, stream, subject.format(c=FORGOTTEN)) == 0
         assert await stream_messages(js, stream, subject.format(c=KEPT)) == 1
-    assert await stream_messages(js, bus.INBOUND.name, f"zf.in.globex.{FORGOTTEN}") == 1
+    assert await stream_messages(js, catalogue.INBOUND.name, catalogue.inbound_subject("globex", FORGOTTEN)) == 1

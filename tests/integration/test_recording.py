@@ -18,7 +18,7 @@ from tests.support import meta
 from tests.support.http import serve
 from tests.support.platform import eventually, running_platform
 from tests.support.tenants import secret
-from zapflow.platform import bus
+from zapflow.platform import bus, catalogue
 from zapflow.platform.settings import CoreSettings
 from zapflow.store.engine import create_engine
 from zapflow.store.models import Message, MessageStatus, Turn
@@ -93,12 +93,12 @@ async def test_a_burst_of_events_is_written_in_fewer_transactions_than_events(
         tenant, contact, turn_id = "acme", f"55119{n:08d}", f"in{n}-{n}"
         command = reply(turn_id, 0, "Plans start at $10.", contact=contact)
         burst += [
-            (bus.inbound_subject(tenant, contact), inbound(f"wamid.{n}", contact=contact), f"wamid.{n}"),
-            (bus.event_subject("turn", tenant, contact), turn(turn_id, [f"wamid.{n}"], contact=contact), turn_id),
-            (bus.outbound_subject(tenant, contact), command, command.command_id),
-            (bus.event_subject("sent", tenant, contact), sent(command, f"wamid.out.{n}"), f"{turn_id}:0:result"),
+            (catalogue.inbound_subject(tenant, contact), inbound(f"wamid.{n}", contact=contact), f"wamid.{n}"),
+            (catalogue.event_subject("turn", tenant, contact), turn(turn_id, [f"wamid.{n}"], contact=contact), turn_id),
+            (catalogue.outbound_subject(tenant, contact), command, command.command_id),
+            (catalogue.event_subject("sent", tenant, contact), sent(command, f"wamid.out.{n}"), f"{turn_id}:0:result"),
             (
-                bus.status_subject(tenant, contact),
+                catalogue.status_subject(tenant, contact),
                 status(f"wamid.out.{n}", "delivered", contact=contact),
                 f"wamid.out.{n}:delivered",
             ),

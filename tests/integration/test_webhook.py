@@ -16,6 +16,7 @@ from tests.support.servers import ManagedServer
 from tests.support.tenants import make_tenant, secret
 from zapflow.gateway.app import create_app
 from zapflow.gateway.settings import GatewaySettings
+from zapflow.platform import catalogue
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
@@ -39,7 +40,7 @@ async def gateway(core: CoreSettings, tenants: list[BotTenant]) -> AsyncIterator
         yield client
 
 
-async def stored(js: JetStreamContext, stream: str = "ZF_INBOUND") -> int:
+async def stored(js: JetStreamContext, stream: str = catalogue.INBOUND.name) -> int:
     info = await js.stream_info(stream)
     return int(info.state.messages)
 
@@ -71,7 +72,7 @@ async def test_signed_message_is_published_with_its_wamid_as_dedup_id(
     answer = await post(gateway, payload, secret(tenant))
 
     assert answer.status_code == 200, answer.text
-    stored_message = await js.get_last_msg("ZF_INBOUND", f"zf.in.{tenant.name}.{CUSTOMER}")
+    stored_message = await js.get_last_msg(catalogue.INBOUND.name, catalogue.inbound_subject(tenant.name, CUSTOMER))
     assert stored_message.headers is not None
     assert stored_message.headers["Nats-Msg-Id"] == message["id"]
     event = inbound_pb2.InboundMessage.FromString(stored_message.data)
@@ -86,8 +87,8 @@ async def test_statuses_are_published_with_wamid_and_status_as_dedup_id(
     number = tenant.spec.whatsapp.phone_number_id
     statuses = [meta.status(CUSTOMER, "wamid.S1", "sent"), meta.status(CUSTOMER, "wamid.S1", "delivered")]
     assert (await post(gateway, meta.notification(number, statuses=statuses), secret(tenant))).status_code == 200
-    assert await stored(js, "ZF_STATUS") == 2
-    last = await js.get_last_msg("ZF_STATUS", f"zf.status.{tenant.name}.{CUSTOMER}")
+    assert await stored(js, catalogue.STATUS.name) == 2
+    last = await js.get_last_msg(catalogue.STATUS.name, catalogue.status_subject(tenant.name, CUSTOMER))
     assert last.headers is not None
     assert last.headers["Nats-Msg-Id"] == "wamid.S1:delivered"
 

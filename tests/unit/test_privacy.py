@@ -31,7 +31,7 @@ def test_phone_numbers_are_taken_as_people_write_them(written: str, wa_id: str) 
     assert normalise_phone(written) == wa_id
 
 
-@pytest.mark.parametrize("written", ["", "12345", "+55 11 9876x-4321", "1234567890123456", "zf.in.>"])
+@pytest.mark.parametrize("written", ["", "12345", "+55 11 9876x-4321", "1234567890123456", "in.*.>"])
 def test_anything_else_is_refused_with_a_reason(written: str) -> None:
     with pytest.raises(ErasureError, match="not a phone number"):
         normalise_phone(written)

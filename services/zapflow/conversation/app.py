@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from zapflow.conversation.engine import INBOUND_CONSUMER, Engine
+from zapflow.conversation.engine import Engine
 from zapflow.conversation.llm import OpenAIResponder
 from zapflow.conversation.responder import Responder
 from zapflow.conversation.rules import RulesResponder
 from zapflow.conversation.settings import ConversationSettings
-from zapflow.platform import bus, metrics
+from zapflow.platform import catalogue, metrics
 from zapflow.platform.http import FASTAPI_TELEMETRY_OFF, ops_router
 from zapflow.platform.logging import configure_logging
 from zapflow.platform.runtime import ServiceRuntime
@@ -23,7 +23,7 @@ from zapflow.store.engine import create_engine
 from zapflow.store.repository import ConversationStore
 from zapflow.v1 import inbound_pb2
 
-CONVERSATION_STREAMS = (bus.INBOUND, bus.OUTBOUND, bus.EVENTS, bus.DEAD_LETTER)
+CONVERSATION_STREAMS = (catalogue.INBOUND, catalogue.OUTBOUND, catalogue.EVENTS, catalogue.DEAD_LETTER)
 
 
 def count_responder_error(tenant: str, kind: str) -> None:
@@ -44,7 +44,7 @@ def create_app(settings: ConversationSettings, custom_responders: dict[str, Resp
         store = ConversationStore(database) if database is not None else None
         engine = Engine(runtime.nc, runtime.js, runtime.redis, runtime.registry, chosen, settings, store)
         await engine.start()
-        spec = dataclasses.replace(INBOUND_CONSUMER, ack_wait_s=settings.ack_wait_s)
+        spec = dataclasses.replace(catalogue.CONVERSATION_INBOUND, ack_wait_s=settings.ack_wait_s)
         await runtime.consume(spec, inbound_pb2.InboundMessage, engine.ingest)
         holder["runtime"] = runtime
         try:

@@ -41,9 +41,9 @@ from redis.asyncio import Redis
 from zapflow.conversation.responder import Answer, HistoryEntry, Responder, TurnInput, describe
 from zapflow.conversation.rules import reply_command
 from zapflow.conversation.settings import ConversationSettings
-from zapflow.platform import bus, metrics
+from zapflow.platform import bus, catalogue, metrics
+from zapflow.platform.keys import DUE, ContactKeys, due_member
 from zapflow.platform.logging import get_logger
-from zapflow.platform.redis import tenant_key
 from zapflow.platform.telemetry import extract_context
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
@@ -52,17 +52,6 @@ from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2
 log = get_logger(__name__)
 tracer = trace.get_tracer(__name__)
 
-INBOUND_CONSUMER = bus.ConsumerSpec(
-    stream=bus.INBOUND,
-    durable="conversation",
-    filter_subject="zf.in.>",
-    service="conversation",
-    # Held messages wait for their turn: debounce (10 s at most) plus the responder.
-    ack_wait_s=30.0,
-    max_ack_pending=50_000,
-    batch=256,
-)
-DUE_KEY = "zf:due"
 # Types that are events about the chat rather than something to answer.
 SILENT_TYPES = frozenset({"reaction", "system", "unsupported"})
 
@@ -127,38 +116,6 @@ class HistorySource(Protocol):
     """Where history comes from when Redis has none: the relational store."""
 
     async def history(self, tenant: str, contact: str, turns: int) -> tuple[HistoryEntry, ...]: ...
-
-
-def due_member(tenant: str, contact: str) -> str:
-    return f"{tenant}|{contact}"
-
-
-@dataclass
-class ContactKeys:
-    tenant: str
-    contact: str
-
-    @property
-    def conversation(self) -> str:
-        return tenant_key(self.tenant, "conv", self.contact)
-
-    @property
-    def lock(self) -> str:
-        return tenant_key(self.tenant, "lock", self.contact)
-
-    @property
-    def inflight(self) -> str:
-        return tenant_key(self.tenant, "inflight", self.contact)
-
-    @property
-    def history(self) -> str:
-        return tenant_key(self.tenant, "hist", self.contact)
-
-    def message(self, wamid: str) -> str:
-        return tenant_key(self.tenant, "msg", wamid)
-
-    def turn(self, turn_id: str) -> str:
-        return tenant_key(self.tenant, "turn", turn_id)
 
 
 @dataclass
@@ -268,7 +225,7 @@ class Engine:
     # --- lifecycle ---
 
     async def start(self) -> None:
-        self._turn_events = await self._nc.subscribe("zf.evt.turn.>", cb=self._on_turn_event)
+        self._turn_events = await self._nc.subscribe(catalogue.events_of(catalogue.TURN), cb=self._on_turn_event)
         self._loops = [
             asyncio.create_task(self._close_due_turns(), name="engine-closer"),
             asyncio.create_task(self._heartbeat(), name="engine-heartbeat"),
@@ -292,7 +249,7 @@ class Engine:
             raise bus.RetryLater(f"tenant {message.tenant} is not in the registry (yet)")
         keys = ContactKeys(message.tenant, message.contact)
         seq = msg.metadata.sequence.stream
-        script_keys = [keys.conversation, DUE_KEY, keys.message(message.wamid)]
+        script_keys = [keys.conversation, DUE, keys.message(message.wamid)]
         script_args: list[str | int] = [
             seq,
             self._message_ttl(tenant),
@@ -317,7 +274,7 @@ class Engine:
         if known is not None:
             return int(known)
         try:
-            last = await self._js.get_last_msg(bus.EVENTS.name, turn_subject(keys.tenant, keys.contact))
+            last = await self._js.get_last_msg(catalogue.EVENTS.name, catalogue.turn_subject(keys.tenant, keys.contact))
             cursor = turn_pb2.Turn.FromString(last.data or b"").last_inbound_seq
         except NotFoundError:
             cursor = 0
@@ -338,7 +295,7 @@ class Engine:
 
     async def _close_once(self) -> None:
         now_ms = int(time.time() * 1000)
-        due = await self._redis.zrangebyscore(DUE_KEY, "-inf", now_ms, start=0, num=self._settings.closer_batch)
+        due = await self._redis.zrangebyscore(DUE, "-inf", now_ms, start=0, num=self._settings.closer_batch)
         # Hundreds of turns interleaving their awaits on one event loop make every one of them
         # slow; a bounded number at a time keeps turn latency low at the same throughput.
         room = self._settings.max_running_turns - len(self._running)
@@ -367,7 +324,7 @@ class Engine:
             task.add_done_callback(self._tasks.discard)
         if busy:
             # Look again shortly rather than on every tick while the other turn runs.
-            await self._redis.zadd(DUE_KEY, busy, xx=True, gt=True)
+            await self._redis.zadd(DUE, busy, xx=True, gt=True)
 
     async def _run_turn(self, keys: ContactKeys, token: str) -> None:
         closed_at = time.perf_counter()
@@ -430,7 +387,7 @@ class Engine:
         # The newest message ingested: reading stops there instead of paying a NotFound lookup
         # to learn the burst ended. Unknown after Redis lost its data: read to the stream's end.
         last_seen = int(known_last_seen) if known_last_seen is not None else None
-        subject = bus.inbound_subject(keys.tenant, keys.contact)
+        subject = catalogue.inbound_subject(keys.tenant, keys.contact)
         messages: list[tuple[int, inbound_pb2.InboundMessage]] = []
         trace_headers: list[dict[str, str]] = []
         duplicates: list[str] = []
@@ -439,7 +396,7 @@ class Engine:
             if last_seen is not None and last_seq >= last_seen:
                 break
             try:
-                raw = await self._js.get_msg(bus.INBOUND.name, seq=last_seq + 1, subject=subject, next=True)
+                raw = await self._js.get_msg(catalogue.INBOUND.name, seq=last_seq + 1, subject=subject, next=True)
             except NotFoundError:
                 break
             assert raw.seq is not None
@@ -460,7 +417,7 @@ class Engine:
         return pending
 
     async def _read(self, seq: int) -> tuple[inbound_pb2.InboundMessage, dict[str, str]]:
-        raw = await self._js.get_msg(bus.INBOUND.name, seq=seq)
+        raw = await self._js.get_msg(catalogue.INBOUND.name, seq=seq)
         return inbound_pb2.InboundMessage.FromString(raw.data or b""), dict(raw.headers or {})
 
     async def _answer(
@@ -473,7 +430,7 @@ class Engine:
             return None
         answerable = [(s, m) for s, m in pending.messages if m.type not in SILENT_TYPES]
         bot = tenant.spec.bot
-        subject = bus.outbound_subject(keys.tenant, keys.contact)
+        subject = catalogue.outbound_subject(keys.tenant, keys.contact)
         commands: list[str] = []
         answer = Answer("silent", ())
         if answerable:
@@ -509,7 +466,7 @@ class Engine:
             completion_tokens=answer.completion_tokens,
             actions=list(answer.actions),
         )
-        await bus.publish(self._js, turn_subject(keys.tenant, keys.contact), turn, pending.turn_id)
+        await bus.publish(self._js, catalogue.turn_subject(keys.tenant, keys.contact), turn, pending.turn_id)
         if answerable:
             metrics.TURN_LATENCY_SECONDS.labels(keys.tenant).observe(time.perf_counter() - closed_at)
             metrics.TURN_MESSAGES.labels(keys.tenant).observe(len(answerable))
@@ -603,7 +560,7 @@ class Engine:
                     pipe.expire(keys.history, self._settings.history_ttl_s)
             # EVAL, not the registered script: in a pipeline, redis-py would first ask SCRIPT
             # EXISTS, a round trip more; Redis caches the compiled script by its hash anyway.
-            finish_keys = (keys.conversation, DUE_KEY, keys.inflight, keys.lock)
+            finish_keys = (keys.conversation, DUE, keys.inflight, keys.lock)
             pipe.eval(_FINISH, len(finish_keys), *finish_keys, last_seq, due_member(keys.tenant, keys.contact), token)
             await pipe.execute()
         for msg in self._held.release_through(keys.tenant, keys.contact, last_seq):
@@ -640,8 +597,4 @@ class Engine:
             now_ms = int(time.time() * 1000)
             with contextlib.suppress(Exception):
                 for tenant, contact in contacts:
-                    await self._redis.zadd(DUE_KEY, {due_member(tenant, contact): now_ms}, nx=True)
-
-
-def turn_subject(tenant: str, contact: str) -> str:
-    return bus.event_subject("turn", tenant, contact)
+                    await self._redis.zadd(DUE, {due_member(tenant, contact): now_ms}, nx=True)

@@ -1,6 +1,6 @@
 """Egress: outbound commands from the bus become Graph API calls, each sent at most once.
 
-Every command has an idempotency key zf:<tenant>:out:<command_id> in Redis:
+Every command has an idempotency key in Redis (`keys.COMMAND`):
   absent            never tried (or a retryable failure released it) -> send
   calling:<epoch>   a call is under way; older than the lease means its process died mid-call
   sent:<wamid>      done: a redelivery is acknowledged without a second send
@@ -30,10 +30,10 @@ from zapflow.gateway.graph import (
     classify_transport_error,
     graph_payload,
 )
+from zapflow.gateway.ratelimit import RateLimiter
 from zapflow.gateway.settings import GatewaySettings
-from zapflow.platform import bus, metrics
+from zapflow.platform import bus, catalogue, keys, metrics
 from zapflow.platform.logging import get_logger
-from zapflow.platform.redis import RateLimiter, tenant_key
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.model import BotTenant, SecretUnavailable, resolve_secret
 from zapflow.tenants.registry import TenantRegistry
@@ -53,18 +53,6 @@ MAX_SETTLED_SKIPS = 20
 QUICK_ORDER_WAITS = 20
 SLOW_ORDER_WAIT_S = 2.0
 ACK_FLOOR_CACHE_S = 1.0
-
-EGRESS = bus.ConsumerSpec(
-    stream=bus.OUTBOUND,
-    durable="gateway-egress",
-    filter_subject="zf.out.>",
-    service="gateway",
-    ack_wait_s=60.0,
-    backoff_s=(1.0, 2.0, 5.0, 15.0, 60.0),
-    # Generous: waiting for an earlier command to the same contact also takes a delivery, and
-    # that wait must outlast a dead replica's ack wait (20 × 0.25 s, then 2 s each: ~6 min).
-    max_attempts=200,
-)
 
 
 class Egress:
@@ -91,9 +79,9 @@ class Egress:
         tenant = self._registry.by_name(command.tenant)
         if tenant is None:
             raise bus.RetryLater(f"tenant {command.tenant} is not in the registry (yet)")
-        key = tenant_key(command.tenant, "out", command.command_id)
+        key = keys.command_key(command.tenant, command.command_id)
         # Both reads every send starts with, in one round trip.
-        values = await self._redis.mget(tenant_key(command.tenant, "outcursor", command.contact), key)
+        values = await self._redis.mget(keys.ContactKeys(command.tenant, command.contact).outbound_cursor, key)
         cursor_value, state = (None if value is None else str(value) for value in values)
         await self._wait_for_earlier(command, msg, cursor_value)
         # A command dead-lettered on the way (bus.Reject) is moved past by `settled`, the
@@ -110,7 +98,7 @@ class Egress:
         consumer, since the earlier one may be redelivered through this very consumer.
         """
         seq = msg.metadata.sequence.stream
-        cursor_key = tenant_key(command.tenant, "outcursor", command.contact)
+        cursor_key = keys.ContactKeys(command.tenant, command.contact).outbound_cursor
         # Unknown cursor (a new contact, or Redis lost it): everything up to the consumer's ack
         # floor is settled for sure; what lies above it is checked one by one below.
         cursor = int(cursor_value) if cursor_value is not None else await self._ack_floor()
@@ -118,13 +106,15 @@ class Egress:
             if cursor >= seq - 1:
                 return
             try:
-                earlier = await self._js.get_msg(bus.OUTBOUND.name, seq=cursor + 1, subject=msg.subject, next=True)
+                earlier = await self._js.get_msg(
+                    catalogue.OUTBOUND.name, seq=cursor + 1, subject=msg.subject, next=True
+                )
             except NotFoundError:
                 return
             if earlier.seq is None or earlier.seq >= seq:
                 return
             earlier_command = pb.OutboundCommand.FromString(earlier.data or b"")
-            state = str(await self._redis.get(tenant_key(command.tenant, "out", earlier_command.command_id)) or "")
+            state = str(await self._redis.get(keys.command_key(command.tenant, earlier_command.command_id)) or "")
             if not state.startswith(("sent:", "failed:")):
                 metrics.OUTBOUND_REQUESTS.labels(command.tenant, "waiting_for_earlier").inc()
                 # Soon at first; then patiently, since a dead replica's command comes back only
@@ -140,7 +130,7 @@ class Egress:
         """The stream sequence below which the egress consumer has acknowledged everything."""
         now = time.monotonic()
         if now - self._ack_floor_read_at > ACK_FLOOR_CACHE_S:
-            info = await self._js.consumer_info(bus.OUTBOUND.name, EGRESS.durable)
+            info = await self._js.consumer_info(catalogue.OUTBOUND.name, catalogue.EGRESS.durable)
             self._ack_floor_value = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
             self._ack_floor_read_at = now
         return self._ack_floor_value
@@ -151,7 +141,7 @@ class Egress:
 
     async def _move_past(self, command: pb.OutboundCommand, msg: Msg) -> None:
         """This command is done for good (sent, refused or dead-lettered): later ones may go."""
-        cursor_key = tenant_key(command.tenant, "outcursor", command.contact)
+        cursor_key = keys.ContactKeys(command.tenant, command.contact).outbound_cursor
         await self._advance(keys=[cursor_key], args=[msg.metadata.sequence.stream, self._settings.sent_key_ttl_s])
 
     async def _deliver(
@@ -236,5 +226,5 @@ class Egress:
             error_title=result.error_title,
             at=bus.now_timestamp(),
         )
-        subject = bus.event_subject("sent", tenant, command.contact)
+        subject = catalogue.result_subject(tenant, command.contact)
         await bus.publish(self._js, subject, report, f"{command.command_id}:result")

@@ -9,13 +9,13 @@ from typing import Annotated
 import aiohttp
 from fastapi import Depends, Request
 
-from zapflow.gateway.egress import EGRESS, Egress
+from zapflow.gateway.egress import Egress
 from zapflow.gateway.settings import GatewaySettings
-from zapflow.platform import bus
+from zapflow.platform import catalogue
 from zapflow.platform.runtime import ServiceRuntime
 from zapflow.v1 import outbound_pb2
 
-GATEWAY_STREAMS = (bus.INBOUND, bus.STATUS, bus.OUTBOUND, bus.EVENTS, bus.DEAD_LETTER)
+GATEWAY_STREAMS = (catalogue.INBOUND, catalogue.STATUS, catalogue.OUTBOUND, catalogue.EVENTS, catalogue.DEAD_LETTER)
 
 
 @dataclass
@@ -35,7 +35,7 @@ class GatewayRuntime:
         )
         runtime = cls(settings, service, http)
         egress = Egress(service.js, service.redis, service.registry, runtime.http, settings)
-        spec = dataclasses.replace(EGRESS, ack_wait_s=settings.egress_ack_wait_s)
+        spec = dataclasses.replace(catalogue.EGRESS, ack_wait_s=settings.egress_ack_wait_s)
         await service.consume(spec, outbound_pb2.OutboundCommand, egress.handle, egress.settled)
         return runtime
 

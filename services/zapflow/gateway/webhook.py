@@ -15,7 +15,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from zapflow.gateway.runtime import GatewayRuntime, Runtime
-from zapflow.platform import bus, metrics
+from zapflow.platform import bus, catalogue, metrics
 from zapflow.platform.logging import get_logger
 from zapflow.tenants.model import BotTenant, SecretUnavailable, resolve_secret
 from zapflow.whatsapp.signature import signature_matches
@@ -133,11 +133,11 @@ async def _accept(request: Request, runtime: GatewayRuntime, signature: str | No
     for message in parsed.messages:
         message.tenant = tenants[message.phone_number_id].name
         message.received_at.CopyFrom(received_at)
-        subject = bus.inbound_subject(message.tenant, message.contact)
+        subject = catalogue.inbound_subject(message.tenant, message.contact)
         publishes.append((subject, message, message.wamid))
     for status in parsed.statuses:
         status.tenant = tenants[status.phone_number_id].name
-        subject = bus.status_subject(status.tenant, status.contact)
+        subject = catalogue.status_subject(status.tenant, status.contact)
         publishes.append((subject, status, f"{status.wamid}:{status.status}"))
 
     timeout = runtime.settings.publish_timeout_s

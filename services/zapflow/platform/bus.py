@@ -1,4 +1,4 @@
-"""NATS JetStream: the streams zapflow declares, publishing with dedup ids, and consumers."""
+"""NATS JetStream: connecting, declaring the catalogue's streams, publishing with dedup ids, and consumers."""
 
 from __future__ import annotations
 
@@ -20,82 +20,15 @@ from nats.js.errors import BadRequestError
 from opentelemetry import trace
 
 from zapflow.platform import metrics
+from zapflow.platform.catalogue import ConsumerSpec, StreamSpec, dead_letter_subject, tenant_of
 from zapflow.platform.logging import get_logger
 from zapflow.platform.telemetry import extract_context, inject_headers
 from zapflow.v1 import turn_pb2
 
 log = get_logger(__name__)
 
-DAY = 86_400.0
 MSG_ID_HEADER = "Nats-Msg-Id"
 TYPE_HEADER = "Zf-Type"
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """A stream zapflow owns. Limits are documented in the README's bus section."""
-
-    name: str
-    subjects: tuple[str, ...]
-    description: str
-    max_age_s: float
-    max_bytes: int = -1
-    # JetStream's default; Meta retries for days, so idempotency keys back this up.
-    duplicate_window_s: float = 120.0
-    # When full: refuse new messages (the publisher sees an error) instead of dropping the oldest.
-    discard_new: bool = False
-
-    def config(self, replicas: int) -> api.StreamConfig:
-        return api.StreamConfig(
-            name=self.name,
-            description=self.description,
-            subjects=list(self.subjects),
-            storage=api.StorageType.FILE,
-            retention=api.RetentionPolicy.LIMITS,
-            discard=api.DiscardPolicy.NEW if self.discard_new else api.DiscardPolicy.OLD,
-            max_age=self.max_age_s,
-            max_bytes=self.max_bytes,
-            duplicate_window=self.duplicate_window_s,
-            num_replicas=replicas,
-        )
-
-
-# Size limits are left to the deployment (JetStream's max_store, account limits): a fixed size
-# per stream would be reserved against the server's storage and refuse to start on a small disk.
-# When a size limit is reached, a full inbound stream refuses new messages: the gateway answers
-# 503 and Meta retries later, rather than the oldest unanswered messages being dropped (I1).
-INBOUND = StreamSpec("ZF_INBOUND", ("zf.in.>",), "Customer messages from WhatsApp", 7 * DAY, discard_new=True)
-STATUS = StreamSpec("ZF_STATUS", ("zf.status.>",), "Delivery statuses from WhatsApp", 7 * DAY)
-OUTBOUND = StreamSpec("ZF_OUTBOUND", ("zf.out.>",), "Commands for the WhatsApp Cloud API", 7 * DAY)
-EVENTS = StreamSpec("ZF_EVENTS", ("zf.evt.>",), "Turns and outbound results", 30 * DAY)
-DEAD_LETTER = StreamSpec("ZF_DLQ", ("zf.dlq.>",), "Messages that exhausted their deliveries", 30 * DAY)
-ALL_STREAMS = (INBOUND, STATUS, OUTBOUND, EVENTS, DEAD_LETTER)
-
-
-def inbound_subject(tenant: str, contact: str) -> str:
-    return f"zf.in.{tenant}.{contact}"
-
-
-def status_subject(tenant: str, contact: str) -> str:
-    return f"zf.status.{tenant}.{contact}"
-
-
-def outbound_subject(tenant: str, contact: str) -> str:
-    return f"zf.out.{tenant}.{contact}"
-
-
-def event_subject(kind: str, tenant: str, contact: str) -> str:
-    """Events carry the contact too, so an erasure can find every event about one customer."""
-    return f"zf.evt.{kind}.{tenant}.{contact}"
-
-
-def tenant_of(subject: str) -> str:
-    """The tenant token of any zapflow subject (zf.<kind>.<tenant>... or zf.evt.<kind>.<tenant>...)."""
-    tokens = subject.split(".")
-    if len(tokens) > 3 and tokens[1] == "dlq":
-        return tenant_of(".".join(tokens[3:]))
-    index = 3 if len(tokens) > 3 and tokens[1] == "evt" else 2
-    return tokens[index] if len(tokens) > index else "unknown"
 
 
 def now_timestamp() -> Timestamp:
@@ -174,40 +107,6 @@ class RetryLater(Exception):
 
 class Reject(Exception):
     """The message can never be handled: dead-letter it at once, with the reason."""
-
-
-@dataclass(frozen=True)
-class ConsumerSpec:
-    """A durable pull consumer and its delivery policy."""
-
-    stream: StreamSpec
-    durable: str
-    filter_subject: str
-    service: str
-    # Long enough for a Graph API call with retries; handlers that run longer heartbeat.
-    ack_wait_s: float = 30.0
-    # Attempts before dead-lettering; the server allows one more so a message that crashed
-    # the process on every attempt still reaches the dead-letter stream.
-    max_attempts: int = 5
-    backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0)
-    max_ack_pending: int = 2000
-    batch: int = 64
-    # Messages handled at once by one process (held messages count only while their handler runs).
-    max_in_flight: int = 256
-
-    def config(self) -> api.ConsumerConfig:
-        return api.ConsumerConfig(
-            durable_name=self.durable,
-            filter_subject=self.filter_subject,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_wait=self.ack_wait_s,
-            max_deliver=self.max_attempts + 1,
-            max_ack_pending=self.max_ack_pending,
-        )
-
-    def delay_after(self, attempt: int) -> float:
-        return self.backoff_s[min(attempt, len(self.backoff_s)) - 1]
 
 
 class Disposition(Enum):
@@ -357,7 +256,7 @@ class Consumer(Generic[E]):
             at=now_timestamp(),
         )
         dedup = f"{self.spec.durable}:{msg.metadata.sequence.stream}"
-        await publish(self.js, f"zf.dlq.{self.spec.service}.{msg.subject}", letter, dedup)
+        await publish(self.js, dead_letter_subject(self.spec.service, msg.subject), letter, dedup)
         metrics.DEAD_LETTERS.labels(tenant, self.spec.durable).inc()
         log.error("dead-lettered", consumer=self.spec.durable, subject_tenant=tenant, reason=reason)
         await msg.term()

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from redis.asyncio import Redis
 
-from zapflow.platform import bus
+from zapflow.platform import bus, catalogue
 from zapflow.platform.redis import connect_redis
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.registry import TenantRegistry, open_bucket
@@ -30,7 +30,7 @@ class ServiceRuntime:
     consumers: list[bus.Consumer[Any]] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, service: str, core: CoreSettings, streams: Sequence[bus.StreamSpec]) -> ServiceRuntime:
+    async def start(cls, service: str, core: CoreSettings, streams: Sequence[catalogue.StreamSpec]) -> ServiceRuntime:
         """Connect, declare the streams this service touches, and load the tenants."""
         nc = await bus.connect(core.nats_url, f"zapflow-{service}")
         js = nc.jetstream()
@@ -41,7 +41,7 @@ class ServiceRuntime:
 
     async def consume(
         self,
-        spec: bus.ConsumerSpec,
+        spec: catalogue.ConsumerSpec,
         event_type: type[Message],
         handler: bus.Handler[Any],
         on_dead_letter: Callable[[Msg], Awaitable[None]] | None = None,

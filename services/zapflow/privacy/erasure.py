@@ -45,10 +45,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from zapflow.analytics import pseudonym
 from zapflow.analytics.warehouse import TABLES, WarehouseError, changed_rows, open_warehouse, transaction
-from zapflow.conversation.engine import DUE_KEY, due_member
-from zapflow.platform import bus, metrics
+from zapflow.platform import bus, catalogue, metrics
+from zapflow.platform.keys import DUE, ContactKeys
 from zapflow.platform.logging import get_logger
-from zapflow.platform.redis import connect_redis, tenant_key
+from zapflow.platform.redis import connect_redis
 from zapflow.platform.settings import CoreSettings
 from zapflow.store.engine import create_engine, flush_deleted_rows
 from zapflow.store.lifecycle import erase_contact
@@ -81,18 +81,6 @@ def normalise_phone(phone: str) -> str:
     if not PHONE_DIGITS.match(digits):
         raise ErasureError(f"not a phone number: expected 6 to 15 digits, optionally with +, got {phone!r}")
     return digits
-
-
-def contact_subjects(tenant: str, contact: str) -> dict[str, tuple[str, ...]]:
-    """Every subject that can carry a message about the contact, by stream."""
-    return {
-        bus.INBOUND.name: (bus.inbound_subject(tenant, contact),),
-        bus.STATUS.name: (bus.status_subject(tenant, contact),),
-        bus.OUTBOUND.name: (bus.outbound_subject(tenant, contact),),
-        bus.EVENTS.name: (bus.event_subject("*", tenant, contact),),
-        # zf.dlq.<service>.<original subject>, events having one token more.
-        bus.DEAD_LETTER.name: (f"zf.dlq.*.zf.*.{tenant}.{contact}", f"zf.dlq.*.zf.evt.*.{tenant}.{contact}"),
-    }
 
 
 @dataclass(frozen=True)
@@ -161,9 +149,12 @@ class Eraser:
         return record
 
     async def _erase_redis(self, tenant: str, contact: str) -> dict[str, Any]:
-        keys = [key async for key in self._redis.scan_iter(match=tenant_key(tenant, "*", contact), count=1000)]
-        deleted = int(await self._redis.delete(*keys)) if keys else 0
-        await self._redis.zrem(DUE_KEY, due_member(tenant, contact))
+        keys = ContactKeys(tenant, contact)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys.all())
+            pipe.zrem(DUE, keys.due_member)
+            deleted, _ = await pipe.execute()
+        deleted = int(deleted)
         return {"keys": deleted, "persistence_rewritten": await self._rewrite_persistence()}
 
     async def _rewrite_persistence(self) -> list[str]:
@@ -186,7 +177,7 @@ class Eraser:
 
     async def _erase_streams(self, tenant: str, contact: str) -> dict[str, int]:
         erased: dict[str, int] = {}
-        for stream, subjects in contact_subjects(tenant, contact).items():
+        for stream, subjects in catalogue.contact_subjects(tenant, contact).items():
             erased[stream] = 0
             for subject in subjects:
                 for seq in await self._sequences(stream, subject):

@@ -24,8 +24,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 
-from zapflow.platform import bus
+from zapflow.platform import bus, catalogue
 from zapflow.platform.http import FASTAPI_TELEMETRY_OFF, ops_router
+from zapflow.platform.keys import SCHEDULER_LEADER
 from zapflow.platform.logging import configure_logging, get_logger
 from zapflow.platform.runtime import ServiceRuntime
 from zapflow.platform.settings import CoreSettings
@@ -40,7 +41,7 @@ from zapflow.tenants.registry import TenantRegistry, open_bucket
 
 log = get_logger(__name__)
 
-LEADER_KEY = "zf:scheduler:leader"
+
 # Renew the lease if we hold it; take it if nobody does. Returns 1 when we hold it.
 _LEASE = """
 local holder = redis.call('GET', KEYS[1])
@@ -107,7 +108,7 @@ class Scheduler:
 
     async def _hold_lease(self) -> bool:
         """Take or renew the lease for three intervals; whether this replica holds it."""
-        return bool(await self._lease(keys=[LEADER_KEY], args=[self._identity, int(self._interval_s * 3000)]))
+        return bool(await self._lease(keys=[SCHEDULER_LEADER], args=[self._identity, int(self._interval_s * 3000)]))
 
     async def _keep_lease(self) -> None:
         while True:
@@ -150,7 +151,7 @@ def create_app(settings: SchedulerSettings) -> FastAPI:
         core = settings.core
         await require_migrated(core.database_url)
         database = create_engine(core.database_url)
-        runtime = await ServiceRuntime.start("scheduler", core, bus.ALL_STREAMS)
+        runtime = await ServiceRuntime.start("scheduler", core, catalogue.ALL_STREAMS)
         secret = core.pseudonym_secret.get_secret_value()
         jobs = Jobs(database, core.analytics_path, secret, data_spec_lookup(runtime.registry.by_name))
         scheduler = Scheduler(jobs, runtime.redis, settings.interval_seconds)

@@ -18,24 +18,12 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
-from zapflow.platform import bus, metrics
+from zapflow.platform import catalogue, metrics
 from zapflow.platform.runtime import ServiceRuntime
 from zapflow.store.repository import ConversationStore, Event, Recorded, SequencedInbound
 from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2
 
-SERVICE = "recorder"
-RECORDED_STREAMS = (bus.INBOUND, bus.STATUS, bus.OUTBOUND, bus.EVENTS, bus.DEAD_LETTER)
-
-
-def _spec(stream: bus.StreamSpec, durable: str, subjects: str) -> bus.ConsumerSpec:
-    return bus.ConsumerSpec(stream=stream, durable=durable, filter_subject=subjects, service=SERVICE, batch=256)
-
-
-INBOUND = _spec(bus.INBOUND, "store-inbound", "zf.in.>")
-OUTBOUND = _spec(bus.OUTBOUND, "store-outbound", "zf.out.>")
-STATUSES = _spec(bus.STATUS, "store-statuses", "zf.status.>")
-TURNS = _spec(bus.EVENTS, "store-turns", "zf.evt.turn.>")
-RESULTS = _spec(bus.EVENTS, "store-results", "zf.evt.sent.>")
+RECORDED_STREAMS = (catalogue.INBOUND, catalogue.STATUS, catalogue.OUTBOUND, catalogue.EVENTS, catalogue.DEAD_LETTER)
 
 
 @dataclass
@@ -110,11 +98,11 @@ class Recorder:
         self._batcher = batcher
 
     async def start(self, runtime: ServiceRuntime) -> None:
-        await runtime.consume(INBOUND, inbound_pb2.InboundMessage, self._inbound)
-        await runtime.consume(OUTBOUND, outbound_pb2.OutboundCommand, self._record)
-        await runtime.consume(STATUSES, inbound_pb2.StatusUpdate, self._record)
-        await runtime.consume(TURNS, turn_pb2.Turn, self._record)
-        await runtime.consume(RESULTS, outbound_pb2.OutboundResult, self._record)
+        await runtime.consume(catalogue.RECORD_INBOUND, inbound_pb2.InboundMessage, self._inbound)
+        await runtime.consume(catalogue.RECORD_OUTBOUND, outbound_pb2.OutboundCommand, self._record)
+        await runtime.consume(catalogue.RECORD_STATUSES, inbound_pb2.StatusUpdate, self._record)
+        await runtime.consume(catalogue.RECORD_TURNS, turn_pb2.Turn, self._record)
+        await runtime.consume(catalogue.RECORD_RESULTS, outbound_pb2.OutboundResult, self._record)
 
     async def _inbound(self, message: inbound_pb2.InboundMessage, msg: Msg) -> None:
         await self._batcher.record(SequencedInbound(message, msg.metadata.sequence.stream))

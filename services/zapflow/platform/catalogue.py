@@ -1,0 +1,234 @@
+"""The catalogue of the bus: every stream, subject, filter and durable consumer zapflow uses.
+
+Nothing outside this module (and `keys.py` for Redis) spells a subject or a stream name: a test
+scans services, bench and tests for such literals. Subjects carry the tenant and the contact so
+that consumers can filter and partition and an erasure can find every message about one
+customer:
+
+    zf.in.<tenant>.<contact>                 customer messages         ZF_INBOUND
+    zf.status.<tenant>.<contact>             delivery statuses         ZF_STATUS
+    zf.out.<tenant>.<contact>                commands for the Graph API ZF_OUTBOUND
+    zf.evt.<kind>.<tenant>.<contact>         turns and send results    ZF_EVENTS
+    zf.dlq.<service>.<original subject>      dead letters              ZF_DLQ
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import api
+
+DAY = 86_400.0
+ROOT = "zf"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A stream zapflow owns. Limits are documented in docs/bus.md."""
+
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    max_age_s: float
+    max_bytes: int = -1
+    # JetStream's default; Meta retries for days, so idempotency keys back this up.
+    duplicate_window_s: float = 120.0
+    # When full: refuse new messages (the publisher sees an error) instead of dropping the oldest.
+    discard_new: bool = False
+
+    def config(self, replicas: int) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=self.name,
+            description=self.description,
+            subjects=list(self.subjects),
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.NEW if self.discard_new else api.DiscardPolicy.OLD,
+            max_age=self.max_age_s,
+            max_bytes=self.max_bytes,
+            duplicate_window=self.duplicate_window_s,
+            num_replicas=replicas,
+        )
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer and its delivery policy."""
+
+    stream: StreamSpec
+    durable: str
+    filter_subject: str
+    service: str
+    # Long enough for a Graph API call with retries; handlers that run longer heartbeat.
+    ack_wait_s: float = 30.0
+    # Attempts before dead-lettering; the server allows one more so a message that crashed
+    # the process on every attempt still reaches the dead-letter stream.
+    max_attempts: int = 5
+    backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0)
+    max_ack_pending: int = 2000
+    batch: int = 64
+    # Messages handled at once by one process (held messages count only while their handler runs).
+    max_in_flight: int = 256
+
+    def config(self) -> api.ConsumerConfig:
+        return api.ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self.filter_subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_attempts + 1,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+    def delay_after(self, attempt: int) -> float:
+        return self.backoff_s[min(attempt, len(self.backoff_s)) - 1]
+
+
+# --- subjects ---
+
+INBOUND_PREFIX = f"{ROOT}.in"
+STATUS_PREFIX = f"{ROOT}.status"
+OUTBOUND_PREFIX = f"{ROOT}.out"
+EVENTS_PREFIX = f"{ROOT}.evt"
+DEAD_LETTER_PREFIX = f"{ROOT}.dlq"
+
+# Event kinds: the token after zf.evt.
+TURN = "turn"  # a turn was answered (turn_pb2.Turn)
+SENT = "sent"  # the outcome of one Graph API call (outbound_pb2.SendResult)
+
+
+def every(prefix: str) -> str:
+    """The wildcard that matches every subject under a prefix."""
+    return f"{prefix}.>"
+
+
+def inbound_subject(tenant: str, contact: str) -> str:
+    return f"{INBOUND_PREFIX}.{tenant}.{contact}"
+
+
+def status_subject(tenant: str, contact: str) -> str:
+    return f"{STATUS_PREFIX}.{tenant}.{contact}"
+
+
+def outbound_subject(tenant: str, contact: str) -> str:
+    return f"{OUTBOUND_PREFIX}.{tenant}.{contact}"
+
+
+def event_subject(kind: str, tenant: str, contact: str) -> str:
+    """Events carry the contact too, so an erasure can find every event about one customer."""
+    return f"{EVENTS_PREFIX}.{kind}.{tenant}.{contact}"
+
+
+def turn_subject(tenant: str, contact: str) -> str:
+    return event_subject(TURN, tenant, contact)
+
+
+def result_subject(tenant: str, contact: str) -> str:
+    return event_subject(SENT, tenant, contact)
+
+
+def events_of(kind: str, tenant: str = "*") -> str:
+    """Every event of a kind, for every tenant or for one."""
+    return every(f"{EVENTS_PREFIX}.{kind}") if tenant == "*" else every(f"{EVENTS_PREFIX}.{kind}.{tenant}")
+
+
+def dead_letter_subject(service: str, original_subject: str) -> str:
+    return f"{DEAD_LETTER_PREFIX}.{service}.{original_subject}"
+
+
+def dead_letters_of(service: str) -> str:
+    return every(f"{DEAD_LETTER_PREFIX}.{service}")
+
+
+def tenant_of(subject: str) -> str:
+    """The tenant token of any zapflow subject (zf.<kind>.<tenant>... or zf.evt.<kind>.<tenant>...)."""
+    tokens = subject.split(".")
+    if len(tokens) > 3 and tokens[1] == "dlq":
+        return tenant_of(".".join(tokens[3:]))
+    index = 3 if len(tokens) > 3 and tokens[1] == "evt" else 2
+    return tokens[index] if len(tokens) > index else "unknown"
+
+
+# --- streams ---
+
+# Size limits are left to the deployment (JetStream's max_store, account limits): a fixed size
+# per stream would be reserved against the server's storage and refuse to start on a small disk.
+# When a size limit is reached, a full inbound stream refuses new messages: the gateway answers
+# 503 and Meta retries later, rather than the oldest unanswered messages being dropped (I1).
+INBOUND = StreamSpec(
+    "ZF_INBOUND", (every(INBOUND_PREFIX),), "Customer messages from WhatsApp", 7 * DAY, discard_new=True
+)
+STATUS = StreamSpec("ZF_STATUS", (every(STATUS_PREFIX),), "Delivery statuses from WhatsApp", 7 * DAY)
+OUTBOUND = StreamSpec("ZF_OUTBOUND", (every(OUTBOUND_PREFIX),), "Commands for the WhatsApp Cloud API", 7 * DAY)
+EVENTS = StreamSpec("ZF_EVENTS", (every(EVENTS_PREFIX),), "Turns and outbound results", 30 * DAY)
+DEAD_LETTER = StreamSpec("ZF_DLQ", (every(DEAD_LETTER_PREFIX),), "Messages that exhausted their deliveries", 30 * DAY)
+ALL_STREAMS = (INBOUND, STATUS, OUTBOUND, EVENTS, DEAD_LETTER)
+
+
+def contact_subjects(tenant: str, contact: str) -> dict[str, tuple[str, ...]]:
+    """Every subject that can carry a message about the contact, by stream (what erasure walks)."""
+    return {
+        INBOUND.name: (inbound_subject(tenant, contact),),
+        STATUS.name: (status_subject(tenant, contact),),
+        OUTBOUND.name: (outbound_subject(tenant, contact),),
+        EVENTS.name: (event_subject("*", tenant, contact),),
+        # A dead letter's subject is the original one behind zf.dlq.<service>; events have one
+        # token more than the other kinds.
+        DEAD_LETTER.name: (
+            dead_letter_subject("*", f"{ROOT}.*.{tenant}.{contact}"),
+            dead_letter_subject("*", event_subject("*", tenant, contact)),
+        ),
+    }
+
+
+# --- durable consumers ---
+
+CONVERSATION_SERVICE = "conversation"
+GATEWAY_SERVICE = "gateway"
+RECORDER_SERVICE = "recorder"
+
+CONVERSATION_INBOUND = ConsumerSpec(
+    stream=INBOUND,
+    durable="conversation",
+    filter_subject=every(INBOUND_PREFIX),
+    service=CONVERSATION_SERVICE,
+    # Held messages wait for their turn: debounce (10 s at most) plus the responder.
+    ack_wait_s=30.0,
+    max_ack_pending=50_000,
+    batch=256,
+)
+
+EGRESS = ConsumerSpec(
+    stream=OUTBOUND,
+    durable="gateway-egress",
+    filter_subject=every(OUTBOUND_PREFIX),
+    service=GATEWAY_SERVICE,
+    ack_wait_s=60.0,
+    backoff_s=(1.0, 2.0, 5.0, 15.0, 60.0),
+    # Generous: waiting for an earlier command to the same contact also takes a delivery, and
+    # that wait must outlast a dead replica's ack wait (20 × 0.25 s, then 2 s each: ~6 min).
+    max_attempts=200,
+)
+
+
+def _recorder(stream: StreamSpec, durable: str, subjects: str) -> ConsumerSpec:
+    return ConsumerSpec(stream=stream, durable=durable, filter_subject=subjects, service=RECORDER_SERVICE, batch=256)
+
+
+# The recorder has one consumer per kind of event, so one kind's backlog never delays another.
+RECORD_INBOUND = _recorder(INBOUND, "store-inbound", every(INBOUND_PREFIX))
+RECORD_OUTBOUND = _recorder(OUTBOUND, "store-outbound", every(OUTBOUND_PREFIX))
+RECORD_STATUSES = _recorder(STATUS, "store-statuses", every(STATUS_PREFIX))
+RECORD_TURNS = _recorder(EVENTS, "store-turns", events_of(TURN))
+RECORD_RESULTS = _recorder(EVENTS, "store-results", events_of(SENT))
+
+ALL_CONSUMERS = (
+    CONVERSATION_INBOUND,
+    EGRESS,
+    RECORD_INBOUND,
+    RECORD_OUTBOUND,
+    RECORD_STATUSES,
+    RECORD_TURNS,
+    RECORD_RESULTS,
+)

@@ -1,0 +1,115 @@
+"""The Redis key schema: every key zapflow writes, what it holds, and how long it lives.
+
+Keys are `zf:<tenant>:<kind>:<id>`, so one tenant's state can be found and counted alone. Each
+kind says whose it is:
+
+- contact: state about one customer, keyed by their WhatsApp id. Erasing a contact deletes
+  every kind of this scope (`ContactKeys.all()`), plus its entry in the due set.
+- fact: an idempotency key of one message, turn or command. It holds a sequence number or a
+  state word, never personal data, and expires on its own.
+- tenant: shared by a tenant's contacts (the per-number rate limit).
+
+Two keys span tenants: the due set (the debounce deadlines every replica reads) and the
+scheduler's lease. Nothing outside this module spells a key (a test scans for literals).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+PREFIX = "zf"
+Scope = Literal["contact", "fact", "tenant"]
+
+
+@dataclass(frozen=True)
+class KeyKind:
+    token: str
+    scope: Scope
+    holds: str
+
+    def key(self, tenant: str, identifier: str) -> str:
+        return f"{PREFIX}:{tenant}:{self.token}:{identifier}"
+
+
+CONVERSATION = KeyKind(
+    "conv",
+    "contact",
+    "hash: cursor (stream sequence settled), last_seen (newest sequence ingested), first (burst start)",
+)
+LOCK = KeyKind("lock", "contact", "the token of the replica running this contact's turn; expires unless extended")
+INFLIGHT = KeyKind("inflight", "contact", "JSON record of the turn being answered, so a re-run has the same id")
+HISTORY = KeyKind("hist", "contact", "list: the last turns as JSON, a write-through cache of the relational store")
+OUTBOUND_CURSOR = KeyKind(
+    "outcursor", "contact", "the outbound stream sequence settled for this contact (egress order)"
+)
+MESSAGE = KeyKind("msg", "fact", "the stream sequence of the first copy of a wamid (24 h by default)")
+TURN = KeyKind("turn", "fact", "'answered' once a turn's replies are published (1 h by default)")
+COMMAND = KeyKind("out", "fact", "calling:<epoch>, sent:<wamid> or failed:<code>: a Graph API call's state (8 days)")
+RATE = KeyKind("rate", "tenant", "GCRA theoretical arrival time of a WhatsApp number's next send slot")
+
+KINDS = (CONVERSATION, LOCK, INFLIGHT, HISTORY, OUTBOUND_CURSOR, MESSAGE, TURN, COMMAND, RATE)
+
+# Sorted set of every contact with a pending turn, scored by its debounce deadline (ms epoch).
+DUE = f"{PREFIX}:due"
+# The scheduler replica that holds this runs the jobs.
+SCHEDULER_LEADER = f"{PREFIX}:scheduler:leader"
+
+
+def due_member(tenant: str, contact: str) -> str:
+    return f"{tenant}|{contact}"
+
+
+def parse_due_member(member: str) -> tuple[str, str]:
+    tenant, _, contact = member.partition("|")
+    return tenant, contact
+
+
+@dataclass(frozen=True)
+class ContactKeys:
+    """The keys of one customer of one tenant."""
+
+    tenant: str
+    contact: str
+
+    @property
+    def conversation(self) -> str:
+        return CONVERSATION.key(self.tenant, self.contact)
+
+    @property
+    def lock(self) -> str:
+        return LOCK.key(self.tenant, self.contact)
+
+    @property
+    def inflight(self) -> str:
+        return INFLIGHT.key(self.tenant, self.contact)
+
+    @property
+    def history(self) -> str:
+        return HISTORY.key(self.tenant, self.contact)
+
+    @property
+    def outbound_cursor(self) -> str:
+        return OUTBOUND_CURSOR.key(self.tenant, self.contact)
+
+    @property
+    def due_member(self) -> str:
+        return due_member(self.tenant, self.contact)
+
+    def message(self, wamid: str) -> str:
+        return MESSAGE.key(self.tenant, wamid)
+
+    def turn(self, turn_id: str) -> str:
+        return TURN.key(self.tenant, turn_id)
+
+    def all(self) -> tuple[str, ...]:
+        """Every contact-scoped key of this customer: what an erasure deletes."""
+        return tuple(kind.key(self.tenant, self.contact) for kind in KINDS if kind.scope == "contact")
+
+
+def command_key(tenant: str, command_id: str) -> str:
+    return COMMAND.key(tenant, command_id)
+
+
+def rate_key(tenant: str, phone_number_id: str) -> str:
+    return RATE.key(tenant, phone_number_id)
