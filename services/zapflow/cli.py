@@ -75,8 +75,9 @@ def conversation(host: Host = None, port: Port = None) -> None:
 @app.command()
 def recorder(host: Host = None, port: Port = None) -> None:
     """Run the recorder: keeps the relational store current from the bus (health and metrics on --port)."""
+    from zapflow.recorder.app import run
+    from zapflow.recorder.settings import RecorderSettings
     from zapflow.store.errors import StoreError
-    from zapflow.store.service import RecorderSettings, run
 
     try:
         run(_settings(RecorderSettings, host=host, port=port))
@@ -93,7 +94,8 @@ def scheduler(
     """Run the scheduler: closes idle sessions, archives them, enforces retention; serves erasures."""
     from nats.errors import NoServersError
 
-    from zapflow.scheduler.service import SchedulerSettings, run, run_jobs_once
+    from zapflow.scheduler.service import run, run_jobs_once
+    from zapflow.scheduler.settings import SchedulerSettings
     from zapflow.store.errors import StoreError
 
     settings = _settings(SchedulerSettings, host=host, port=port)

@@ -25,7 +25,8 @@ from zapflow.platform.keys import ContactKeys
 from zapflow.platform.settings import CoreSettings
 from zapflow.privacy.erasure import Eraser
 from zapflow.scheduler.jobs import Jobs
-from zapflow.scheduler.service import Scheduler, SchedulerSettings, create_app
+from zapflow.scheduler.service import Scheduler, create_app
+from zapflow.scheduler.settings import SchedulerSettings
 from zapflow.store.engine import create_engine
 from zapflow.store.models import Erasure, Message
 from zapflow.tenants.registry import TenantRegistry

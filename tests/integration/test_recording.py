@@ -20,11 +20,11 @@ from tests.support.platform import eventually, running_platform
 from tests.support.tenants import secret
 from zapflow.platform import bus, catalogue
 from zapflow.platform.settings import CoreSettings
+from zapflow.recorder.app import create_app as recorder_app
+from zapflow.recorder.settings import RecorderSettings
+from zapflow.recorder.writer import RECORDED_STREAMS
 from zapflow.store.engine import create_engine
 from zapflow.store.models import Message, MessageStatus, Turn
-from zapflow.store.recorder import RECORDED_STREAMS
-from zapflow.store.service import RecorderSettings
-from zapflow.store.service import create_app as recorder_app
 from zapflow.tenants.registry import TenantRegistry
 
 CUSTOMER = "5511900001111"

@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.store.events import UNSTORABLE_SEQ, inbound, status
+from zapflow.recorder.writer import WriteBatcher
 from zapflow.store.models import Message, MessageStatus
-from zapflow.store.recorder import WriteBatcher
 from zapflow.store.repository import ConversationStore, Event, Recorded, SequencedInbound
 
 # Longer than any test may run: a batch written before it is written because it was full.

@@ -20,10 +20,10 @@ from zapflow.conversation.settings import ConversationSettings
 from zapflow.gateway.app import create_app as gateway_app
 from zapflow.gateway.settings import GatewaySettings
 from zapflow.platform.settings import CoreSettings
+from zapflow.recorder.app import create_app as recorder_app
+from zapflow.recorder.settings import RecorderSettings
 from zapflow.sandbox.app import create_app as sandbox_app
 from zapflow.sandbox.settings import SandboxSettings
-from zapflow.store.service import RecorderSettings
-from zapflow.store.service import create_app as recorder_app
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
 

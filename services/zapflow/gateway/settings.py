@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,8 +30,3 @@ class GatewaySettings(BaseSettings):
     egress_ack_wait_s: float = 60.0
     # A command whose contact has an earlier one unsettled looks again after this long.
     order_wait_s: float = 0.25
-
-
-@lru_cache
-def get_settings() -> GatewaySettings:
-    return GatewaySettings()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
@@ -58,8 +57,3 @@ class CoreSettings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment == "development"
-
-
-@lru_cache
-def get_core_settings() -> CoreSettings:
-    return CoreSettings()

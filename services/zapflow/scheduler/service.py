@@ -16,12 +16,9 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from functools import lru_cache
 
 import uvicorn
 from fastapi import FastAPI
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 
 from zapflow.platform import bus, catalogue
@@ -34,6 +31,7 @@ from zapflow.platform.telemetry import configure_tracing
 from zapflow.privacy.api import erasures_router
 from zapflow.privacy.erasure import Eraser
 from zapflow.scheduler.jobs import Jobs
+from zapflow.scheduler.settings import SchedulerSettings
 from zapflow.store.engine import create_engine
 from zapflow.store.migrate import require_migrated
 from zapflow.tenants.model import BotTenant, DataSpec
@@ -51,22 +49,6 @@ if holder == ARGV[1] or not holder then
 end
 return 0
 """
-
-
-class SchedulerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_SCHEDULER_", env_file=".env", extra="ignore")
-
-    core: CoreSettings = Field(default_factory=CoreSettings)
-    # Admin API, health and metrics.
-    host: str = "0.0.0.0"
-    port: int = 8003
-    # Seconds between ticks; a session closes at most this long after its idle time ends.
-    interval_seconds: float = Field(default=60.0, gt=0)
-
-
-@lru_cache
-def get_settings() -> SchedulerSettings:
-    return SchedulerSettings()
 
 
 class Scheduler:

@@ -9,40 +9,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import lru_cache
 
 import uvicorn
 from fastapi import FastAPI
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from zapflow.platform.http import FASTAPI_TELEMETRY_OFF, ops_router
 from zapflow.platform.logging import configure_logging
 from zapflow.platform.runtime import ServiceRuntime
-from zapflow.platform.settings import CoreSettings
 from zapflow.platform.telemetry import configure_tracing
+from zapflow.recorder.settings import RecorderSettings
+from zapflow.recorder.writer import RECORDED_STREAMS, Recorder, WriteBatcher
 from zapflow.store.engine import create_engine
 from zapflow.store.migrate import require_migrated
-from zapflow.store.recorder import RECORDED_STREAMS, Recorder, WriteBatcher
 from zapflow.store.repository import ConversationStore
-
-
-class RecorderSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_RECORDER_", env_file=".env", extra="ignore")
-
-    core: CoreSettings = Field(default_factory=CoreSettings)
-    # Health and metrics only.
-    host: str = "0.0.0.0"
-    port: int = 8002
-    # At most this many events per transaction; the oldest waiting event waits at most the linger
-    # for others (under load they gather anyway while the previous batch is being written).
-    batch_max_events: int = Field(default=200, ge=1)
-    batch_linger_ms: float = Field(default=5.0, ge=0)
-
-
-@lru_cache
-def get_settings() -> RecorderSettings:
-    return RecorderSettings()
 
 
 def create_app(settings: RecorderSettings) -> FastAPI:

@@ -1,0 +1,1 @@
+"""`zapflow recorder`: keeps the relational store current from the bus."""
