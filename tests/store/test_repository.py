@@ -11,10 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.store.events import CONTACT, TENANT, at, inbound, reaction, reply, sent, status, turn
-from zapflow.conversation.responder import HistoryEntry
 from zapflow.store.models import Contact, Conversation, Message, MessageStatus, Turn
 from zapflow.store.repository import ConversationStore, Recorded
 from zapflow.v1 import inbound_pb2, outbound_pb2
+from zapflow.whatsapp.messages import HistoryEntry
 
 
 async def count(engine: AsyncEngine, model: Any, *conditions: Any) -> int:

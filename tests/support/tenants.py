@@ -6,7 +6,8 @@ import itertools
 import uuid
 from typing import Any
 
-from zapflow.tenants.model import BotTenant, parse_tenant
+from zapflow.tenants.files import parse_tenant
+from zapflow.tenants.model import BotTenant
 
 _numbers = itertools.count(100_000_000_000_100)
 

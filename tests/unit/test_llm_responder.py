@@ -29,11 +29,13 @@ from tests.support.openai_server import (
 )
 from tests.support.tenants import tenant_document
 from zapflow.conversation.llm import MAX_RETRIES, MAX_TOOL_ROUNDS, RETRY_WAIT_ALLOWANCE_S, OpenAIResponder
-from zapflow.conversation.responder import Answer, HistoryEntry, TurnInput
+from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.conversation.tools import Tool, ToolError, ToolRegistry, ToolResult, default_tools
 from zapflow.platform.settings import CoreSettings
-from zapflow.tenants.model import BotTenant, parse_tenant
+from zapflow.tenants.files import parse_tenant
+from zapflow.tenants.model import BotTenant
 from zapflow.v1 import inbound_pb2
+from zapflow.whatsapp.messages import HistoryEntry
 
 FALLBACK = "Our assistant is unavailable, a person will answer soon."
 
@@ -327,6 +329,23 @@ async def test_a_mounted_secret_api_key_reaches_the_server(
     await responder.answer(turn(tenant))
 
     assert llm.fake.requests[0].headers["authorization"] == "Bearer sk-file-456"
+
+
+async def test_a_rotated_key_file_is_read_by_the_next_tenant_revision_only(
+    llm: LocalOpenAI, responder: OpenAIResponder, development: CoreSettings
+) -> None:
+    key_file = development.secrets_dir / "llm" / "key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text("sk-before\n")
+    tenant = openai_tenant(llm.base_url, apiKey={"secretKeyRef": {"name": "llm", "key": "key"}})
+    await responder.answer(turn(tenant))
+
+    key_file.write_text("sk-after\n")
+    await responder.answer(turn(tenant))
+    await responder.answer(turn(parse_tenant(tenant.document())))  # as the registry parses a new revision
+
+    sent = [request.headers["authorization"] for request in llm.fake.requests]
+    assert sent == ["Bearer sk-before", "Bearer sk-before", "Bearer sk-after"]
 
 
 async def test_without_a_key_a_placeholder_is_sent_never_the_environment_s(

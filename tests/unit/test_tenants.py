@@ -1,4 +1,4 @@
-"""The BotTenant document: validation, schema, secrets."""
+"""The BotTenant document: validation, schema, secrets and how long a read secret is kept."""
 
 from __future__ import annotations
 
@@ -10,15 +10,10 @@ import pytest
 import yaml
 
 from tests.support.tenants import tenant_document
-from zapflow.tenants.model import (
-    SecretRef,
-    SecretUnavailable,
-    TenantError,
-    load_tenant_documents,
-    parse_tenant,
-    resolve_secret,
-    tenant_json_schema,
-)
+from zapflow.tenants.files import TenantError, load_tenant_documents, parse_tenant
+from zapflow.tenants.model import BotTenant
+from zapflow.tenants.schema import tenant_json_schema
+from zapflow.tenants.secrets import SecretRef, SecretUnavailable, resolve_secret
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "bottenant.schema.json"
 
@@ -100,3 +95,62 @@ def test_secrets_resolve_from_value_env_and_mounted_secret(tmp_path: Path, monke
         resolve_secret(SecretRef(value="inline"), tmp_path, allow_inline=False)
     with pytest.raises(SecretUnavailable, match="ZF_MISSING"):
         resolve_secret(SecretRef(env="ZF_MISSING"), tmp_path)
+
+
+def mounted_secret_tenant(secrets_dir: Path, value: str) -> BotTenant:
+    """A tenant whose app secret is the key `app` of the Secret `wa`, mounted with this value."""
+    (secrets_dir / "wa").mkdir(parents=True, exist_ok=True)
+    (secrets_dir / "wa" / "app").write_text(value + "\n")
+    document = tenant_document()
+    document["spec"]["whatsapp"]["appSecret"] = {"secretKeyRef": {"name": "wa", "key": "app"}}
+    return parse_tenant(document)
+
+
+def test_a_mounted_secret_is_read_once_per_tenant_revision(tmp_path: Path) -> None:
+    tenant = mounted_secret_tenant(tmp_path, "before-rotation")
+    ref = tenant.spec.whatsapp.app_secret
+    assert tenant.secrets.resolve(ref, tmp_path, allow_inline=False) == "before-rotation"
+
+    (tmp_path / "wa" / "app").write_text("after-rotation\n")
+
+    assert tenant.secrets.resolve(ref, tmp_path, allow_inline=False) == "before-rotation"
+    # The registry parses every revision into a new BotTenant: the next revision reads the file.
+    next_revision = parse_tenant(tenant.document())
+    assert next_revision.secrets.resolve(next_revision.spec.whatsapp.app_secret, tmp_path, False) == "after-rotation"
+
+
+def test_an_env_secret_is_kept_for_the_revision_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZF_TEST_TOKEN", "first")
+    tenant = parse_tenant(tenant_document())
+    ref = SecretRef(env="ZF_TEST_TOKEN")
+    assert tenant.secrets.resolve(ref, tmp_path, allow_inline=False) == "first"
+    monkeypatch.setenv("ZF_TEST_TOKEN", "second")
+    assert tenant.secrets.resolve(ref, tmp_path, allow_inline=False) == "first"
+
+
+def test_a_missing_secret_is_not_kept_and_is_read_once_it_appears(tmp_path: Path) -> None:
+    tenant = mounted_secret_tenant(tmp_path, "unused")
+    ref = SecretRef.model_validate({"secretKeyRef": {"name": "late", "key": "token"}})
+    with pytest.raises(SecretUnavailable, match="secret late/token"):
+        tenant.secrets.resolve(ref, tmp_path, allow_inline=False)
+
+    (tmp_path / "late").mkdir()
+    (tmp_path / "late" / "token").write_text("mounted-late\n")
+
+    assert tenant.secrets.resolve(ref, tmp_path, allow_inline=False) == "mounted-late"
+
+
+def test_an_inline_secret_is_refused_outside_development_on_every_use(tmp_path: Path) -> None:
+    tenant = parse_tenant(tenant_document())
+    ref = tenant.spec.whatsapp.app_secret
+    assert tenant.secrets.resolve(ref, tmp_path, allow_inline=True) == ref.value
+    with pytest.raises(SecretUnavailable, match="refused outside development"):
+        tenant.secrets.resolve(ref, tmp_path, allow_inline=False)
+
+
+def test_read_secrets_change_neither_the_document_nor_equality(tmp_path: Path) -> None:
+    tenant = mounted_secret_tenant(tmp_path, "s3cret")
+    untouched = parse_tenant(tenant.document())
+    tenant.secrets.resolve(tenant.spec.whatsapp.app_secret, tmp_path, allow_inline=False)
+    assert tenant == untouched
+    assert "s3cret" not in json.dumps(tenant.document())

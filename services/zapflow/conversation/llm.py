@@ -24,11 +24,13 @@ from openai.types.chat import (
 from pydantic import BaseModel, StrictStr, ValidationError
 from pydantic import Field as ModelField
 
-from zapflow.conversation.responder import Answer, TurnInput, describe
+from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.conversation.tools import ToolRegistry, default_tools
 from zapflow.platform.logging import get_logger
 from zapflow.platform.settings import CoreSettings
-from zapflow.tenants.model import OpenAISpec, ReplySpec, SecretUnavailable, resolve_secret
+from zapflow.tenants.model import OpenAISpec, ReplySpec
+from zapflow.tenants.secrets import ResolvedSecrets, SecretUnavailable
+from zapflow.whatsapp.messages import describe
 
 log = get_logger(__name__)
 
@@ -171,7 +173,7 @@ class OpenAIResponder:
         spec = turn.tenant.spec.bot.openai
         if spec is None:
             raise CompletionFailed("config", "the tenant has no openai settings")
-        client = self._client(spec)
+        client = self._client(spec, turn.tenant.secrets)
         messages = build_messages(turn, spec)
         for round_number in range(MAX_TOOL_ROUNDS + 1):
             tools_allowed = round_number < MAX_TOOL_ROUNDS
@@ -258,11 +260,11 @@ class OpenAIResponder:
         except ValidationError as error:
             raise CompletionFailed("malformed", f"{error.error_count()} problems in the completion") from error
 
-    def _client(self, spec: OpenAISpec) -> openai.AsyncOpenAI:
+    def _client(self, spec: OpenAISpec, secrets: ResolvedSecrets) -> openai.AsyncOpenAI:
         api_key = NO_API_KEY
         if spec.api_key is not None:
             try:
-                api_key = resolve_secret(spec.api_key, self._core.secrets_dir, allow_inline=self._core.is_development)
+                api_key = secrets.resolve(spec.api_key, self._core.secrets_dir, self._core.is_development)
             except SecretUnavailable as error:
                 raise CompletionFailed("secret", str(error)) from error
         key = (spec.base_url, api_key)

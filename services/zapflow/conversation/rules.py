@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from zapflow.conversation.responder import Answer, TurnInput, message_text
+from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.tenants.model import BotSpec, ReplySpec, RuleSpec
 from zapflow.v1 import inbound_pb2, outbound_pb2
+from zapflow.whatsapp.messages import message_text
 
 
 def normalise(text: str) -> str:

@@ -41,7 +41,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import InstrumentedAttribute
 
-from zapflow.conversation.responder import HistoryEntry, describe
 from zapflow.platform.logging import get_logger
 from zapflow.store.errors import StoreError
 from zapflow.store.models import (
@@ -58,6 +57,7 @@ from zapflow.store.models import (
     Turn,
 )
 from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2
+from zapflow.whatsapp.messages import CHAT_EVENT_TYPES, HistoryEntry, describe
 
 log = get_logger(__name__)
 
@@ -70,9 +70,6 @@ FAILED = "failed"
 STATUS_ALIASES = {"played": "read"}
 # Graph API results (OutboundResult.result) that mean Meta refused the message for good.
 REFUSED_RESULTS = frozenset({"failed", "window_closed"})
-# Events about the chat rather than words of the customer: the conversation engine does not
-# answer them (its SILENT_TYPES) and they are not part of the history a model is shown.
-CHAT_EVENT_TYPES = ("reaction", "system", "unsupported")
 
 
 class Recorded(StrEnum):
@@ -113,7 +110,7 @@ class _Statements:
     """Every statement of the write path, built once per store and executed with new values.
 
     SQLAlchemy spends several times more CPU building an upsert than executing it: built per
-    event, they cost the recorder more than its transactions did (bench/README.md). Inserts take
+    event, they cost the recorder more than its transactions did (docs/benchmark.md). Inserts take
     their columns from the values they are executed with; UPDATEs name their WHERE values
     `where_*`, as a value named like a column would be taken for a column to SET.
     """

@@ -1,72 +1,23 @@
 """The BotTenant document: one YAML file per customer, the same shape as the custom resource.
 
-The pydantic models are the source of truth; `tenant_json_schema()` derives the structural
-OpenAPI schema the CRD embeds (checked in at schemas/bottenant.schema.json, a test keeps them
-equal).
+These pydantic models are the source of truth. Beside them: secrets.py reads the secrets a
+tenant names, files.py loads and validates documents, schema.py derives the CRD's schema and
+registry.py keeps the live view every service reads.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
+from functools import cached_property
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-API_VERSION = "zapflow.io/v1alpha1"
-KIND = "BotTenant"
+from zapflow.tenants.base import Model
+from zapflow.tenants.secrets import ResolvedSecrets, SecretRef
+
 # A tenant name becomes a NATS subject token and a Kubernetes object name.
 TENANT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class SecretKeyRef(Model):
-    name: str = Field(description="Name of the Kubernetes Secret.", min_length=1)
-    key: str = Field(description="Key inside the Secret.", min_length=1)
-
-
-class SecretRef(Model):
-    """Where a secret comes from: exactly one of value, env or secretKeyRef."""
-
-    value: str | None = Field(default=None, description="The secret itself, inline. Allowed in development only.")
-    env: str | None = Field(default=None, description="Name of an environment variable that holds it.")
-    secret_key_ref: SecretKeyRef | None = Field(
-        default=None, description="A key of a Kubernetes Secret, mounted under ZAPFLOW_SECRETS_DIR."
-    )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        given = [n for n in ("value", "env", "secret_key_ref") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of value, env or secretKeyRef")
-        return self
-
-
-class SecretUnavailable(Exception):
-    """A secret reference that cannot be resolved in this process."""
-
-
-def resolve_secret(ref: SecretRef, secrets_dir: Path, allow_inline: bool = True) -> str:
-    if ref.value is not None:
-        if not allow_inline:
-            raise SecretUnavailable("inline secret values are refused outside development")
-        return ref.value
-    if ref.env is not None:
-        found = os.environ.get(ref.env)
-        if found is None:
-            raise SecretUnavailable(f"environment variable {ref.env} is not set")
-        return found
-    assert ref.secret_key_ref is not None
-    path = secrets_dir / ref.secret_key_ref.name / ref.secret_key_ref.key
-    try:
-        return path.read_text().strip()
-    except OSError as error:
-        raise SecretUnavailable(f"secret {ref.secret_key_ref.name}/{ref.secret_key_ref.key}: {error}") from error
 
 
 class WhatsAppSpec(Model):
@@ -273,6 +224,11 @@ class BotTenant(Model):
     def name(self) -> str:
         return self.metadata.name
 
+    @cached_property
+    def secrets(self) -> ResolvedSecrets:
+        """This revision's secrets, each read once (the registry parses each revision anew)."""
+        return ResolvedSecrets()
+
     def document(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
@@ -297,75 +253,3 @@ def _secret_refs(node: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(node, list):
         return [found for i, child in enumerate(node) for found in _secret_refs(child, f"{path}[{i}]")]
     return []
-
-
-class TenantError(ValueError):
-    """A tenant document that does not validate; the message names every broken field."""
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def parse_tenant(document: Any, source: str = "tenant") -> BotTenant:
-    if not isinstance(document, dict):
-        raise TenantError(f"{source}: expected a BotTenant mapping, got {type(document).__name__}")
-    try:
-        return BotTenant.model_validate(document)
-    except ValidationError as error:
-        problems = [f"  {_location(e['loc']) or '(document)'}: {e['msg']}" for e in error.errors()]
-        raise TenantError(f"{source} is not a valid BotTenant:\n" + "\n".join(problems)) from None
-
-
-def load_tenant_documents(path: Path) -> list[BotTenant]:
-    """Every BotTenant in a YAML file (several documents separated by ---)."""
-    import yaml
-
-    try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except yaml.YAMLError as error:
-        raise TenantError(f"{path}: not valid YAML: {error}") from None
-    except OSError as error:
-        raise TenantError(f"{path}: {error.strerror}") from None
-    if not documents:
-        raise TenantError(f"{path}: no BotTenant document in the file")
-    return [parse_tenant(d, f"{path} (document {i + 1})") for i, d in enumerate(documents)]
-
-
-def _structural(node: Any, definitions: dict[str, Any]) -> Any:
-    """Inline $refs and turn Optional[X] into X + nullable: the form a CRD schema requires."""
-    if isinstance(node, list):
-        return [_structural(item, definitions) for item in node]
-    if not isinstance(node, dict):
-        return node
-    if "$ref" in node:
-        target = _structural(definitions[node["$ref"].rsplit("/", 1)[-1]], definitions)
-        return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    if "anyOf" in node:
-        options = [o for o in node["anyOf"] if o != {"type": "null"}]
-        if len(options) == 1 and len(node["anyOf"]) == 2:
-            merged = {**_structural(options[0], definitions), "nullable": True}
-            rest = {k: _structural(v, definitions) for k, v in node.items() if k not in ("anyOf", "default", "title")}
-            return {**merged, **rest}
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key in ("title", "$defs") or (key == "default" and value is None):
-            continue
-        if key == "const":
-            out["enum"] = [value]
-            continue
-        if key == "properties":
-            out[key] = {name: _structural(child, definitions) for name, child in value.items()}
-        else:
-            out[key] = value if key in ("default", "enum", "pattern") else _structural(value, definitions)
-    return out
-
-
-def tenant_json_schema() -> dict[str, Any]:
-    raw = BotTenant.model_json_schema(by_alias=True)
-    schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
-    schema["description"] = "A zapflow tenant: one business, its WhatsApp number and its bot."
-    return schema

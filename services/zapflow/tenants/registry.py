@@ -13,7 +13,8 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from zapflow.platform import metrics
 from zapflow.platform.logging import get_logger
-from zapflow.tenants.model import BotTenant, TenantError, parse_tenant
+from zapflow.tenants.files import TenantError, parse_tenant
+from zapflow.tenants.model import BotTenant
 
 log = get_logger(__name__)
 
@@ -111,6 +112,8 @@ class TenantRegistry:
                     self._apply(entry.key, None)
                     continue
                 try:
+                    # A new BotTenant for every revision, even an identical one: its secrets
+                    # (BotTenant.secrets) are read again, which is how a rotated Secret is taken.
                     self._apply(entry.key, parse_tenant(json.loads(entry.value), f"registry entry {entry.key}"))
                 except (TenantError, json.JSONDecodeError) as error:
                     log.error("ignoring invalid tenant in registry", tenant=entry.key, error=str(error))

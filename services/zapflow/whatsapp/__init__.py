@@ -1,1 +1,1 @@
-"""What the gateway and the sandbox share about WhatsApp: webhook payloads and signatures."""
+"""What zapflow knows about WhatsApp's formats: webhook payloads, signatures and messages."""
