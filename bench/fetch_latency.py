@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +30,8 @@ import nats  # noqa: E402
 from nats.js import api  # noqa: E402
 
 from bench.accounting import summarise  # noqa: E402
-from bench.stack import free_port  # noqa: E402
-from zapflow.dev import find_nats_server  # noqa: E402
+from zapflow.platform import servers  # noqa: E402
+from zapflow.platform.supervisor import Supervised  # noqa: E402
 
 Fetcher = Callable[[Any], Awaitable[list[Any]]]
 
@@ -103,27 +101,18 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="zapflow-fetchlat-") as store:
-        server = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
-            [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server = Supervised(servers.nats_server("nats", servers.ANY_PORT, Path(store), Path(store) / "nats.log"))
+        server.start()  # once, before anything is measured
         try:
-            url = f"nats://127.0.0.1:{port}"
-            for _ in range(200):  # bounded readiness poll
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-                await asyncio.sleep(0.05)
+            url = f"nats://127.0.0.1:{servers.nats_port(Path(store), server.pid)}"
             print(f"publish -> fetched, {args.rate:.0f} msg/s for {args.seconds:.0f} s, batch {args.batch} (ms)")
             print("| strategy | count | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|")
             for name, fetch in strategies(args.batch).items():
                 s = await measure(url, name, fetch, args.rate, args.seconds)
                 print(f"| {name} | {s['count']} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} | {s['max_ms']} |")
         finally:
-            server.terminate()
-            server.wait(timeout=10)
+            server.stop()
 
 
 if __name__ == "__main__":

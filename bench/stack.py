@@ -1,19 +1,16 @@
 """The processes under test: nats-server, redis-server and the zapflow services, on loopback.
 
-Every process the bench starts is recorded here and stopped by `Stack.stop()` (the caller's
-`finally`); each child also gets PR_SET_PDEATHSIG, so even a SIGKILLed bench leaves nothing
-behind. Ports are free ones picked by the kernel unless a base port is given, in which case a
-taken port is a clear error before anything starts.
+They run on the platform's supervisor with the command lines `zapflow dev` uses
+(zapflow.platform.servers), but are never restarted: a process that dies fails the run with its
+log's tail. `Stack.stop()` (the caller's `finally`) stops every one, and each dies with the bench
+even when it is SIGKILLed. Ports are free ones picked by the kernel unless a base port is given,
+in which case a taken port is a clear error before anything starts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,92 +18,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
-from zapflow.dev import find_nats_server, find_redis_server
+from zapflow.platform import servers
+from zapflow.platform.servers import free_port, port_is_free
+from zapflow.platform.settings import CoreSettings
+from zapflow.platform.supervisor import (
+    CommandFailed,
+    ProcessSpec,
+    StartError,
+    Supervised,
+    Supervisor,
+    run_to_completion,
+    settings_environment,
+)
+from zapflow.sandbox.settings import SandboxSettings
+from zapflow.store.engine import sqlite_url
 
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
 HINT = "--base-port (or leave it out: free ports are then picked)"
+
+__all__ = ["BenchError", "Ports", "ResourceMonitor", "Stack", "free_port"]
 
 
 class BenchError(Exception):
     """The bench cannot go on; the message says why."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the bench process goes away."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Proc:
-    name: str
-    command: list[str]
-    log: Path
-    env: dict[str, str]
-    cwd: Path
-    popen: subprocess.Popen[bytes] | None = None
-    ps: psutil.Process | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.popen = subprocess.Popen(
-                self.command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
-                start_new_session=True,  # Ctrl-C reaches the bench only; it stops children in order
-                preexec_fn=_die_with_parent,  # the child runs no threads yet
-            )
-        self.ps = psutil.Process(self.popen.pid)
-
-    def exited(self) -> int | None:
-        return None if self.popen is None else self.popen.poll()
-
-    def tail(self, chars: int = 2500) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def died(self) -> BenchError:
-        return BenchError(f"{self.name} exited with code {self.exited()}; its log {self.log} ends with:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=STOP_TIMEOUT_S)
 
 
 @dataclass
@@ -141,11 +76,22 @@ class Ports:
         ]
 
 
+def died(proc: Supervised) -> BenchError:
+    return BenchError(
+        f"{proc.name} exited with code {proc.exited()}; its log {proc.spec.log} ends with:\n{proc.log_tail()}"
+    )
+
+
 @dataclass
 class Stack:
     workdir: Path
     ports: Ports
-    procs: dict[str, Proc] = field(default_factory=dict)
+    supervisor: Supervisor = field(default_factory=Supervisor)
+
+    @property
+    def procs(self) -> dict[str, Supervised]:
+        """Every process started so far, by name; each has `pid`, `exited()` and `log_tail()`."""
+        return self.supervisor.processes
 
     @property
     def nats_url(self) -> str:
@@ -163,59 +109,32 @@ class Stack:
     def webhook_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.gateway}/webhook/whatsapp"
 
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
     def env(self) -> dict[str, str]:
-        # Only our settings: a ZAPFLOW_* variable of the caller's shell must not change the run.
+        # Only our settings: a ZAPFLOW_* variable of the caller's shell must not change the run
+        # (model_construct: exactly these values, none read from the bench's own environment).
         env = {k: v for k, v in os.environ.items() if not k.startswith("ZAPFLOW_")}
-        env.update(
-            ZAPFLOW_ENVIRONMENT="development",
-            ZAPFLOW_NATS_URL=self.nats_url,
-            ZAPFLOW_REDIS_URL=self.redis_url,
-            ZAPFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{self.workdir / 'zapflow.db'}",
-            ZAPFLOW_LOG_LEVEL="WARNING",
-            ZAPFLOW_LOG_JSON="true",
-            ZAPFLOW_SANDBOX_LOG_LEVEL="WARNING",  # the sandbox reads its own prefix
-            ZAPFLOW_SANDBOX_STATUSES="off",
-            PYTHONUNBUFFERED="1",
+        core = CoreSettings.model_construct(
+            environment="development",
+            nats_url=self.nats_url,
+            redis_url=self.redis_url,
+            database_url=sqlite_url(self.workdir),
+            log_level="WARNING",
+            log_json=True,
         )
+        env.update(settings_environment(core))
+        env.update(settings_environment(SandboxSettings.model_construct(core=core, statuses="off")))
+        env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _proc(self, name: str, command: list[str]) -> Proc:
-        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        proc = Proc(name, command, self.workdir / "logs" / f"{name}.log", self.env(), self.workdir)
-        self.procs[name] = proc
-        proc.start()
-        return proc
-
-    def _wait(self, proc: Proc, ready: Any) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.exited() is not None:
-                raise proc.died()
-            if ready():
-                return
-            time.sleep(0.05)
-        raise BenchError(f"{proc.name} was not ready within {START_TIMEOUT_S:.0f}s; see {proc.log}")
-
-    @staticmethod
-    def _tcp(port: int) -> Any:
-        def ready() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-                    return True
-            except OSError:
-                return False
-
-        return ready
-
-    @staticmethod
-    def _http(url: str) -> Any:
-        def ready() -> bool:
-            try:
-                return httpx.get(url, timeout=1.0).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        return ready
+    def _start(self, *specs: ProcessSpec) -> None:
+        try:
+            self.supervisor.start(*specs)
+        except (StartError, servers.ServerNotFound) as error:
+            raise BenchError(str(error)) from None
 
     def _check_free(self, name: str, port: int) -> None:
         if not port_is_free(port):
@@ -224,25 +143,16 @@ class Stack:
     # --- the servers and the services ---
 
     def start_infra(self) -> None:
-        (self.workdir / "nats").mkdir(parents=True, exist_ok=True)
-        (self.workdir / "redis").mkdir(parents=True, exist_ok=True)
-        self._check_free("nats", self.ports.nats)
-        store = str(self.workdir / "nats")
-        nats = self._proc(
-            "nats", [find_nats_server(), "-a", "127.0.0.1", "-p", str(self.ports.nats), "-js", "-sd", store]
+        """NATS, then Redis, as `zapflow dev` runs them (Redis durable: the bench pays what dev pays)."""
+        for name, port in (("nats", self.ports.nats), ("redis", self.ports.redis)):
+            (self.workdir / name).mkdir(parents=True, exist_ok=True)
+            self._check_free(name, port)
+        self._start(servers.nats_server("nats", self.ports.nats, self.workdir / "nats", self.logs / "nats.log"))
+        self._start(
+            servers.redis_server(
+                "redis", self.ports.redis, self.workdir / "redis", self.logs / "redis.log", durable=True
+            )
         )
-        self._wait(nats, self._tcp(self.ports.nats))
-        self._check_free("redis", self.ports.redis)
-        # As `zapflow dev` runs it: append-only file (fsync every second), no snapshots.
-        redis = self._proc(
-            "redis",
-            [
-                find_redis_server(),
-                "--bind", "127.0.0.1", "--port", str(self.ports.redis), "--dir", str(self.workdir / "redis"),
-                "--appendonly", "yes", "--save", "",
-            ],
-        )  # fmt: skip
-        self._wait(redis, self._tcp(self.ports.redis))
 
     def apply_tenants(self, tenant_file: Path) -> None:
         """Migrate the store, then apply the tenants, as `zapflow dev` does."""
@@ -250,55 +160,52 @@ class Stack:
         self._zapflow_once("tenant", "apply", "-f", str(tenant_file))
 
     def _zapflow_once(self, *args: str) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "zapflow", *args],
-            env=self.env(),
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"zapflow {' '.join(args)} failed:\n{done.stderr or done.stdout}")
+        try:
+            run_to_completion(f"zapflow {' '.join(args)}", servers.zapflow_command(*args), self.env(), self.workdir)
+        except CommandFailed as error:
+            raise BenchError(str(error)) from None
 
-    def _service(self, name: str, port: int, *args: str) -> Proc:
+    def _service(self, name: str, port: int, *options: str, ready_path: str = "/readyz") -> ProcessSpec:
         self._check_free(name, port)
         service = name.split("-")[0]
-        command = [sys.executable, "-m", "zapflow", service, "--host", "127.0.0.1", "--port", str(port), *args]
-        return self._proc(name, command)
+        log = self.logs / f"{name}.log"
+        env = self.env()
+        return servers.zapflow_service(
+            name, service, port, *options, log=log, env=env, cwd=self.workdir, ready_path=ready_path
+        )
 
     def start_edge(self, tenant_file: Path) -> None:
         """The sandbox (as Meta) and the gateway."""
         sandbox = self._service(
-            "sandbox", self.ports.sandbox, "--webhook-url", self.webhook_url, "-f", str(tenant_file)
+            "sandbox",
+            self.ports.sandbox,
+            "--webhook-url",
+            self.webhook_url,
+            "-f",
+            str(tenant_file),
+            ready_path="/healthz",
         )
-        gateway = self._service("gateway", self.ports.gateway)
-        self._wait(sandbox, self._http(f"{self.sandbox_url}/healthz"))
-        self._wait(gateway, self._http(f"http://127.0.0.1:{self.ports.gateway}/readyz"))
+        self._start(sandbox, self._service("gateway", self.ports.gateway))
 
     def start_conversations(self, record: bool) -> None:
         """The conversation replicas, and the recorder writing the relational store unless told not to."""
         services = [(f"conversation-{i}", port) for i, port in enumerate(self.ports.conversations)]
         if record:
             services.append(("recorder", self.ports.recorder))
-        started = [(self._service(name, port), port) for name, port in services]
-        for proc, port in started:
-            self._wait(proc, self._http(f"http://127.0.0.1:{port}/readyz"))
+        self._start(*(self._service(name, port) for name, port in services))
 
     def check_alive(self) -> None:
         for proc in self.procs.values():
             if proc.exited() is not None:
-                raise proc.died()
+                raise died(proc)
 
     def stop(self) -> None:
         """Services first (they drain), then Redis and NATS; every process, whatever happened."""
-        order = sorted(self.procs.values(), key=lambda p: p.name in ("nats", "redis"))
-        for proc in order:
-            try:
-                proc.stop()
-            except Exception as error:  # keep stopping the others
-                print(f"warning: stopping {proc.name}: {error}", file=sys.stderr)
+        try:
+            self.supervisor.stop()
+        except ExceptionGroup as errors:
+            for error in errors.exceptions:
+                print(f"warning: stopping: {error}", file=sys.stderr)
 
 
 # --- resources ---------------------------------------------------------------------------------
@@ -332,7 +239,11 @@ class ResourceMonitor:
         self._thread = threading.Thread(target=self._run, name="resource-monitor", daemon=True)
 
     def _processes(self) -> dict[str, psutil.Process]:
-        found = {name: p.ps for name, p in self._stack.procs.items() if p.ps is not None and p.exited() is None}
+        found = {}
+        for name, proc in self._stack.procs.items():
+            if proc.process is not None and proc.exited() is None:
+                with contextlib.suppress(psutil.Error):
+                    found[name] = psutil.Process(proc.pid)
         found["loadgen (bench)"] = self._self
         return found
 
