@@ -23,5 +23,5 @@ def dev(tmp_path: Path, ports: dict[str, int]) -> Iterator[DevProcess]:
     running = DevProcess(tmp_path / "data", ports)
     yield running
     if running.process.poll() is None:
-        # Ctrl-C, not a kill: zapflow dev's children run in their own sessions and would outlive it.
+        # Ctrl-C, as a developer stops it: the services drain and the servers close their files.
         running.interrupt()

@@ -1,8 +1,9 @@
-"""`zapflow dev` as a developer runs it: every process, a message end to end, Ctrl-C, restart."""
+"""`zapflow dev` as a developer runs it: every process, a message end to end, a killed service, Ctrl-C, restart."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,10 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.devstack import DevProcess, converse
+from tests.support.devstack import DevProcess, converse, poll_until, replies, write
 
 pytestmark = pytest.mark.slow
 CUSTOMER = "5511955554444"
+CROWD = [f"5511966{i:06d}" for i in range(20)]
+GREETING = "Hi! I'm the zapflow demo bot"
+HOURS = "We're open Monday to Friday, 9:00 to 18:00."
 
 
 def port_closed(port: int) -> bool:
@@ -68,3 +72,30 @@ def test_a_taken_port_gives_a_clear_message(tmp_path: Path, ports: dict[str, int
     assert result.returncode == 1
     assert f"port already in use: gateway ({ports['gateway']})" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_service_is_restarted_while_the_others_serve_and_every_customer_is_answered(dev: DevProcess) -> None:
+    dev.wait_for_line("Press Ctrl-C to stop.")
+    for restart, (text, answer) in enumerate((("hello", GREETING), ("what are your hours?", HOURS)), start=1):
+        for customer in CROWD:
+            write(dev, customer, text)
+        # The burst is accepted and in the conversation service's hands when it dies.
+        os.kill(dev.pid_of("conversation"), signal.SIGKILL)
+        dev.wait_for_line(f"conversation is ready again (restart {restart})")
+
+        def everyone_answered(count: int = restart) -> dict[str, list[str]] | None:
+            texts = {customer: replies(dev, customer) for customer in CROWD}
+            return texts if all(len(sent) >= count for sent in texts.values()) else None
+
+        answered = poll_until(everyone_answered, timeout=90, what=f"a reply to every {text!r}")
+        for customer, texts in answered.items():
+            assert len(texts) == restart, f"{customer} got a duplicate reply: {texts}"
+            assert texts[-1].startswith(answer), (customer, texts)
+
+    console = "".join(dev.output)
+    assert console.count("conversation exited (killed by SIGKILL); restarting it in") == 2, console
+    assert dev.process.poll() is None, "the stack stopped"
+    for service in ("gateway", "conversation", "recorder", "scheduler"):
+        assert httpx.get(f"http://127.0.0.1:{dev.ports[service]}/readyz").status_code == 200, service
+    assert dev.interrupt() == 0, "".join(dev.output)

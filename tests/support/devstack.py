@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 
 DEMO_NUMBER = "100000000000001"
 DEMO_TENANT = "demo"
@@ -53,24 +54,42 @@ class DevProcess:
     def sandbox(self) -> str:
         return f"http://127.0.0.1:{self.ports['sandbox']}"
 
+    def pid_of(self, service: str) -> int:
+        """The pid of the service's process now (`python -m zapflow SERVICE ...`, a child of zapflow dev)."""
+        for child in psutil.Process(self.process.pid).children():
+            if child.cmdline()[3:4] == [service]:
+                return child.pid
+        raise AssertionError(f"zapflow dev runs no {service} process")
 
-def converse(dev: DevProcess, customer: str, text: str, expected_count: int) -> list[str]:
-    """Write to the demo bot from the web chat; the texts of the first `expected_count` replies."""
+
+def write(dev: DevProcess, customer: str, text: str) -> None:
+    """Write to the demo bot from the web chat; returns once the gateway has accepted the message."""
     sent = httpx.post(
         f"{dev.sandbox}/sandbox/chat/send", json={"phone_number_id": DEMO_NUMBER, "from": customer, "text": text}
     )
     assert sent.status_code == 200 and sent.json()["gateway_status"] == 200, sent.text
 
-    def replies() -> list[dict[str, Any]] | None:
-        messages: list[dict[str, Any]] = httpx.get(f"{dev.sandbox}/sandbox/messages", params={"to": customer}).json()[
-            "messages"
-        ]
-        return messages if len(messages) >= expected_count else None
 
+def replies(dev: DevProcess, customer: str) -> list[str]:
+    """The texts the bot has sent to this customer so far, oldest first."""
+    messages: list[dict[str, Any]] = httpx.get(f"{dev.sandbox}/sandbox/messages", params={"to": customer}).json()[
+        "messages"
+    ]
     return [
         m["payload"]["text"]["body"] if m["type"] == "text" else m["payload"]["interactive"]["body"]["text"]
-        for m in poll_until(replies, timeout=20, what=f"a reply to {text!r}")
+        for m in messages
     ]
+
+
+def converse(dev: DevProcess, customer: str, text: str, expected_count: int) -> list[str]:
+    """Write to the demo bot from the web chat; the texts of the first `expected_count` replies."""
+    write(dev, customer, text)
+
+    def answered() -> list[str] | None:
+        texts = replies(dev, customer)
+        return texts if len(texts) >= expected_count else None
+
+    return poll_until(answered, timeout=20, what=f"a reply to {text!r}")
 
 
 def poll_until(probe: Callable[[], T | None], timeout: float, what: str) -> T:

@@ -1,100 +1,126 @@
-"""Real nats-server and redis-server processes on free ports, owned by one test or session."""
+"""Real processes for tests, on the platform's one supervisor: nats-server and redis-server owned by one
+test or session, on ports that are theirs from the start, and the services a test runs itself."""
 
 from __future__ import annotations
 
-import socket
+import dataclasses
 import subprocess
-import time
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
 
-from zapflow.dev import find_nats_server, find_redis_server
+from zapflow.platform import servers
+from zapflow.platform.servers import free_port
+from zapflow.platform.supervisor import ProcessSpec, StartError, Supervised, TcpProbe
 
 START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 15.0
+# redis-server cannot pick its own port: a port taken between our choice and its bind is retried.
+PORT_ATTEMPTS = 5
+
+__all__ = ["ManagedServer", "free_port", "nats_server", "redis_server"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, log: Path | None = None) -> None:
-    """Bounded readiness poll: the server accepts connections, or the test fails with its output."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            if log is not None:
-                output = log.read_text(errors="replace")[-4000:]
-            else:
-                output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-            raise RuntimeError(f"{what} exited with {process.returncode}: {output}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"{what} did not listen on {port} within {START_TIMEOUT_S}s")
-
-
-@dataclass
 class ManagedServer:
-    """A server process that a test can kill and restart on the same port and data.
+    """A process that a test can kill and restart on the same port and data.
 
-    `env` replaces the environment; `log` collects its output in a file that outlives restarts
-    (else it goes to a pipe, read when the process fails to start).
+    Ready when its port accepts connections. `env` replaces the environment; `log` collects its
+    output across restarts (by default in a temporary directory), and its tail is in the error
+    when the process fails to start.
     """
 
-    name: str
-    scheme: str
-    command: list[str]
-    port: int
-    env: dict[str, str] | None = None
-    log: Path | None = None
-    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    def __init__(
+        self,
+        name: str,
+        scheme: str,
+        command: Sequence[str],
+        port: int,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.scheme = scheme
+        self.command = command
+        self.port = port
+        self.env = env
+        self.log = log or Path(tempfile.mkdtemp(prefix=f"zapflow-{name}-")) / f"{name}.log"
+        self._supervised: Supervised | None = None
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        if self.log is None:
-            self.process = self._spawn(subprocess.PIPE)
-        else:
-            with self.log.open("ab") as output:  # the child keeps its own descriptor
-                self.process = self._spawn(output)
-        wait_for_port(self.port, self.process, self.name, self.log)
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return None if self._supervised is None else self._supervised.process
 
-    def _spawn(self, output: int | IO[bytes]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.command, env=self.env, stdout=output, stderr=subprocess.STDOUT)
+    def spec(self) -> ProcessSpec:
+        return ProcessSpec(self.name, self.command, self.log, TcpProbe(self.port), env=self.env)
+
+    def start(self) -> None:
+        # Never restarted by the supervisor: the test decides when a killed process comes back.
+        spec = dataclasses.replace(self.spec(), start_timeout_s=START_TIMEOUT_S, stop_timeout_s=STOP_TIMEOUT_S)
+        self._supervised = Supervised(spec)
+        self._supervised.start()
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self._supervised is not None:
+            self._supervised.kill()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+        if self._supervised is not None:
+            self._supervised.stop()
+
+
+class _NatsServer(ManagedServer):
+    """nats-server picks a free port at its first start and reports it; restarts keep that port."""
+
+    def __init__(self, store_dir: Path) -> None:
+        # No command of its own: it depends on the port (see spec()).
+        super().__init__("nats-server", "nats", (), servers.ANY_PORT, log=store_dir.with_name("nats-server.log"))
+        self.store_dir = store_dir
+
+    def spec(self) -> ProcessSpec:
+        return servers.nats_server(self.name, self.port, self.store_dir, self.log)
+
+    def start(self) -> None:
+        super().start()
+        if self.port == servers.ANY_PORT:
+            assert self.process is not None
+            reported = servers.nats_port(self.store_dir, self.process.pid)
+            assert reported is not None, "ready, so its ports file was read"
+            self.port = reported
+
+
+class _RedisServer(ManagedServer):
+    """redis-server on a free port, and on another when that one was taken before it could bind it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__("redis-server", "redis", (), free_port(), log=data_dir.with_name("redis-server.log"))
+        self.data_dir = data_dir
+        self._port_owned = False
+
+    def spec(self) -> ProcessSpec:
+        # Nothing on disk: a killed Redis loses everything, the case the recovery tests need.
+        return servers.redis_server(self.name, self.port, self.data_dir, self.log, durable=False)
+
+    def start(self) -> None:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                super().start()
+            except StartError as error:
+                # Once started, restarts keep the port: the test's clients know that one.
+                if self._port_owned or attempt == PORT_ATTEMPTS or not servers.port_was_taken(error):
+                    raise
+                self.port = free_port()
+            else:
+                self._port_owned = True
+                return
 
 
 def nats_server(store_dir: Path) -> ManagedServer:
-    port = free_port()
-    command = [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
-    return ManagedServer("nats-server", "nats", command, port)
+    return _NatsServer(store_dir)
 
 
 def redis_server(data_dir: Path) -> ManagedServer:
-    port = free_port()
-    command = [
-        find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
-        "--save", "", "--appendonly", "no",
-    ]  # fmt: skip
-    return ManagedServer("redis-server", "redis", command, port)
+    return _RedisServer(data_dir)
