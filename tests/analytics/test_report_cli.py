@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from tests.support.cli import run_zapflow
+from tests.support.cli import cli_environment, run_zapflow
+from zapflow.analytics.warehouse import open_warehouse
+from zapflow.platform.stackfile import StackAddresses, record
 
 THREE_DAYS = ("--since", "2026-03-01", "--until", "2026-03-03")
 
@@ -92,6 +94,30 @@ def test_no_data_is_said_not_an_empty_table(warehouse: Path) -> None:
     result = zapflow_report("--analytics", str(warehouse), *THREE_DAYS, "--tenant", "nobody")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "no data between 2026-03-01 and 2026-03-03 for nobody"
+
+
+def test_nothing_archived_yet_is_an_empty_report_that_says_why(tmp_path: Path) -> None:
+    analytics = tmp_path / ".zapflow" / "analytics.duckdb"
+    # Only the analytics file counts for a report: the stack's servers need not run.
+    stack = StackAddresses("nats://127.0.0.1:1", "redis://127.0.0.1:1/0", "sqlite+aiosqlite:///x", str(analytics), "")
+    record(tmp_path / ".zapflow", stack)
+    why = (
+        f"nothing archived yet in {analytics}: the scheduler archives a conversation once it has been idle for its "
+        "tenant's sessionIdleMinutes (30 minutes by default)\n"
+    )
+    using = f"using the zapflow dev stack in .zapflow (analytics {analytics})\n"
+
+    for state in ("no analytics file", "a file without sessions"):
+        if state == "a file without sessions":
+            open_warehouse(analytics).close()  # the tables, as a writer creates them, and no row
+        table = run_zapflow(cli_environment(), "report", cwd=tmp_path)
+        assert (table.returncode, table.stdout, table.stderr) == (0, why, using), state
+        # A document stays a valid one, empty; the reason goes beside it.
+        as_json = run_zapflow(cli_environment(), "report", "--format", "json", cwd=tmp_path)
+        assert (as_json.returncode, as_json.stdout, as_json.stderr) == (0, "[]\n", using + why), state
+        as_csv = run_zapflow(cli_environment(), "report", "--format", "csv", cwd=tmp_path)
+        assert (as_csv.returncode, as_csv.stdout.count("\n"), as_csv.stderr) == (0, 1, using + why), state
+        assert as_csv.stdout.startswith("tenant,day,"), state
 
 
 def test_the_period_defaults_to_30_days(warehouse: Path) -> None:

@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -18,6 +19,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from zapflow.analytics.warehouse import WarehouseError
+from zapflow.tenants.model import DataSpec
 
 DEFAULT_DAYS = 30
 TOP_RULES = 3
@@ -173,6 +175,24 @@ def build_report(connection: duckdb.DuckDBPyConnection, period: Period, tenant: 
         # DuckDB's messages go on with hints and the offending SQL: the first line says it.
         raise WarehouseError(f"cannot read the analytics tables: {str(error).splitlines()[0]}") from None
     return [_report_row(record) for record in records]
+
+
+def archived_sessions(connection: duckdb.DuckDBPyConnection) -> int:
+    """How many sessions the analytics file holds: none before the scheduler's first archival."""
+    try:
+        row = connection.execute("SELECT count(*) FROM sessions").fetchone()
+    except duckdb.CatalogException:  # the tables are created with the first archival
+        return 0
+    return int(row[0]) if row else 0
+
+
+def nothing_archived(path: Path) -> str:
+    """Why a report is empty when the analytics file is missing or holds no session."""
+    idle = DataSpec.model_fields["session_idle_minutes"].default
+    return (
+        f"nothing archived yet in {path}: the scheduler archives a conversation once it has been idle for "
+        f"its tenant's sessionIdleMinutes ({idle} minutes by default)"
+    )
 
 
 def _report_row(record: tuple[Any, ...]) -> ReportRow:

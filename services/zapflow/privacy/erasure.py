@@ -1,6 +1,8 @@
 """The right to be forgotten: erase one contact of one tenant from every store.
 
-In order, so that nothing erased comes back from a store not erased yet:
+Redis and JetStream are reached first (JetStream must hold zapflow's streams), so a store that
+is down, or a server that is not zapflow's, stops the erasure before anything is erased. Then,
+in order, so that nothing erased comes back from a store not erased yet:
 
 1. Redis: the contact's conversation state, locks, history and outbound cursor (every key
    `zf:<tenant>:<kind>:<contact>`) and its debounce entry; then the append-only file is
@@ -17,6 +19,9 @@ In order, so that nothing erased comes back from a store not erased yet:
 5. An `erasures` row records that an erasure happened, when, who asked and what each store gave
    up, and never the phone number.
 
+A step that fails stops the erasure with `ErasureIncomplete`, naming the store and those already
+erased; no row is recorded, and since every step is idempotent, asking again finishes it.
+
 Logs never had the phone number or message text (outside debug mode). Knowledge-base vectors do
 not exist yet; the embedding service will add its step here.
 """
@@ -27,7 +32,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,14 +50,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from zapflow.analytics import pseudonym
 from zapflow.analytics.warehouse import TABLES, WarehouseError, changed_rows, open_warehouse, transaction
-from zapflow.platform import bus, catalogue, metrics
+from zapflow.platform import catalogue, metrics
+from zapflow.platform.connections import Needs, connected
 from zapflow.platform.keys import DUE, ContactKeys
 from zapflow.platform.logging import get_logger
-from zapflow.platform.redis import connect_redis
 from zapflow.platform.settings import CoreSettings
-from zapflow.store.engine import create_engine, flush_deleted_rows
+from zapflow.store.engine import flush_deleted_rows
 from zapflow.store.lifecycle import erase_contact
-from zapflow.store.migrate import require_migrated
 from zapflow.store.models import Erasure
 from zapflow.tenants.model import TENANT_NAME_PATTERN
 
@@ -64,6 +68,11 @@ PHONE_DECORATION = re.compile(r"[\s()+.\-]")
 # How long to wait for Redis to finish rewriting its append-only file.
 PERSISTENCE_WAIT_S = 60.0
 REQUESTERS = ("cli", "admin-api")
+# The stores, as messages name them.
+REDIS = "Redis"
+JETSTREAM = "JetStream"
+DATABASE = "the database"
+ANALYTICS = "the analytics file"
 T = TypeVar("T")
 
 
@@ -72,7 +81,23 @@ class ErasureError(Exception):
 
 
 class ErasureIncomplete(Exception):
-    """A store could not be erased now; every step is idempotent, so asking again finishes it."""
+    """A store could not be reached or erased; every step is idempotent, so asking again finishes it.
+
+    The message names the store, says why, and which stores were already erased (`erased`; None
+    when the erasure stopped before touching any): nothing is half-done silently, and no erasure
+    is recorded until every store has been erased.
+    """
+
+    def __init__(self, store: str, reason: str, erased: tuple[str, ...] | None = None) -> None:
+        self.store = store
+        self.reason = reason
+        self.erased = erased
+        if erased is None:
+            progress = "nothing was erased; erase again once that is fixed"
+        else:
+            done = f"already erased from {', '.join(erased)}" if erased else "no store was erased before it"
+            progress = f"{done}; erase again to finish (every step is idempotent)"
+        super().__init__(f"{store}: {reason}; {progress}")
 
 
 def normalise_phone(phone: str) -> str:
@@ -124,29 +149,39 @@ class Eraser:
         contact = normalise_phone(phone)
         erasure_id = str(uuid.uuid4())
         requested_at = datetime.now(UTC)
-        summary: dict[str, Any] = {
-            "redis": await _step("Redis", self._erase_redis(tenant, contact)),
-            "streams": await _step("JetStream", self._erase_streams(tenant, contact)),
-            "sql": await _step("the database", self._erase_sql(tenant, contact)),
-            "analytics": await _step(
-                "the analytics file", asyncio.to_thread(self._anonymise_analytics, tenant, contact, erasure_id)
-            ),
-        }
+        # Reach the remote stores before erasing anything: a server that is down, or is not
+        # zapflow's, stops the erasure while it is still whole.
+        await _step(REDIS, None, self._redis.ping())
+        await _step(JETSTREAM, None, self._require_streams())
+        steps: tuple[tuple[str, str, Callable[[], Awaitable[Any]]], ...] = (
+            ("redis", REDIS, lambda: self._erase_redis(tenant, contact)),
+            ("streams", JETSTREAM, lambda: self._erase_streams(tenant, contact)),
+            ("sql", DATABASE, lambda: self._erase_sql(tenant, contact)),
+            ("analytics", ANALYTICS, lambda: asyncio.to_thread(self._anonymise_analytics, tenant, contact, erasure_id)),
+        )
+        summary: dict[str, Any] = {}
+        erased: tuple[str, ...] = ()
+        for key, store, step in steps:
+            summary[key] = await _step(store, erased, step())
+            erased += (store,)
         record = ErasureRecord(erasure_id, tenant, requested_by, requested_at, datetime.now(UTC), summary)
+        await _step(DATABASE, erased, self._record(record))
+        metrics.ERASURES.labels(tenant).inc()
+        log.info("contact erased", tenant=tenant, erasure_id=erasure_id, requested_by=requested_by)
+        return record
+
+    async def _record(self, record: ErasureRecord) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
                 insert(Erasure).values(
                     id=record.id,
-                    tenant=tenant,
-                    requested_by=requested_by,
+                    tenant=record.tenant,
+                    requested_by=record.requested_by,
                     requested_at=record.requested_at,
                     completed_at=record.completed_at,
-                    summary=summary,
+                    summary=record.summary,
                 )
             )
-        metrics.ERASURES.labels(tenant).inc()
-        log.info("contact erased", tenant=tenant, erasure_id=erasure_id, requested_by=requested_by)
-        return record
 
     async def _erase_redis(self, tenant: str, contact: str) -> dict[str, Any]:
         keys = ContactKeys(tenant, contact)
@@ -166,7 +201,9 @@ class Eraser:
             await self._redis.bgrewriteaof()
             await _wait_until_idle(self._redis, "aof_rewrite_in_progress", "aof_rewrite_scheduled")
             if (await self._redis.info("persistence")).get("aof_last_bgrewrite_status") != "ok":
-                raise ErasureIncomplete("Redis could not rewrite its append-only file; erase again once it can")
+                raise ErasureIncomplete(
+                    REDIS, "the keys are deleted, but the append-only file that still holds them could not be rewritten"
+                )
             rewritten.append("aof")
         if await _snapshots_configured(self._redis):
             await _wait_until_idle(self._redis, "rdb_bgsave_in_progress")
@@ -174,6 +211,21 @@ class Eraser:
             await _wait_until_idle(self._redis, "rdb_bgsave_in_progress")
             rewritten.append("rdb")
         return rewritten
+
+    async def _require_streams(self) -> None:
+        """Every stream exists; else this NATS is not zapflow's, and finding nothing there proves nothing."""
+        missing: list[str] = []
+        for stream in catalogue.ALL_STREAMS:
+            try:
+                await self._js.stream_info(stream.name)
+            except NotFoundError:
+                missing.append(stream.name)
+        if missing:
+            raise ErasureIncomplete(
+                JETSTREAM,
+                f"no stream {', '.join(missing)} on this server: it is not the NATS zapflow runs on, "
+                "or no zapflow service has started on it yet",
+            )
 
     async def _erase_streams(self, tenant: str, contact: str) -> dict[str, int]:
         erased: dict[str, int] = {}
@@ -222,14 +274,14 @@ class Eraser:
         return anonymised
 
 
-async def _step(store: str, work: Awaitable[T]) -> T:
-    """Run one store's erasure; an unreachable or failing store makes the erasure incomplete."""
+async def _step(store: str, erased: tuple[str, ...] | None, work: Awaitable[T]) -> T:
+    """Run one store's step; an unreachable or failing store makes the erasure incomplete, saying what is done."""
     try:
         return await work
-    except ErasureIncomplete:
-        raise
+    except ErasureIncomplete as error:
+        raise ErasureIncomplete(error.store, error.reason, erased) from error
     except (RedisError, NatsError, TimeoutError, SQLAlchemyError, WarehouseError, duckdb.Error, OSError) as error:
-        raise ErasureIncomplete(f"{store}: {type(error).__name__}: {error}; erase again once it is back") from error
+        raise ErasureIncomplete(store, f"{type(error).__name__}: {error}", erased) from error
 
 
 async def list_erasures(engine: AsyncEngine, tenant: str, limit: int) -> list[ErasureRecord]:
@@ -252,7 +304,7 @@ async def _wait_until_idle(redis: Redis, *flags: str) -> None:
         if not any(int(persistence.get(flag, 0)) for flag in flags):
             return
         if time.monotonic() > deadline:
-            raise ErasureIncomplete(f"Redis is still busy with {', '.join(flags)} after {PERSISTENCE_WAIT_S:.0f} s")
+            raise ErasureIncomplete(REDIS, f"still busy with {', '.join(flags)} after {PERSISTENCE_WAIT_S:.0f} s")
         # Polling is the only way: Redis publishes no event when a rewrite ends.
         await asyncio.sleep(0.05)
 
@@ -267,14 +319,13 @@ async def _snapshots_configured(redis: Redis) -> bool:
 
 async def erase_once(core: CoreSettings, tenant: str, phone: str) -> ErasureRecord:
     """Erase with connections of its own, for `zapflow contact erase`."""
-    await require_migrated(core.database_url)
-    nc = await bus.connect_once(core.nats_url, "zapflow-erasure")
-    redis = connect_redis(core.redis_url, max_connections=4)
-    engine = create_engine(core.database_url)
+    needs = Needs(tenants=False, database=True)
     try:
-        eraser = Eraser(engine, redis, nc.jetstream(), core.analytics_path, core.pseudonym_secret.get_secret_value())
-        return await eraser.erase(tenant, phone, "cli")
-    finally:
-        await engine.dispose()
-        await redis.aclose()
-        await nc.close()
+        async with connected("erasure", core, needs, short_lived=True) as connections:
+            secret = core.pseudonym_secret.get_secret_value()
+            eraser = Eraser(connections.database, connections.redis, connections.js, core.analytics_path, secret)
+            return await eraser.erase(tenant, phone, "cli")
+    except (NatsError, OSError, TimeoutError) as error:  # the steps turn theirs into ErasureIncomplete
+        raise ErasureIncomplete(
+            JETSTREAM, f"cannot reach NATS at {core.nats_url}: {error or type(error).__name__}"
+        ) from None
