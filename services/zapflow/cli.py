@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 import yaml
@@ -16,6 +17,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from zapflow.platform.settings import CoreSettings
+from zapflow.platform.stackfile import (
+    DEFAULT_DATA_DIR,
+    STACK_FILE,
+    StackAddresses,
+    StackFileError,
+    answers,
+    discover,
+    settings_beside,
+)
 
 app = typer.Typer(no_args_is_help=True, help="zapflow: WhatsApp bots at scale.", pretty_exceptions_enable=False)
 tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (BotTenant documents) in the registry.")
@@ -33,6 +43,25 @@ Host = Annotated[str | None, typer.Option(help="Address to listen on.")]
 Port = Annotated[int | None, typer.Option(help="Port to listen on.")]
 NatsUrl = Annotated[str | None, typer.Option("--nats-url", help="NATS server URL (ZAPFLOW_NATS_URL).")]
 DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="Database URL (ZAPFLOW_DATABASE_URL).")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="The data directory of the `zapflow dev` stack to talk to (default: .zapflow, when it holds one). "
+        "A flag or ZAPFLOW_* variable wins over the stack's addresses.",
+        show_default=False,
+    ),
+]
+# The settings a `zapflow dev` stack records, as messages name them.
+Address = Literal["nats_url", "redis_url", "database_url", "analytics_path"]
+ADDRESS_NAMES: dict[Address, str] = {
+    "nats_url": "NATS",
+    "redis_url": "Redis",
+    "database_url": "database",
+    "analytics_path": "analytics",
+}
+# The stack's servers: a stopped stack stops answering there (its files stay).
+SERVERS: tuple[Address, ...] = ("nats_url", "redis_url")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -54,33 +83,108 @@ def _settings(factory: Callable[..., T], **overrides: Any) -> T:
         raise _fail(f"invalid settings: {problems}") from None
 
 
+@dataclass(frozen=True)
+class Target:
+    """The settings a command runs with, and the `zapflow dev` stack they were read beside (None: none)."""
+
+    core: CoreSettings
+    stack: StackAddresses | None
+    data_dir: Path
+
+    def from_stack(self, address: Address) -> bool:
+        if self.stack is None:
+            return False
+        value = getattr(self.core, address)
+        recorded = self.stack.settings()[address]
+        return bool(value == (Path(recorded) if isinstance(value, Path) else recorded))
+
+    def given(self, address: Address) -> bool:
+        """Set by a flag or a ZAPFLOW_* variable, rather than by the stack or a default."""
+        return address in self.core.model_fields_set and not self.from_stack(address)
+
+    def shown(self, address: Address) -> str:
+        from zapflow.store.engine import redacted
+
+        value = str(getattr(self.core, address))
+        return f"{ADDRESS_NAMES[address]} {redacted(value) if address == 'database_url' else value}"
+
+    def describe(self, uses: tuple[Address, ...]) -> str:
+        """Which stack the command talks to, in one line."""
+        stack = f"the zapflow dev stack in {self.data_dir}"
+        own = ", ".join(self.shown(address) for address in uses if self.from_stack(address))
+        given = ", ".join(self.shown(address) for address in uses if not self.from_stack(address))
+        if not own:
+            return f"not using {stack}: {given} set by a flag or ZAPFLOW_* variable"
+        return f"using {stack} ({own})" + (f"; {given} set by a flag or ZAPFLOW_* variable" if given else "")
+
+
+def _target(data_dir: Path | None, uses: tuple[Address, ...], **overrides: Any) -> Target:
+    """A command's settings: a flag or ZAPFLOW_* variable, else the `zapflow dev` stack's address, else the default.
+
+    With a stack, says on stderr which one the command talks to (`uses`: the addresses it needs),
+    and stops when that stack's servers do not answer.
+    """
+    where = DEFAULT_DATA_DIR if data_dir is None else data_dir
+    try:
+        stack = discover(where)
+    except StackFileError as error:
+        raise _fail(escape(str(error))) from None
+    if stack is None:
+        if data_dir is not None:
+            raise _fail(
+                escape(
+                    f"no zapflow dev stack in {data_dir}: it holds no {STACK_FILE} (`zapflow dev --data-dir` writes it)"
+                )
+            )
+        return Target(_settings(CoreSettings, **overrides), None, where)
+    target = Target(_settings(settings_beside(stack), **overrides), stack, where)
+    err.print(escape(target.describe(uses)), soft_wrap=True)
+    silent = [
+        target.shown(address)
+        for address in uses
+        if address in SERVERS and target.from_stack(address) and not answers(str(getattr(target.core, address)))
+    ]
+    if silent:
+        start = "zapflow dev" if data_dir is None else f"zapflow dev --data-dir {data_dir}"
+        raise _fail(
+            escape(
+                f"the zapflow dev stack in {where} seems not to be running: nothing answers at {', '.join(silent)}; "
+                f"start it with `{start}`"
+            )
+        )
+    return target
+
+
 @app.command()
 def gateway(host: Host = None, port: Port = None) -> None:
     """Run the gateway: the WhatsApp webhook and the Graph API egress."""
-    from zapflow.gateway.app import run
+    from zapflow.gateway.app import GATEWAY
     from zapflow.gateway.settings import GatewaySettings
+    from zapflow.platform.service import run
 
-    run(_settings(GatewaySettings, host=host, port=port))
+    run(GATEWAY, _settings(GatewaySettings, host=host, port=port))
 
 
 @app.command()
 def conversation(host: Host = None, port: Port = None) -> None:
     """Run the conversation service (health and metrics on --port)."""
-    from zapflow.conversation.app import run
+    from zapflow.conversation.app import CONVERSATION
     from zapflow.conversation.settings import ConversationSettings
+    from zapflow.platform.service import run
 
-    run(_settings(ConversationSettings, host=host, port=port))
+    run(CONVERSATION, _settings(ConversationSettings, host=host, port=port))
 
 
 @app.command()
 def recorder(host: Host = None, port: Port = None) -> None:
     """Run the recorder: keeps the relational store current from the bus (health and metrics on --port)."""
-    from zapflow.recorder.app import run
+    from zapflow.platform.service import run
+    from zapflow.recorder.app import RECORDER
     from zapflow.recorder.settings import RecorderSettings
     from zapflow.store.errors import StoreError
 
     try:
-        run(_settings(RecorderSettings, host=host, port=port))
+        run(RECORDER, _settings(RecorderSettings, host=host, port=port))
     except StoreError as error:
         raise _fail(str(error)) from None
 
@@ -90,18 +194,24 @@ def scheduler(
     host: Host = None,
     port: Port = None,
     once: Annotated[bool, typer.Option("--once", help="Run every job once and exit (for a cron job).")] = False,
+    data_dir: DataDir = None,
 ) -> None:
     """Run the scheduler: closes idle sessions, archives them, enforces retention; serves erasures."""
     from nats.errors import NoServersError
 
-    from zapflow.scheduler.service import run, run_jobs_once
+    from zapflow.platform.service import run
+    from zapflow.scheduler.app import SCHEDULER, run_jobs_once
     from zapflow.scheduler.settings import SchedulerSettings
     from zapflow.store.errors import StoreError
 
     settings = _settings(SchedulerSettings, host=host, port=port)
+    if once:  # a one-shot command, beside the stack; the service reads its environment alone
+        settings = settings.model_copy(
+            update={"core": _target(data_dir, ("nats_url", "database_url", "analytics_path")).core}
+        )
     try:
         if not once:
-            run(settings)
+            run(SCHEDULER, settings)
             return
         succeeded = asyncio.run(run_jobs_once(settings.core))
     except StoreError as error:
@@ -124,20 +234,23 @@ def sandbox(
     ] = None,
 ) -> None:
     """Run the WhatsApp Cloud API sandbox and its web chat."""
-    from zapflow.sandbox.app import run
+    from zapflow.platform.service import run
+    from zapflow.sandbox.app import sandbox_service
     from zapflow.sandbox.numbers import NumberConflict
     from zapflow.sandbox.settings import SandboxSettings
-    from zapflow.tenants.model import SecretUnavailable, TenantError
+    from zapflow.tenants.files import TenantError
+    from zapflow.tenants.secrets import SecretUnavailable
 
+    settings = _settings(SandboxSettings, host=host, port=port, webhook_url=webhook_url, tenant_files=tenant_file)
     try:
-        run(_settings(SandboxSettings, host=host, port=port, webhook_url=webhook_url, tenant_files=tenant_file))
+        run(sandbox_service(settings), settings)
     except (TenantError, SecretUnavailable, NumberConflict) as error:
         raise _fail(f"cannot start the sandbox: {error}") from None
 
 
 @app.command()
 def dev(
-    data_dir: Annotated[Path, typer.Option(help="Where all state lives.")] = Path(".zapflow"),
+    data_dir: Annotated[Path, typer.Option(help="Where all state lives.")] = DEFAULT_DATA_DIR,
     gateway_port: Annotated[int, typer.Option(help="Gateway (webhook) port.")] = 8000,
     conversation_port: Annotated[int, typer.Option(help="Conversation health/metrics port.")] = 8001,
     recorder_port: Annotated[int, typer.Option(help="Recorder health/metrics port.")] = 8002,
@@ -147,7 +260,8 @@ def dev(
     redis_port: Annotated[int, typer.Option(help="Embedded redis-server port.")] = 16379,
 ) -> None:
     """Run the whole platform on this machine: NATS, Redis, every service and the sandbox."""
-    from zapflow.dev import DevPorts, DevStackError, run_dev_stack
+    from zapflow.dev.plan import DevPorts
+    from zapflow.dev.stack import DevStackError, run_dev_stack
 
     ports = DevPorts(
         gateway=gateway_port,
@@ -161,7 +275,7 @@ def dev(
     try:
         run_dev_stack(data_dir.resolve(), ports, out)
     except DevStackError as error:
-        raise _fail(str(error)) from None
+        raise _fail(escape(str(error))) from None  # it may end with a log's tail
 
 
 @app.command()
@@ -174,6 +288,7 @@ def report(
     analytics: Annotated[
         Path | None, typer.Option(help="The DuckDB analytics file (ZAPFLOW_ANALYTICS_PATH, .zapflow/analytics.duckdb).")
     ] = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Daily figures per tenant and UTC day: volumes, response times, fallback, handoff, delivery, top rules."""
     import datetime as dt
@@ -187,13 +302,20 @@ def report(
         period = reports.report_period(since, until, today=dt.datetime.now(dt.UTC).date())
     except reports.ReportError as error:
         raise _fail(escape(str(error))) from None
-    path = _settings(CoreSettings, analytics_path=analytics).analytics_path
+    target = _target(data_dir, ("analytics_path",), analytics_path=analytics)
+    path = target.core.analytics_path
+    # The scheduler creates the file with its first archival: a file named by a flag or a
+    # variable must exist, the stack's or the default one need not yet.
+    archived = path.exists() or target.given("analytics_path")
+    rows: list[reports.ReportRow] = []
     try:
-        connection = open_warehouse(path, read_only=True)
-        try:
-            rows = reports.build_report(connection, period, tenant)
-        finally:
-            connection.close()
+        if archived:
+            connection = open_warehouse(path, read_only=True)
+            try:
+                archived = reports.archived_sessions(connection) > 0
+                rows = reports.build_report(connection, period, tenant) if archived else []
+            finally:
+                connection.close()
     except WarehouseError as error:
         raise _fail(escape(str(error))) from None
     if plot is not None:
@@ -210,47 +332,47 @@ def report(
         print(reports.to_csv(rows), end="")
     elif rows:
         out.print(reports.to_table(rows, period))
-    else:
+    if not archived:
+        # Beside a CSV or JSON document (which stays valid, and empty), the reason goes to stderr.
+        (out if output_format == "table" else err).print(escape(reports.nothing_archived(path)), soft_wrap=True)
+    elif not rows and output_format == "table":
         out.print(f"no data between {period.since} and {period.until}" + (f" for {escape(tenant)}" if tenant else ""))
 
 
-def _with_registry(nats_url: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
+def _registry_settings(data_dir: Path | None, nats_url: str | None) -> CoreSettings:
+    return _target(data_dir, ("nats_url",), nats_url=nats_url).core
+
+
+def _with_registry(core: CoreSettings, action: Callable[[Any], Awaitable[T]]) -> T:
     """Run an action against the tenant registry, turning connection failures into a message."""
     from nats.errors import NoServersError
 
-    from zapflow.platform import bus
-    from zapflow.tenants.registry import TenantRegistry, open_bucket
-
-    core = _settings(CoreSettings, nats_url=nats_url)
+    from zapflow.platform.connections import Needs, connected
 
     async def main() -> T:
-        try:
-            nc = await bus.connect_once(core.nats_url, "zapflow-cli")
-        except (NoServersError, OSError, TimeoutError) as error:
-            raise _nats_unreachable(core.nats_url, error) from None
-        try:
-            js = nc.jetstream()
-            registry = TenantRegistry(await open_bucket(js, core.tenant_bucket, core.stream_replicas))
-            return await action(registry)
-        finally:
-            await nc.close()
+        async with connected("cli", core, Needs(redis=False), short_lived=True) as connections:
+            return await action(connections.registry)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except (NoServersError, OSError, TimeoutError) as error:
+        raise _nats_unreachable(core.nats_url, error) from None
 
 
 @tenant_app.command("apply")
 def tenant_apply(
     file: Annotated[Path, typer.Option("--file", "-f", help="A YAML file with one or more BotTenant documents.")],
     nats_url: NatsUrl = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Validate tenants and store them in the registry; running services pick them up live."""
-    from zapflow.tenants.model import TenantError, load_tenant_documents
+    from zapflow.tenants.files import TenantError, load_tenant_documents
 
     try:
         tenants = load_tenant_documents(file)
     except TenantError as error:
         raise _fail(str(error)) from None
-    core = _settings(CoreSettings, nats_url=nats_url)
+    core = _registry_settings(data_dir, nats_url)
     for tenant in tenants:
         inline = tenant.inline_secrets()
         if inline and not core.is_development:
@@ -264,18 +386,18 @@ def tenant_apply(
                 raise _fail(f"{tenant.name}: {error}") from None
             out.print(f"tenant [bold]{tenant.name}[/] applied (revision {revision})")
 
-    _with_registry(nats_url, apply)
+    _with_registry(core, apply)
 
 
 @tenant_app.command("list")
-def tenant_list(nats_url: NatsUrl = None) -> None:
+def tenant_list(nats_url: NatsUrl = None, data_dir: DataDir = None) -> None:
     """List the tenants in the registry."""
 
     async def fetch(registry: Any) -> list[Any]:
         tenants: list[Any] = await registry.load_all()
         return tenants
 
-    tenants = _with_registry(nats_url, fetch)
+    tenants = _with_registry(_registry_settings(data_dir, nats_url), fetch)
     table = Table("name", "phone number id", "responder", "rules", "graph api")
     for tenant in tenants:
         spec = tenant.spec
@@ -294,13 +416,14 @@ def tenant_get(
     name: str,
     output: Annotated[str, typer.Option("--output", "-o", help="yaml or json.")] = "yaml",
     nats_url: NatsUrl = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Print one tenant; secret values are masked."""
 
     async def fetch(registry: Any) -> Any:
         return await registry.get(name)
 
-    tenant = _with_registry(nats_url, fetch)
+    tenant = _with_registry(_registry_settings(data_dir, nats_url), fetch)
     if tenant is None:
         raise _fail(f"no tenant named {name}")
     document = tenant.redacted()
@@ -308,14 +431,14 @@ def tenant_get(
 
 
 @tenant_app.command("delete")
-def tenant_delete(name: str, nats_url: NatsUrl = None) -> None:
+def tenant_delete(name: str, nats_url: NatsUrl = None, data_dir: DataDir = None) -> None:
     """Remove a tenant from the registry."""
 
     async def remove(registry: Any) -> bool:
         deleted: bool = await registry.delete(name)
         return deleted
 
-    if not _with_registry(nats_url, remove):
+    if not _with_registry(_registry_settings(data_dir, nats_url), remove):
         raise _fail(f"no tenant named {name}")
     out.print(f"tenant [bold]{name}[/] deleted")
 
@@ -323,16 +446,18 @@ def tenant_delete(name: str, nats_url: NatsUrl = None) -> None:
 @tenant_app.command("schema")
 def tenant_schema() -> None:
     """Print the JSON schema of a BotTenant (the one the CRD uses)."""
-    from zapflow.tenants.model import tenant_json_schema
+    from zapflow.tenants.schema import tenant_json_schema
 
     print(json.dumps(tenant_json_schema(), indent=2))
 
 
-def _with_database(database_url: str | None, action: Callable[[str], Coroutine[Any, Any, T]]) -> tuple[str, T]:
+def _with_database(
+    data_dir: Path | None, database_url: str | None, action: Callable[[str], Coroutine[Any, Any, T]]
+) -> tuple[str, T]:
     """Run a schema action on the configured database; a bad URL or an unreachable server is a message."""
     from zapflow.store.errors import StoreError
 
-    url = _settings(CoreSettings, database_url=database_url).database_url
+    url = _target(data_dir, ("database_url",), database_url=database_url).core.database_url
     try:
         return url, asyncio.run(action(url))
     except StoreError as error:
@@ -357,11 +482,12 @@ def _revision_report(url: str, revision: str | None) -> str:
 def db_upgrade(
     revision: Annotated[str, typer.Option(help="Revision to upgrade to.")] = "head",
     database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Apply the schema migrations, all of them by default (safe to run again)."""
     from zapflow.store import migrate
 
-    url, reached = _with_database(database_url, lambda url: migrate.upgrade(url, revision))
+    url, reached = _with_database(data_dir, database_url, lambda url: migrate.upgrade(url, revision))
     out.print(f"upgraded {_revision_report(url, reached)}")
 
 
@@ -369,20 +495,21 @@ def db_upgrade(
 def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Revision to go back to; base reverts every migration.")],
     database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Revert schema migrations down to a revision (dropping what they created)."""
     from zapflow.store import migrate
 
-    url, reached = _with_database(database_url, lambda url: migrate.downgrade(url, revision))
+    url, reached = _with_database(data_dir, database_url, lambda url: migrate.downgrade(url, revision))
     out.print(f"downgraded {_revision_report(url, reached)}")
 
 
 @db_app.command("current")
-def db_current(database_url: DatabaseUrl = None) -> None:
+def db_current(database_url: DatabaseUrl = None, data_dir: DataDir = None) -> None:
     """Show the revision the database schema is at."""
     from zapflow.store import migrate
 
-    url, current = _with_database(database_url, migrate.current_revision)
+    url, current = _with_database(data_dir, database_url, migrate.current_revision)
     out.print(_revision_report(url, current))
 
 
@@ -391,25 +518,24 @@ def contact_erase(
     tenant: Annotated[str, typer.Option(help="The tenant whose customer is erased.")],
     phone: Annotated[str, typer.Option(help="The customer's phone number, e.g. +55 11 98765-4321.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    data_dir: DataDir = None,
 ) -> None:
     """Erase a customer's messages and state from every store; the erasure is recorded without them."""
-    from nats.errors import NoServersError
-
     from zapflow.privacy.erasure import ErasureError, ErasureIncomplete, erase_once, normalise_phone
     from zapflow.store.errors import StoreError
 
-    core = _settings(CoreSettings)
     try:
         normalise_phone(phone)
     except ErasureError as error:
         raise _fail(str(error)) from None
+    core = _target(data_dir, ("nats_url", "redis_url", "database_url", "analytics_path")).core
     if not yes and not typer.confirm(f"Erase this customer of {tenant} from every store? This cannot be undone"):
         raise _fail("nothing erased")
     try:
         record = asyncio.run(erase_once(core, tenant, phone))
-    except (ErasureError, ErasureIncomplete, StoreError) as error:
-        raise _fail(str(error)) from None
-    except (NoServersError, OSError, TimeoutError) as error:
-        raise _nats_unreachable(core.nats_url, error) from None
+    except ErasureIncomplete as error:
+        raise _fail(escape(f"erasure incomplete: {error}")) from None
+    except (ErasureError, StoreError) as error:
+        raise _fail(escape(str(error))) from None
     out.print(f"erasure {record.id} recorded for tenant {record.tenant}")
     out.print_json(json.dumps(record.summary))

@@ -7,8 +7,9 @@ import dataclasses
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 
-from zapflow.platform import bus, catalogue, metrics
+from zapflow.platform import bus, catalogue
 from zapflow.v1 import inbound_pb2, turn_pb2
 
 TENANT = "bus-test"
@@ -29,14 +30,14 @@ async def test_streams_are_declared_idempotently_and_updated_in_place(js: JetStr
 
 async def test_a_republished_fact_is_stored_once_and_counted(js: JetStreamContext) -> None:
     await bus.ensure_stream(js, catalogue.INBOUND)
-    duplicates = metrics.DUPLICATES_DROPPED.labels(TENANT, "jetstream")
-    before = duplicates._value.get()
+    duplicates = {"tenant": TENANT, "layer": "jetstream"}
+    before = REGISTRY.get_sample_value("zapflow_bus_duplicates_dropped_total", duplicates) or 0.0
     event = inbound_pb2.InboundMessage(tenant=TENANT, wamid="wamid.DUP")
     first = await bus.publish(js, catalogue.inbound_subject(TENANT, "1"), event, "wamid.DUP")
     second = await bus.publish(js, catalogue.inbound_subject(TENANT, "1"), event, "wamid.DUP")
     assert (first.duplicate, second.duplicate) == (None, True)
     assert first.seq == second.seq
-    assert duplicates._value.get() == before + 1
+    assert REGISTRY.get_sample_value("zapflow_bus_duplicates_dropped_total", duplicates) == before + 1
 
 
 async def consume_until_dead_letter(
@@ -65,8 +66,8 @@ async def test_a_failing_message_is_retried_with_backoff_then_dead_lettered(js: 
         attempts.append(msg.metadata.num_delivered)
         raise RuntimeError("downstream is broken")
 
-    dead = metrics.DEAD_LETTERS.labels(TENANT, "retry-test")
-    before = dead._value.get()
+    dead = {"tenant": TENANT, "consumer": "retry-test"}
+    before = REGISTRY.get_sample_value("zapflow_bus_dead_letters_total", dead) or 0.0
     letter = await consume_until_dead_letter(
         js, spec, inbound_pb2.InboundMessage(wamid="x").SerializeToString(), always_fails
     )
@@ -76,7 +77,7 @@ async def test_a_failing_message_is_retried_with_backoff_then_dead_lettered(js: 
     assert letter.message_id == "wamid.POISON"
     assert "downstream is broken" in letter.reason
     assert letter.deliveries == 3
-    assert dead._value.get() == before + 1
+    assert REGISTRY.get_sample_value("zapflow_bus_dead_letters_total", dead) == before + 1
 
 
 async def test_an_undecodable_message_is_dead_lettered_at_once(js: JetStreamContext) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from tests.support.http import serve
 from tests.support.openai_server import NOT_JSON, FakeOpenAI, Hang
 from tests.support.platform import eventually, running_platform
-from zapflow.platform import metrics
 from zapflow.platform.keys import ContactKeys
 from zapflow.platform.settings import CoreSettings
 from zapflow.store.engine import create_engine
@@ -51,14 +51,14 @@ async def test_a_timeout_or_a_malformed_completion_gives_the_fallback(
     fake = FakeOpenAI()
     fake.script(Hang(release), Hang(release), NOT_JSON)  # the client retries a timeout once
     async with serve(fake.app()) as llm, running_platform(core, registry, **llm_bot(llm, timeout=0.5)) as platform:
-        errors = metrics.RESPONDER_ERRORS.labels(platform.tenant.name, "timeout")
+        errors = "zapflow_conversation_responder_errors_total"
         await platform.say(CUSTOMER, "are you there?")
         assert await platform.wait_for_texts(CUSTOMER, 1) == [FALLBACK]
         release.set()
-        assert errors._value.get() == 1
+        assert REGISTRY.get_sample_value(errors, {"tenant": platform.tenant.name, "kind": "timeout"}) == 1
         await platform.say(CUSTOMER, "hello?")
         assert await platform.wait_for_texts(CUSTOMER, 2) == [FALLBACK, FALLBACK]
-        assert metrics.RESPONDER_ERRORS.labels(platform.tenant.name, "malformed")._value.get() == 1
+        assert REGISTRY.get_sample_value(errors, {"tenant": platform.tenant.name, "kind": "malformed"}) == 1
 
 
 async def test_history_comes_back_from_the_store_when_redis_lost_it(

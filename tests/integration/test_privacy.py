@@ -15,17 +15,19 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from tests.support import meta
-from tests.support.cli import run_zapflow
+from tests.support.cli import declare_streams, run_zapflow
 from tests.support.http import serve
 from tests.support.platform import Platform, eventually, running_platform
 from tests.support.servers import ManagedServer
 from tests.support.tenants import secret
 from zapflow.platform import bus, catalogue
 from zapflow.platform.keys import ContactKeys
+from zapflow.platform.service import create_app
 from zapflow.platform.settings import CoreSettings
 from zapflow.privacy.erasure import Eraser
+from zapflow.scheduler.app import SCHEDULER
 from zapflow.scheduler.jobs import Jobs
-from zapflow.scheduler.service import Scheduler, create_app
+from zapflow.scheduler.leader import Scheduler
 from zapflow.scheduler.settings import SchedulerSettings
 from zapflow.store.engine import create_engine
 from zapflow.store.models import Erasure, Message
@@ -40,7 +42,7 @@ ADMIN = {"Authorization": "Bearer changethis"}
 async def admin(core: CoreSettings, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The scheduler's admin API (its jobs tick once an hour: these tests drive nothing through them)."""
     core = core.model_copy(update={"analytics_path": tmp_path / "analytics.duckdb"})
-    app = create_app(SchedulerSettings(core=core, interval_seconds=3600))
+    app = create_app(SCHEDULER, SchedulerSettings(core=core, interval_seconds=3600))
     async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
         yield client
 
@@ -202,6 +204,7 @@ def test_the_cli_erases_and_refuses_bad_input(core: CoreSettings, tmp_path: Path
     assert unreachable.returncode == 1
     assert "cannot reach NATS" in unreachable.stderr and "Traceback" not in unreachable.stderr
 
+    asyncio.run(declare_streams(core.nats_url))  # as the services do: an erasure refuses a NATS without them
     done = run_zapflow(env, "contact", "erase", "--tenant", "acme", "--phone", f"+{FORGOTTEN}", "--yes")
     assert done.returncode == 0, done.stderr
     assert "erasure" in done.stdout and FORGOTTEN not in done.stdout

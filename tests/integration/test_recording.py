@@ -19,8 +19,9 @@ from tests.support.http import serve
 from tests.support.platform import eventually, running_platform
 from tests.support.tenants import secret
 from zapflow.platform import bus, catalogue
+from zapflow.platform.service import create_app
 from zapflow.platform.settings import CoreSettings
-from zapflow.recorder.app import create_app as recorder_app
+from zapflow.recorder.app import RECORDER
 from zapflow.recorder.settings import RecorderSettings
 from zapflow.recorder.writer import RECORDED_STREAMS
 from zapflow.store.engine import create_engine
@@ -107,7 +108,7 @@ async def test_a_burst_of_events_is_written_in_fewer_transactions_than_events(
     batches, events = batch_metric("count"), batch_metric("sum")
     database = create_engine(core.database_url)
     try:
-        async with serve(recorder_app(RecorderSettings(core=core))):
+        async with serve(create_app(RECORDER, RecorderSettings(core=core))):
 
             async def everything_recorded() -> bool:
                 async with database.connect() as conn:

@@ -14,9 +14,10 @@ from tests.support.http import serve
 from tests.support.platform import eventually
 from tests.support.servers import ManagedServer
 from tests.support.tenants import make_tenant, secret
-from zapflow.gateway.app import create_app
+from zapflow.gateway.app import GATEWAY
 from zapflow.gateway.settings import GatewaySettings
 from zapflow.platform import catalogue
+from zapflow.platform.service import create_app
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
@@ -36,7 +37,7 @@ async def tenants(registry: TenantRegistry) -> list[BotTenant]:
 @pytest.fixture
 async def gateway(core: CoreSettings, tenants: list[BotTenant]) -> AsyncIterator[httpx.AsyncClient]:
     settings = GatewaySettings(core=core, max_body_bytes=64 * 1024, publish_timeout_s=1.0)
-    async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with serve(create_app(GATEWAY, settings)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
         yield client
 
 
@@ -206,7 +207,7 @@ async def test_metrics_can_require_a_bearer_token(core: CoreSettings, tenants: l
     from pydantic import SecretStr
 
     settings = GatewaySettings(core=core.model_copy(update={"metrics_token": SecretStr("scrape-me")}))
-    async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+    async with serve(create_app(GATEWAY, settings)) as url, httpx.AsyncClient(base_url=url) as client:
         assert (await client.get("/metrics")).status_code == 401
         assert (await client.get("/metrics", headers={"Authorization": "Bearer nope"})).status_code == 401
         assert (await client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})).status_code == 200

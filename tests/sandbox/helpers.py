@@ -13,7 +13,8 @@ import httpx
 from fastapi import FastAPI, Request, Response
 
 from tests.support.http import serve
-from zapflow.sandbox.app import create_app
+from zapflow.platform.service import create_app
+from zapflow.sandbox.app import sandbox_service
 from zapflow.sandbox.settings import SandboxSettings
 from zapflow.whatsapp.signature import SIGNATURE_HEADER, signature_matches
 
@@ -134,9 +135,9 @@ NOWHERE = "http://127.0.0.1:9/webhook/whatsapp"
 @contextlib.asynccontextmanager
 async def running_sandbox(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     """A served sandbox with the test number registered, and a client for it."""
-    settings = {"webhook_url": NOWHERE, "statuses": "off", **settings}
+    sandbox = SandboxSettings(**{"webhook_url": NOWHERE, "statuses": "off", **settings})
     async with (
-        serve(create_app(SandboxSettings(**settings))) as url,
+        serve(create_app(sandbox_service(sandbox), sandbox)) as url,
         httpx.AsyncClient(base_url=url, timeout=10) as client,
     ):
         registered = await client.post(

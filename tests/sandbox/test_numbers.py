@@ -11,10 +11,13 @@ from pydantic import ValidationError
 
 from tests.sandbox.helpers import NOWHERE, messages_url, text_message
 from tests.support.http import serve
-from zapflow.sandbox.app import create_app
+from zapflow.platform.service import create_app
+from zapflow.platform.settings import CoreSettings
+from zapflow.sandbox.app import sandbox_service
 from zapflow.sandbox.numbers import NumberConflict
 from zapflow.sandbox.settings import SandboxSettings
-from zapflow.tenants.model import SecretUnavailable, TenantError
+from zapflow.tenants.files import TenantError
+from zapflow.tenants.secrets import SecretUnavailable
 
 
 def tenant_yaml(name: str, number: str, access_token: dict[str, object]) -> str:
@@ -54,10 +57,13 @@ async def test_numbers_are_learned_from_tenant_files_with_their_secrets(
     )
     (folder / "notes.txt").write_text("not a tenant")
     settings = SandboxSettings(
-        webhook_url=NOWHERE, statuses="off", tenant_files=[inline, folder], secrets_dir=tmp_path / "secrets"
+        webhook_url=NOWHERE,
+        statuses="off",
+        tenant_files=[inline, folder],
+        core=CoreSettings(secrets_dir=tmp_path / "secrets"),
     )
 
-    async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+    async with serve(create_app(sandbox_service(settings), settings)) as url, httpx.AsyncClient(base_url=url) as client:
         listed = (await client.get("/sandbox/numbers")).json()["numbers"]
         sends = {
             number: await client.post(
@@ -79,7 +85,7 @@ def test_an_invalid_tenant_file_fails_at_creation_naming_the_file(tmp_path: Path
     broken.write_text(tenant_yaml("shop", "not-digits", {"value": "t"}))
 
     with pytest.raises(TenantError, match=r"broken\.yaml"):
-        create_app(SandboxSettings(tenant_files=[broken]))
+        sandbox_service(SandboxSettings(tenant_files=[broken]))
 
 
 def test_a_secret_that_cannot_be_resolved_fails_at_creation(tmp_path: Path) -> None:
@@ -87,7 +93,7 @@ def test_a_secret_that_cannot_be_resolved_fails_at_creation(tmp_path: Path) -> N
     tenant.write_text(tenant_yaml("shop", "301", {"env": "SANDBOX_TEST_UNSET_VARIABLE"}))
 
     with pytest.raises(SecretUnavailable, match="SANDBOX_TEST_UNSET_VARIABLE"):
-        create_app(SandboxSettings(tenant_files=[tenant]))
+        sandbox_service(SandboxSettings(tenant_files=[tenant]))
 
 
 def test_two_tenants_cannot_claim_one_number(tmp_path: Path) -> None:
@@ -96,7 +102,7 @@ def test_two_tenants_cannot_claim_one_number(tmp_path: Path) -> None:
     tenants.write_text(f"{shop}---\n{cafe}")
 
     with pytest.raises(NumberConflict, match="301"):
-        create_app(SandboxSettings(tenant_files=[tenants]))
+        sandbox_service(SandboxSettings(tenant_files=[tenants]))
 
 
 async def test_registration_updates_its_own_number_and_refuses_anothers(sandbox: httpx.AsyncClient) -> None:

@@ -14,15 +14,16 @@ import httpx
 from tests.support.http import serve
 from tests.support.servers import free_port
 from tests.support.tenants import make_tenant, secret
-from zapflow.conversation.app import create_app as conversation_app
+from zapflow.conversation.app import conversation_service
 from zapflow.conversation.responder import Responder
 from zapflow.conversation.settings import ConversationSettings
-from zapflow.gateway.app import create_app as gateway_app
+from zapflow.gateway.app import GATEWAY
 from zapflow.gateway.settings import GatewaySettings
+from zapflow.platform.service import create_app
 from zapflow.platform.settings import CoreSettings
-from zapflow.recorder.app import create_app as recorder_app
+from zapflow.recorder.app import RECORDER
 from zapflow.recorder.settings import RecorderSettings
-from zapflow.sandbox.app import create_app as sandbox_app
+from zapflow.sandbox.app import sandbox_service
 from zapflow.sandbox.settings import SandboxSettings
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
@@ -110,19 +111,17 @@ async def running_platform(
     **bot: Any,
 ) -> AsyncIterator[Platform]:
     gateway_port = free_port()
-    sandbox = sandbox_app(
-        SandboxSettings(webhook_url=f"http://127.0.0.1:{gateway_port}/webhook/whatsapp", statuses="delivered")
-    )
-    async with serve(sandbox) as sandbox_url:
+    sandbox = SandboxSettings(webhook_url=f"http://127.0.0.1:{gateway_port}/webhook/whatsapp", statuses="delivered")
+    async with serve(create_app(sandbox_service(sandbox), sandbox)) as sandbox_url:
         tenant = make_tenant(sandbox_url, messages_per_second, debounce, spec, **bot)
         await registry.put(tenant)
         async with httpx.AsyncClient(base_url=sandbox_url, timeout=10) as sandbox_client:
             await register_number(sandbox_client, tenant)
             gateway_settings = GatewaySettings(core=core, port=gateway_port)
             async with (
-                serve(gateway_app(gateway_settings), port=gateway_port) as gateway_url,
-                serve(conversation_app(ConversationSettings(core=core), responders)),
+                serve(create_app(GATEWAY, gateway_settings), port=gateway_port) as gateway_url,
+                serve(create_app(conversation_service(responders), ConversationSettings(core=core))),
                 httpx.AsyncClient(base_url=gateway_url, timeout=10) as gateway_client,
-                serve(recorder_app(RecorderSettings(core=core))) if record else contextlib.nullcontext(""),
+                serve(create_app(RECORDER, RecorderSettings(core=core))) if record else contextlib.nullcontext(""),
             ):
                 yield Platform(sandbox_client, gateway_client, registry, tenant)

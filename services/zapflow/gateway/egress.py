@@ -35,8 +35,9 @@ from zapflow.gateway.settings import GatewaySettings
 from zapflow.platform import bus, catalogue, keys, metrics
 from zapflow.platform.logging import get_logger
 from zapflow.platform.settings import CoreSettings
-from zapflow.tenants.model import BotTenant, SecretUnavailable, resolve_secret
+from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
+from zapflow.tenants.secrets import SecretUnavailable
 from zapflow.v1 import outbound_pb2 as pb
 
 log = get_logger(__name__)
@@ -161,7 +162,7 @@ class Egress:
             await self._already_handled(command, str(await self._redis.get(key) or ""))
             return
         try:
-            token = resolve_secret(whatsapp.access_token, self._core.secrets_dir, self._core.is_development)
+            token = tenant.secrets.resolve(whatsapp.access_token, self._core.secrets_dir, self._core.is_development)
         except SecretUnavailable as error:
             await self._redis.delete(key)
             raise bus.RetryLater(f"access token unavailable: {error}") from error

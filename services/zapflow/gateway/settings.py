@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from zapflow.platform.settings import CoreSettings
+from zapflow.platform.settings import Port, ServiceSettings
 
 
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_GATEWAY_", env_file=".env", extra="ignore")
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_GATEWAY_")
 
-    core: CoreSettings = Field(default_factory=CoreSettings)
-    host: str = "0.0.0.0"
-    # The deployment zapflow replaces listened on 8000; load balancers and Meta configs expect it.
-    port: int = 8000
-    # Meta's payloads reach 3 MB; a little headroom, then 413.
+    port: Port = 8000
+    """The webhook, health and metrics. The deployment zapflow replaces listened on 8000; load balancers and
+    Meta configs expect it."""
     max_body_bytes: int = 4 * 1024 * 1024
-    # Meta times a webhook out after a few seconds; fail fast with 503 so it retries.
+    """The largest webhook body accepted, then 413: Meta's payloads reach 3 MB, plus a little headroom."""
     publish_timeout_s: float = 3.0
+    """How long a webhook waits for JetStream's acknowledgement before answering 503. Meta times a webhook out
+    after a few seconds; failing fast makes it retry."""
     graph_timeout_s: float = 10.0
+    """The longest a Graph API call may take, connection included."""
     graph_connect_timeout_s: float = 5.0
+    """The longest opening a connection to the Graph API may take."""
     graph_connections: int = 100
-    # How long a Graph API call may stay unresolved before a redelivery treats it as abandoned.
+    """Connections to the Graph API one process keeps at most."""
     send_lease_s: float = 60.0
-    # Outbound idempotency keys outlive the outbound stream's 7-day retention.
+    """How long a Graph API call may stay unresolved before a redelivery treats it as abandoned (and
+    dead-letters it as uncertain)."""
     sent_key_ttl_s: int = 8 * 86_400
-    # Unacknowledged outbound commands of a dead gateway are redelivered after this long.
+    """Lifetime of outbound idempotency keys: longer than the outbound stream's 7-day retention."""
     egress_ack_wait_s: float = 60.0
-    # A command whose contact has an earlier one unsettled looks again after this long.
+    """Unacknowledged outbound commands of a dead gateway are redelivered after this long."""
     order_wait_s: float = 0.25
+    """A command whose contact has an earlier one unsettled looks again after this long."""

@@ -14,10 +14,11 @@ from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from zapflow.gateway.runtime import GatewayRuntime, Runtime
+from zapflow.gateway.runtime import CurrentRuntime, GatewayRuntime
 from zapflow.platform import bus, catalogue, metrics
 from zapflow.platform.logging import get_logger
-from zapflow.tenants.model import BotTenant, SecretUnavailable, resolve_secret
+from zapflow.tenants.model import BotTenant
+from zapflow.tenants.secrets import SecretUnavailable
 from zapflow.whatsapp.signature import signature_matches
 from zapflow.whatsapp.webhook import PayloadError, parse_webhook, phone_number_ids_hint
 
@@ -29,7 +30,7 @@ tracer = trace.get_tracer(__name__)
 def _secret(runtime: GatewayRuntime, tenant: BotTenant, which: str) -> str | None:
     core = runtime.settings.core
     try:
-        return resolve_secret(getattr(tenant.spec.whatsapp, which), core.secrets_dir, core.is_development)
+        return tenant.secrets.resolve(getattr(tenant.spec.whatsapp, which), core.secrets_dir, core.is_development)
     except SecretUnavailable as error:
         log.error("tenant secret unavailable", tenant=tenant.name, secret=which, error=str(error))
         return None
@@ -37,7 +38,7 @@ def _secret(runtime: GatewayRuntime, tenant: BotTenant, which: str) -> str | Non
 
 @router.get("/whatsapp", response_class=PlainTextResponse)
 async def verify(
-    runtime: Runtime,
+    runtime: CurrentRuntime,
     mode: Annotated[str, Query(alias="hub.mode")] = "",
     token: Annotated[str, Query(alias="hub.verify_token")] = "",
     challenge: Annotated[str, Query(alias="hub.challenge", max_length=256)] = "",
@@ -45,7 +46,7 @@ async def verify(
     """Meta's subscription handshake: echo the challenge when a tenant's verify token matches."""
     if mode != "subscribe" or not token or not challenge:
         raise HTTPException(status_code=400, detail="expected hub.mode=subscribe, hub.verify_token and hub.challenge")
-    for tenant in runtime.service.registry.all():
+    for tenant in runtime.connections.registry.all():
         expected = _secret(runtime, tenant, "verify_token")
         if expected is not None and hmac.compare_digest(token.encode(), expected.encode()):
             return challenge
@@ -79,7 +80,7 @@ def _verified_tenants(runtime: GatewayRuntime, body: bytes, signature: str | Non
     candidates = {
         number: tenant
         for number in phone_number_ids_hint(body)
-        if (tenant := runtime.service.registry.by_phone_number_id(number)) is not None
+        if (tenant := runtime.connections.registry.by_phone_number_id(number)) is not None
     }
     if not candidates:
         raise _refuse(403, "unknown_tenant", "no known tenant owns the payload's phone_number_id")
@@ -104,7 +105,7 @@ def _verified_tenants(runtime: GatewayRuntime, body: bytes, signature: str | Non
 @router.post("/whatsapp")
 async def receive(
     request: Request,
-    runtime: Runtime,
+    runtime: CurrentRuntime,
     signature: Annotated[str | None, Header(alias="X-Hub-Signature-256")] = None,
 ) -> dict[str, object]:
     """A signed notification from Meta: published to JetStream before it is acknowledged."""
@@ -143,7 +144,7 @@ async def _accept(request: Request, runtime: GatewayRuntime, signature: str | No
     timeout = runtime.settings.publish_timeout_s
     results = await asyncio.gather(
         *(
-            bus.publish(runtime.service.js, subject, event, msg_id, timeout=timeout)
+            bus.publish(runtime.connections.js, subject, event, msg_id, timeout=timeout)
             for subject, event, msg_id in publishes
         ),
         return_exceptions=True,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Generic, TypeVar
 
@@ -74,8 +74,13 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int = 
         await js.update_stream(config)
 
 
-async def ensure_streams(js: JetStreamContext, specs: Sequence[StreamSpec], replicas: int = 1) -> None:
+async def ensure_streams(
+    js: JetStreamContext, specs: Sequence[StreamSpec], replicas: int = 1, duplicate_window_s: float | None = None
+) -> None:
+    """Declare every stream; `duplicate_window_s`, when given, replaces each one's own dedup window."""
     for spec in specs:
+        if duplicate_window_s is not None:
+            spec = replace(spec, duplicate_window_s=duplicate_window_s)
         await ensure_stream(js, spec, replicas)
 
 

@@ -11,14 +11,14 @@ from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
-from zapflow.platform.runtime import ServiceRuntime
+from zapflow.platform.connections import Connections
 
 # FastAPI's built-in telemetry would add a second set of server spans and metrics on every
 # request; zapflow's own spans and Prometheus metrics are the ones dashboards use.
 FASTAPI_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
-def ops_router(runtime: Callable[[], ServiceRuntime | None], metrics_token: SecretStr | None) -> APIRouter:
+def ops_router(connections: Callable[[], Connections | None], metrics_token: SecretStr | None) -> APIRouter:
     """/healthz (the process answers), /readyz (its dependencies are usable), /metrics."""
     router = APIRouter(tags=["operations"])
 
@@ -30,7 +30,7 @@ def ops_router(runtime: Callable[[], ServiceRuntime | None], metrics_token: Secr
     @router.get("/readyz")
     async def readyz(response: Response) -> dict[str, object]:
         """Every dependency this service needs is usable."""
-        current = runtime()
+        current = connections()
         checks = await current.readiness() if current is not None else {"started": False}
         ready = all(checks.values())
         response.status_code = 200 if ready else 503

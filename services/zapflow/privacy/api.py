@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr
 
 from zapflow.platform.http import require_admin
@@ -19,23 +20,16 @@ class ErasureRequest(BaseModel):
     phone: str = Field(min_length=6, max_length=32, description="The customer's phone number or WhatsApp id.")
 
 
-async def current_eraser(request: Request) -> Eraser:
-    """The app's Eraser, set on `app.state.eraser` once its connections are up."""
-    found = getattr(request.app.state, "eraser", None)
-    if not isinstance(found, Eraser):
-        raise HTTPException(status_code=503, detail="the service is starting; try again")
-    return found
-
-
-EraserDep = Annotated[Eraser, Depends(current_eraser)]
-
-
-def erasures_router(admin_token: SecretStr) -> APIRouter:
+def erasures_router(admin_token: SecretStr, current_eraser: Callable[..., Awaitable[Eraser]]) -> APIRouter:
+    """The routes, served by whichever service holds an Eraser (`current_eraser` finds it)."""
+    # A default rather than an Annotated alias: FastAPI resolves annotations in the module's
+    # namespace, where a dependency chosen by the caller does not live.
+    eraser = Depends(current_eraser)
     admin = Depends(require_admin(admin_token))
     router = APIRouter(prefix="/admin/v1/erasures", tags=["privacy"], dependencies=[admin])
 
     @router.post("", status_code=201)
-    async def erase(erasure: ErasureRequest, service: EraserDep) -> ErasureRecord:
+    async def erase(erasure: ErasureRequest, service: Eraser = eraser) -> ErasureRecord:
         """Erase one contact of a tenant from every store; the record holds no personal data."""
         try:
             return await service.erase(erasure.tenant, erasure.phone, "admin-api")
@@ -46,9 +40,9 @@ def erasures_router(admin_token: SecretStr) -> APIRouter:
 
     @router.get("")
     async def erasures(
-        service: EraserDep,
         tenant: Annotated[str, Query(pattern=TENANT_NAME_PATTERN)],
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        service: Eraser = eraser,
     ) -> list[ErasureRecord]:
         """A tenant's erasures, newest first."""
         return await list_erasures(service.engine, tenant, limit)

@@ -6,51 +6,28 @@ recording in the engine's process doubled its CPU and pushed turn latency past i
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import uvicorn
-from fastapi import FastAPI
-
-from zapflow.platform.http import FASTAPI_TELEMETRY_OFF, ops_router
-from zapflow.platform.logging import configure_logging
-from zapflow.platform.runtime import ServiceRuntime
-from zapflow.platform.telemetry import configure_tracing
+from zapflow.platform.connections import Connections, Needs
+from zapflow.platform.service import Service
 from zapflow.recorder.settings import RecorderSettings
 from zapflow.recorder.writer import RECORDED_STREAMS, Recorder, WriteBatcher
-from zapflow.store.engine import create_engine
-from zapflow.store.migrate import require_migrated
 from zapflow.store.repository import ConversationStore
 
 
-def create_app(settings: RecorderSettings) -> FastAPI:
-    holder: dict[str, ServiceRuntime] = {}
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await require_migrated(settings.core.database_url)
-        database = create_engine(settings.core.database_url)
-        runtime = await ServiceRuntime.start("recorder", settings.core, RECORDED_STREAMS)
-        batcher = WriteBatcher(ConversationStore(database), settings.batch_max_events, settings.batch_linger_ms / 1000)
-        await Recorder(batcher).start(runtime)
-        holder["runtime"] = runtime
-        try:
-            yield
-        finally:
-            await runtime.stop()
-            await database.dispose()
-
-    app = FastAPI(
-        title="zapflow recorder", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry=FASTAPI_TELEMETRY_OFF
-    )
-    app.include_router(ops_router(lambda: holder.get("runtime"), settings.core.metrics_token))
-    return app
+@asynccontextmanager
+async def build(settings: RecorderSettings, connections: Connections) -> AsyncIterator[Recorder]:
+    store = ConversationStore(connections.database)
+    recorder = Recorder(WriteBatcher(store, settings.batch_max_events, settings.batch_linger_ms / 1000))
+    await recorder.start(connections)
+    yield recorder
 
 
-def run(settings: RecorderSettings) -> None:
-    """Serve the recorder; raises StoreError first when the database is not migrated."""
-    asyncio.run(require_migrated(settings.core.database_url))
-    configure_logging("recorder", settings.core.log_level, settings.core.log_json)
-    configure_tracing("recorder", settings.core.otlp_endpoint)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+RECORDER = Service[RecorderSettings, Recorder](
+    name="recorder",
+    summary="Keeps the relational store current from the bus (health and metrics only).",
+    # Tenants are not needed: every event names its own tenant.
+    needs=Needs(streams=RECORDED_STREAMS, tenants=False, redis=False, database=True),
+    build=build,
+)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from zapflow.platform.settings import CoreSettings
+from zapflow.platform.settings import Port, ServiceSettings
 
 
-class RecorderSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_RECORDER_", env_file=".env", extra="ignore")
+class RecorderSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_RECORDER_")
 
-    core: CoreSettings = Field(default_factory=CoreSettings)
-    # Health and metrics only.
-    host: str = "0.0.0.0"
-    port: int = 8002
-    # At most this many events per transaction; the oldest waiting event waits at most the linger
-    # for others (under load they gather anyway while the previous batch is being written).
+    port: Port = 8002
+    """Health and metrics only."""
     batch_max_events: int = Field(default=200, ge=1)
+    """The most events written in one transaction."""
     batch_linger_ms: float = Field(default=5.0, ge=0)
+    """The longest the oldest waiting event waits for others before its batch is written (under load they
+    gather anyway while the previous batch is being written)."""

@@ -5,7 +5,7 @@ database outage only delays the store: messages wait in JetStream and are retrie
 is idempotent, so a redelivery never makes a second row.
 
 The five consumers share one `WriteBatcher`, which writes many events per transaction: one
-transaction per event made the recorder the busiest process of the benchmark (bench/README.md).
+transaction per event made the recorder the busiest process of the benchmark (docs/benchmark.md).
 A handler returns only once its event's batch committed, so the bus acknowledges only durable
 writes.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 
 from zapflow.platform import catalogue, metrics
-from zapflow.platform.runtime import ServiceRuntime
+from zapflow.platform.connections import Connections
 from zapflow.store.repository import ConversationStore, Event, Recorded, SequencedInbound
 from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2
 
@@ -97,12 +97,12 @@ class Recorder:
     def __init__(self, batcher: WriteBatcher) -> None:
         self._batcher = batcher
 
-    async def start(self, runtime: ServiceRuntime) -> None:
-        await runtime.consume(catalogue.RECORD_INBOUND, inbound_pb2.InboundMessage, self._inbound)
-        await runtime.consume(catalogue.RECORD_OUTBOUND, outbound_pb2.OutboundCommand, self._record)
-        await runtime.consume(catalogue.RECORD_STATUSES, inbound_pb2.StatusUpdate, self._record)
-        await runtime.consume(catalogue.RECORD_TURNS, turn_pb2.Turn, self._record)
-        await runtime.consume(catalogue.RECORD_RESULTS, outbound_pb2.OutboundResult, self._record)
+    async def start(self, connections: Connections) -> None:
+        await connections.consume(catalogue.RECORD_INBOUND, inbound_pb2.InboundMessage, self._inbound)
+        await connections.consume(catalogue.RECORD_OUTBOUND, outbound_pb2.OutboundCommand, self._record)
+        await connections.consume(catalogue.RECORD_STATUSES, inbound_pb2.StatusUpdate, self._record)
+        await connections.consume(catalogue.RECORD_TURNS, turn_pb2.Turn, self._record)
+        await connections.consume(catalogue.RECORD_RESULTS, outbound_pb2.OutboundResult, self._record)
 
     async def _inbound(self, message: inbound_pb2.InboundMessage, msg: Msg) -> None:
         await self._batcher.record(SequencedInbound(message, msg.metadata.sequence.stream))

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from zapflow.platform.service import Runtime, runtime_dependency
 from zapflow.sandbox.chat import ChatHub
 from zapflow.sandbox.delivery import GatewayAnswer, GatewayUnreachable
 from zapflow.sandbox.graph import GraphEmulator
@@ -25,6 +26,7 @@ from zapflow.sandbox.numbers import (
     default_waba_id,
 )
 from zapflow.sandbox.recording import FaultPlan, Recorder
+from zapflow.sandbox.settings import SandboxSettings
 from zapflow.tenants.model import TENANT_NAME_PATTERN
 
 PHONE_NUMBER_ID_PATTERN = r"^[0-9]{1,32}$"
@@ -45,10 +47,13 @@ class SandboxServices:
     chat_page: str
 
 
-async def _services(request: Request) -> SandboxServices:
-    # async: FastAPI runs a plain `def` dependency in a worker thread on every request.
-    services: SandboxServices = request.app.state.services
-    return services
+CurrentRuntime = Annotated[
+    Runtime[SandboxSettings, SandboxServices], Depends(runtime_dependency(SandboxSettings, SandboxServices))
+]
+
+
+async def _services(runtime: CurrentRuntime) -> SandboxServices:
+    return runtime.parts
 
 
 Services = Annotated[SandboxServices, Depends(_services)]
@@ -69,15 +74,9 @@ def _unreachable(error: GatewayUnreachable) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=status.HTTP_502_BAD_GATEWAY)
 
 
-# --- health and the chat page ------------------------------------------------------------
+# --- the chat page ------------------------------------------------------------
 
 pages = APIRouter(tags=["pages"])
-
-
-@pages.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """Liveness: the process answers."""
-    return {"status": "ok"}
 
 
 @pages.get("/", response_class=HTMLResponse)

@@ -1,4 +1,4 @@
-"""The sandbox application: `create_app(settings)` builds it, `run(settings)` serves it."""
+"""The sandbox service: `sandbox_service(settings)` declares it for the platform's service factory."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 import httpx
-import uvicorn
-from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zapflow.platform.http import FASTAPI_TELEMETRY_OFF
-from zapflow.platform.logging import configure_logging, get_logger
+from zapflow.platform.connections import NOTHING, Connections
+from zapflow.platform.logging import get_logger
+from zapflow.platform.service import Service
 from zapflow.sandbox.api import SandboxServices, routers
 from zapflow.sandbox.chat import ChatHub
 from zapflow.sandbox.delivery import BackgroundTasks, StatusLifecycle, WebhookDelivery
@@ -24,9 +23,6 @@ from zapflow.sandbox.recording import FaultPlan, Recorder
 from zapflow.sandbox.settings import SandboxSettings
 
 log = get_logger(__name__)
-
-# Open chat streams get this long to close when the server stops.
-_GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 class BodySizeLimit:
@@ -86,20 +82,19 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(settings: SandboxSettings | None = None) -> FastAPI:
-    """The sandbox as an ASGI app; the tenant files are read now, so mistakes surface at once.
+def sandbox_service(settings: SandboxSettings) -> Service[SandboxSettings, SandboxServices]:
+    """The sandbox; the tenant files are read now, so mistakes surface at once.
 
     Raises TenantError or SecretUnavailable for a tenant file that cannot be used, and
     NumberConflict when two tenants claim one phone number id.
     """
-    settings = settings or SandboxSettings()
     numbers = NumberDirectory()
-    for number in load_numbers(settings.tenant_files, settings.secrets_dir):
+    for number in load_numbers(settings.tenant_files, settings.core.secrets_dir):
         numbers.register(number)
     chat_page = resources.files("zapflow.sandbox").joinpath("chat.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def build(settings: SandboxSettings, _: Connections) -> AsyncIterator[SandboxServices]:
         # The HTTP client belongs to the running loop, so it and its users are built here.
         async with httpx.AsyncClient(timeout=settings.webhook_timeout) as client:
             delivery = WebhookDelivery(
@@ -109,7 +104,7 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
             recorder = Recorder(settings.max_recorded)
             hub = ChatHub()
             faults = FaultPlan()
-            app.state.services = SandboxServices(
+            services = SandboxServices(
                 numbers=numbers,
                 recorder=recorder,
                 faults=faults,
@@ -120,37 +115,23 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
                     faults=faults,
                     hub=hub,
                     statuses=StatusLifecycle(delivery, tasks, settings),
-                    debug=settings.debug,
+                    debug=settings.core.debug,
                 ),
                 relay=InboundRelay(recorder, delivery),
                 chat_page=chat_page,
             )
             log.info("sandbox ready", numbers=len(numbers.all()), webhook_url=settings.webhook_url)
             try:
-                yield
+                yield services
             finally:
                 await tasks.close()
 
-    app = FastAPI(
-        title="zapflow sandbox",
+    return Service(
+        name="sandbox",
         summary="A local stand-in for the WhatsApp Cloud API, with a web chat.",
-        lifespan=lifespan,
-        telemetry=FASTAPI_TELEMETRY_OFF,
-    )
-    for router in routers:
-        app.include_router(router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    return app
-
-
-def run(settings: SandboxSettings) -> None:
-    """Serve the sandbox until SIGINT/SIGTERM (what `zapflow sandbox` calls)."""
-    configure_logging("sandbox", settings.log_level, settings.log_json)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        # Logging is configured above; uvicorn's own config would replace it.
-        log_config=None,
-        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+        # The sandbox plays Meta: it connects to nothing of zapflow's.
+        needs=NOTHING,
+        build=build,
+        routers=lambda _: routers,
+        customise=lambda app, settings: app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
     )

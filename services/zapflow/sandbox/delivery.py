@@ -104,7 +104,7 @@ class StatusLifecycle:
     def __init__(self, delivery: WebhookDelivery, tasks: BackgroundTasks, settings: SandboxSettings) -> None:
         self._delivery = delivery
         self._tasks = tasks
-        self._debug = settings.debug
+        self._debug = settings.core.debug
         every_step: list[tuple[StatusName, float]] = [
             ("sent", settings.status_sent_delay),
             ("delivered", settings.status_delivered_delay),

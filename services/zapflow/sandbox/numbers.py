@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zapflow.tenants.model import BotTenant, load_tenant_documents, resolve_secret
+from zapflow.tenants.files import load_tenant_documents
+from zapflow.tenants.model import BotTenant
+from zapflow.tenants.secrets import resolve_secret
 
 
 @dataclass(frozen=True)

@@ -6,50 +6,53 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-# How far the automatic status lifecycle of an accepted message goes: "read" plays the whole
-# sent -> delivered -> read sequence, "delivered" models a customer who never opens the chat,
-# "off" sends no status webhook at all (load tests that only count messages).
+from zapflow.platform.settings import Port, ServiceSettings
+
+# How far the automatic status lifecycle of an accepted message goes (the `statuses` field).
 StatusLifecycle = Literal["off", "sent", "delivered", "read"]
 
 
-class SandboxSettings(BaseSettings):
-    """Where the sandbox listens, where it delivers webhooks, and how it behaves."""
+class SandboxSettings(ServiceSettings):
+    """Where the sandbox listens, where it delivers webhooks, and how it behaves.
 
-    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_SANDBOX_", env_file=".env", extra="ignore")
+    Logging, debug mode and where Secret keys are mounted come from `core`, as in every service.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_SANDBOX_")
 
     host: str = "127.0.0.1"
-    port: int = Field(default=8100, ge=0, le=65535)
-    # The zapflow gateway's webhook: inbound messages and statuses are POSTed here, signed.
+    """The address the sandbox binds: loopback by default, for a development tool."""
+    port: Port = 8100
+    """The emulated Graph API, the web chat and the test hooks."""
     webhook_url: str = Field(default="http://127.0.0.1:8000/webhook/whatsapp", pattern=r"^https?://")
-    # BotTenant YAML files (or directories of them) from which the sandbox learns its numbers.
-    # From the environment: a comma-separated list.
+    """The zapflow gateway's webhook: inbound messages and statuses are POSTed here, signed."""
     tenant_files: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    # Where Kubernetes Secret keys referenced by the tenants are mounted (as in CoreSettings).
-    secrets_dir: Path = Path("/var/run/secrets/zapflow")
+    """BotTenant YAML files (or directories of them) from which the sandbox learns its numbers; from the
+    environment, a comma-separated list."""
 
     statuses: StatusLifecycle = "read"
-    # Each delay counts from the previous step: acceptance -> sent -> delivered -> read.
+    """How far the status lifecycle of an accepted message goes: `read` plays sent, delivered and read;
+    `delivered` models a customer who never opens the chat; `off` sends none (load tests that only count messages)."""
     status_sent_delay: float = Field(default=0.05, ge=0, le=60)
+    """Seconds from a send's acceptance to its `sent` status."""
     status_delivered_delay: float = Field(default=0.15, ge=0, le=60)
+    """Seconds from `sent` to `delivered`."""
     status_read_delay: float = Field(default=0.8, ge=0, le=600)
+    """Seconds from `delivered` to `read`."""
 
     webhook_timeout: float = Field(default=5.0, gt=0, le=120)
-    # Status webhooks are retried (Meta retries for days; a few attempts are enough locally).
-    # Inbound messages are delivered once: the caller sees the gateway's answer and decides.
+    """Seconds a webhook to the gateway may take."""
     webhook_attempts: int = Field(default=4, ge=1, le=20)
-    # Delay before the first retry; it doubles for each following one.
+    """Attempts per status webhook (Meta retries for days; a few attempts are enough locally). Inbound
+    messages are delivered once: the caller sees the gateway's answer and decides."""
     webhook_retry_delay: float = Field(default=0.25, ge=0, le=60)
-    # Meta's webhooks can reach 3 MB and /sandbox/inbound forwards them, hence 4 MiB.
+    """Seconds before the first retry of a status webhook; the delay doubles for each following one."""
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    # Sends and attempts kept in memory for /sandbox/messages and /sandbox/attempts.
+    """The largest request body accepted: Meta's webhooks can reach 3 MB and /sandbox/inbound forwards them."""
     max_recorded: int = Field(default=100_000, ge=1)
-
-    log_level: str = "INFO"
-    log_json: bool = True
-    # Debug mode is the only place phone numbers may appear in logs.
-    debug: bool = False
+    """Sends and attempts kept in memory for /sandbox/messages and /sandbox/attempts."""
 
     @field_validator("tenant_files", mode="before")
     @classmethod

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from zapflow.platform.settings import CoreSettings
+from zapflow.platform.settings import Port, ServiceSettings
 
 
-class SchedulerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_SCHEDULER_", env_file=".env", extra="ignore")
+class SchedulerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_SCHEDULER_")
 
-    core: CoreSettings = Field(default_factory=CoreSettings)
-    # Admin API, health and metrics.
-    host: str = "0.0.0.0"
-    port: int = 8003
-    # Seconds between ticks; a session closes at most this long after its idle time ends.
+    port: Port = 8003
+    """The admin API, health and metrics."""
     interval_seconds: float = Field(default=60.0, gt=0)
+    """Seconds between ticks; a session closes at most this long after its idle time ends."""

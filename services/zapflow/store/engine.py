@@ -91,7 +91,7 @@ async def flush_deleted_rows(engine: AsyncEngine) -> bool:
     copies the log into the database: a TRUNCATE checkpoint does that and empties the log file.
     It fails (False) while another connection reads an older snapshot; the next call retries.
     PostgreSQL keeps dead tuples in its pages until they are reused and in its WAL and backups
-    for their retention: that is the operator's to bound (documented in the store's README).
+    for their retention: that is the operator's to bound (documented in the privacy README).
     """
     if engine.dialect.name != "sqlite":
         return True

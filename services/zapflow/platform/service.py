@@ -1,0 +1,144 @@
+"""The service factory: one way to build a zapflow service process from its settings.
+
+A service declares what it connects to (`Needs`), how it builds its own parts once those
+connections are up (`build`, an async context manager that also stops them), and its routers.
+The factory adds the rest, the same for every service: logging and tracing, the lifespan that
+opens and closes the connections, /healthz /readyz /metrics, an answer with a reason instead of a
+traceback for unexpected errors, a typed runtime for routes (`runtime_dependency`), and the HTTP
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from zapflow.platform.connections import Connections, Needs, connected
+from zapflow.platform.http import FASTAPI_TELEMETRY_OFF, ops_router
+from zapflow.platform.logging import configure_logging, get_logger
+from zapflow.platform.settings import ServiceSettings
+from zapflow.platform.telemetry import configure_tracing
+from zapflow.store.migrate import require_migrated
+
+log = get_logger(__name__)
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+PartsT = TypeVar("PartsT")
+# Open requests (a chat's event stream) get this long to finish when the server stops.
+GRACEFUL_SHUTDOWN_S = 5
+
+
+@dataclass
+class Runtime(Generic[SettingsT, PartsT]):
+    """What a running service holds: its settings, its connections and its own parts."""
+
+    settings: SettingsT
+    connections: Connections
+    parts: PartsT
+
+
+@dataclass(frozen=True)
+class Service(Generic[SettingsT, PartsT]):
+    """The declaration of one service; `create_app` and `run` build the process from it."""
+
+    name: str
+    needs: Needs
+    build: Callable[[SettingsT, Connections], AbstractAsyncContextManager[PartsT]]
+    routers: Callable[[SettingsT], Sequence[APIRouter]] = lambda _: ()
+    # Anything else the app needs before it serves (middleware); runs once per app.
+    customise: Callable[[FastAPI, SettingsT], None] = lambda _app, _settings: None
+    summary: str = field(default="")
+
+
+def create_app(service: Service[SettingsT, PartsT], settings: SettingsT) -> FastAPI:
+    """The service as an ASGI app; its connections open in the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with (
+            connected(service.name, settings.core, service.needs) as connections,
+            service.build(settings, connections) as parts,
+        ):
+            app.state.runtime = Runtime(settings, connections, parts)
+            log.info("service started", service=service.name)
+            try:
+                yield
+            finally:
+                # Stop taking messages before the parts stop: running handlers finish first.
+                await connections.stop_consuming()
+
+    app = FastAPI(
+        title=f"zapflow {service.name}",
+        summary=service.summary or None,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        telemetry=FASTAPI_TELEMETRY_OFF,
+    )
+    for router in service.routers(settings):
+        app.include_router(router)
+    app.include_router(ops_router(lambda: _connections_or_none(app), settings.core.metrics_token))
+    service.customise(app, settings)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        # A reason and no traceback; the log has the traceback. For the webhook a 500 makes
+        # Meta retry, so nothing accepted is lost.
+        log.error("unexpected error", service=service.name, error=type(error).__name__, exc_info=error)
+        return JSONResponse({"detail": f"internal error: {type(error).__name__}"}, status_code=500)
+
+    return app
+
+
+def run(service: Service[SettingsT, PartsT], settings: SettingsT) -> None:
+    """Serve the service until SIGINT/SIGTERM (what `zapflow <service>` calls).
+
+    Raises StoreError before serving when the service needs a database that is not migrated,
+    so the command can say so instead of a server that never becomes ready.
+    """
+    if service.needs.database:
+        asyncio.run(require_migrated(settings.core.database_url))
+    configure_logging(service.name, settings.core.log_level, settings.core.log_json)
+    configure_tracing(service.name, settings.core.otlp_endpoint)
+    uvicorn.run(
+        create_app(service, settings),
+        host=settings.host,
+        port=settings.port,
+        # Logging is configured above; uvicorn's own config would replace it.
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+
+
+def runtime_dependency(
+    settings_type: type[SettingsT], parts_type: type[PartsT]
+) -> Callable[[Request], Awaitable[Runtime[SettingsT, PartsT]]]:
+    """A FastAPI dependency giving a route its service's runtime, typed.
+
+    Each service names it once: `Annotated[Runtime[S, P], Depends(runtime_dependency(S, P))]`.
+    """
+
+    async def current(request: Request) -> Runtime[SettingsT, PartsT]:
+        # async: FastAPI runs a plain `def` dependency in a worker thread on every request.
+        runtime = getattr(request.app.state, "runtime", None)
+        if not isinstance(runtime, Runtime):
+            raise HTTPException(status_code=503, detail="the service is starting; try again")
+        if not isinstance(runtime.settings, settings_type) or not isinstance(runtime.parts, parts_type):
+            raise TypeError(f"this app does not run {settings_type.__name__} with {parts_type.__name__}")
+        return runtime
+
+    return current
+
+
+def _connections_or_none(app: FastAPI) -> Connections | None:
+    runtime = getattr(app.state, "runtime", None)
+    return runtime.connections if isinstance(runtime, Runtime) else None

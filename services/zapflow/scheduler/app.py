@@ -1,0 +1,92 @@
+"""`zapflow scheduler`: runs the jobs on a timer, and serves the admin API's erasures.
+
+The erasures live here because this process already owns the analytics file: DuckDB lets one
+process write a file at a time, and the jobs and erasures take turns on it inside one process
+instead of waiting on each other's file lock. Every replica serves the admin API; one at a time
+runs the jobs (`leader.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from zapflow.platform import catalogue
+from zapflow.platform.connections import Connections, Needs, connected
+from zapflow.platform.service import Runtime, Service, runtime_dependency
+from zapflow.platform.settings import CoreSettings
+from zapflow.privacy.api import erasures_router
+from zapflow.privacy.erasure import Eraser
+from zapflow.scheduler.jobs import Jobs
+from zapflow.scheduler.leader import Scheduler
+from zapflow.scheduler.settings import SchedulerSettings
+from zapflow.tenants.model import BotTenant, DataSpec
+
+
+@dataclass(frozen=True)
+class SchedulerParts:
+    scheduler: Scheduler
+    eraser: Eraser
+
+
+def data_spec_lookup(tenant_named: Callable[[str], BotTenant | None]) -> Callable[[str], DataSpec]:
+    """Each tenant's data settings; a tenant deleted from the registry keeps the defaults."""
+
+    def data_of(tenant: str) -> DataSpec:
+        found = tenant_named(tenant)
+        return found.spec.data if found is not None else DataSpec()
+
+    return data_of
+
+
+def _jobs(core: CoreSettings, connections: Connections, tenant_named: Callable[[str], BotTenant | None]) -> Jobs:
+    secret = core.pseudonym_secret.get_secret_value()
+    return Jobs(connections.database, core.analytics_path, secret, data_spec_lookup(tenant_named))
+
+
+async def run_jobs_once(core: CoreSettings) -> dict[str, bool]:
+    """One tick of every job, for a cron job or an operator (`zapflow scheduler --once`)."""
+    async with connected("scheduler-once", core, Needs(redis=False, database=True), short_lived=True) as connections:
+        tenants = {tenant.name: tenant for tenant in await connections.registry.load_all()}
+        return await _jobs(core, connections, tenants.get).run_all()
+
+
+@asynccontextmanager
+async def build(settings: SchedulerSettings, connections: Connections) -> AsyncIterator[SchedulerParts]:
+    core = settings.core
+    jobs = _jobs(core, connections, connections.registry.by_name)
+    scheduler = Scheduler(jobs, connections.redis, settings.interval_seconds)
+    secret = core.pseudonym_secret.get_secret_value()
+    eraser = Eraser(connections.database, connections.redis, connections.js, core.analytics_path, secret)
+    scheduler.start()
+    try:
+        yield SchedulerParts(scheduler, eraser)
+    finally:
+        await scheduler.stop()
+
+
+CurrentRuntime = Annotated[
+    Runtime[SchedulerSettings, SchedulerParts], Depends(runtime_dependency(SchedulerSettings, SchedulerParts))
+]
+
+
+async def current_eraser(runtime: CurrentRuntime) -> Eraser:
+    return runtime.parts.eraser
+
+
+def _routers(settings: SchedulerSettings) -> tuple[APIRouter, ...]:
+    return (erasures_router(settings.core.admin_token, current_eraser),)
+
+
+SCHEDULER = Service[SchedulerSettings, SchedulerParts](
+    name="scheduler",
+    summary="Durable jobs (session close, archival, retention) and the admin API's erasures.",
+    # Every stream: an erasure reaches each of them.
+    needs=Needs(streams=catalogue.ALL_STREAMS, database=True),
+    build=build,
+    routers=_routers,
+)
