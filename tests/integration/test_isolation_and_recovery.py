@@ -1,16 +1,22 @@
-"""A noisy tenant cannot starve the others (I5), and Redis losing its data loses no reply."""
+"""A noisy tenant cannot starve the others (I5), and Redis losing its data loses no reply and repeats none."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 
 import httpx
+import pytest
+from nats.js import JetStreamContext
+from redis.asyncio import Redis
 
 from tests.support.platform import Platform, eventually, register_number, running_platform
 from tests.support.servers import ManagedServer
 from tests.support.tenants import make_tenant
+from tests.support.turns import turns_covering
 from zapflow.conversation.responder import Answer, TurnInput
+from zapflow.platform.keys import DUE, ContactKeys
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.model import BotTenant, ReplySpec
 from zapflow.tenants.registry import TenantRegistry
@@ -85,22 +91,54 @@ async def test_a_slow_tenant_is_capped_and_does_not_starve_another(
             await platform.wait_for_texts(f"551190000000{i}", 1)
 
 
-async def test_redis_losing_its_data_loses_no_reply_and_repeats_none(
-    core: CoreSettings, registry: TenantRegistry, redis: ManagedServer
+async def test_redis_losing_its_data_while_messages_are_held_loses_no_reply_and_repeats_none(
+    core: CoreSettings,
+    registry: TenantRegistry,
+    redis: ManagedServer,
+    js: JetStreamContext,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     customer = "5511911110000"
+    # Held messages heartbeat, and their contacts' deadlines are re-armed, every third of the ack wait.
+    ack_wait_s = 3.0
+    monkeypatch.setenv("ZAPFLOW_CONVERSATION_ACK_WAIT_S", str(ack_wait_s))
     async with running_platform(
-        core, registry, greeting={"text": "Welcome!"}, rules=[], fallback={"text": "ok"}
+        core,
+        registry,
+        debounce={"windowMs": 1500, "maxWaitMs": 5000},
+        greeting={"text": "Welcome!"},
+        rules=[],
+        fallback={"text": "ok"},
     ) as platform:
-        await platform.say(customer, "first")
+        keys = ContactKeys(platform.tenant.name, customer)
+        first = await platform.say(customer, "first")
         assert await platform.wait_for_texts(customer, 1) == ["Welcome!"]
+        burst = [await platform.say(customer, "second"), await platform.say(customer, "third")]
+        state = Redis.from_url(core.redis_url, decode_responses=True)
+        try:
 
-        redis.kill()  # this test's redis keeps nothing on disk: everything in it is gone
+            async def held_and_due() -> bool:
+                ingested = await state.exists(*(keys.message(wamid) for wamid in burst)) == len(burst)
+                return ingested and await state.zscore(DUE, keys.due_member) is not None
+
+            await eventually(held_and_due, what="the burst to be held with its deadline pending")
+        finally:
+            await state.aclose()
+
+        killed_at = time.time()
+        redis.kill()  # this test's redis keeps nothing on disk: the deadline and the cursor are gone
         redis.start()
+        restarted_at = time.time()
 
-        await platform.say(customer, "second")
-        # The cursor is rebuilt from the last turn event: "first" is not answered again, and
-        # the contact is not greeted twice.
+        # The cursor is rebuilt from the last turn event: "first" is not answered again, and the
+        # contact is not greeted twice.
         assert await platform.wait_for_texts(customer, 2) == ["Welcome!", "ok"]
-        await platform.say(customer, "third")
+        last = await platform.say(customer, "fourth")
         assert await platform.wait_for_texts(customer, 3) == ["Welcome!", "ok", "ok"]
+
+        # Every message in exactly one turn, and one reply per turn.
+        turns = await turns_covering(js, platform.tenant.name, customer, [first, *burst, last])
+        assert [list(turn.inbound_wamids) for turn in turns] == [[first], burst, [last]]
+        # The burst was still held at the kill. A heartbeat made its contact due again: the first one
+        # after the restart, or the next if the first met a connection the restart had broken.
+        assert killed_at < turns[1].closed_at.ToNanoseconds() / 1e9 <= restarted_at + 2 * ack_wait_s / 3 + 0.3
