@@ -137,7 +137,8 @@ class Engine:
                 span.set_attribute("zapflow.tenant", keys.tenant)
                 span.set_attribute("zapflow.turn_id", pending.turn_id)
                 answered = await self._answer(tenant, keys, pending, closed_at, closed_stamp)
-        settled = await self._state.settle(keys, token, pending.last_seq if pending else None, answered)
+        last_seq = pending.last_seq if pending else None
+        settled = await self._state.settle(keys, token, last_seq, answered, tenant.spec.debounce)
         await self._held.acknowledge_through(keys, settled)
 
     async def _answer(

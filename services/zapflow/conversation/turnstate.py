@@ -1,10 +1,10 @@
 """Each contact's turn state in Redis: the scripts and the operations on its keys.
 
 A contact's conversation hash holds its cursor (the inbound stream sequence up to which
-everything is settled), `last_seen` (the newest sequence ingested) and `first` (when the
-pending burst began); the due set holds its debounce deadline; the lock makes one turn at a
-time per contact across replicas; the in-flight record lets a crashed turn re-run with the
-same id.
+everything is settled), `last_seen` (the newest sequence ingested), `first` (when the pending
+burst began) and `last_at` (when its latest message arrived); the due set holds its debounce
+deadline; the lock makes one turn at a time per contact across replicas; the in-flight record
+lets a crashed turn re-run with the same id.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local first = tonumber(redis.call('HGET', KEYS[1], 'first') or '-1')
 if first < 0 then
   first = now
-  redis.call('HSET', KEYS[1], 'first', now)
+  redis.call('HSET', KEYS[1], 'first', now, 'last_at', now)
+else
+  redis.call('HSET', KEYS[1], 'last_at', now)
 end
 local deadline = math.min(now + tonumber(ARGV[3]), first + tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[2], deadline, ARGV[5])
@@ -59,6 +61,9 @@ return ARGV[1]
 """
 
 # A turn is done: advance the cursor, and keep the contact due only if newer messages came.
+# Those begin the next burst: its maximum wait counts from now rather than from the answered
+# burst's start (which would close it at once, splitting a burst still being typed), and its
+# deadline from its own latest arrival.
 _FINISH = """
 local cursor = tonumber(redis.call('HGET', KEYS[1], 'cursor') or '-1')
 local last = tonumber(ARGV[1])
@@ -67,7 +72,13 @@ redis.call('DEL', KEYS[3])
 local last_seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '0')
 if last_seen <= last then
   redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('HDEL', KEYS[1], 'first')
+  redis.call('HDEL', KEYS[1], 'first', 'last_at')
+else
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local last_at = tonumber(redis.call('HGET', KEYS[1], 'last_at') or now)
+  redis.call('HSET', KEYS[1], 'first', now)
+  redis.call('ZADD', KEYS[2], math.min(last_at + tonumber(ARGV[4]), now + tonumber(ARGV[5])), ARGV[2])
 end
 if redis.call('GET', KEYS[4]) == ARGV[3] then redis.call('DEL', KEYS[4]) end
 return 1
@@ -147,13 +158,7 @@ class TurnState:
         """Record a message's arrival and, when it is pending, slide the contact's deadline."""
         state = await self._ingest(
             keys=[keys.conversation, DUE, keys.message(wamid)],
-            args=[
-                seq,
-                message_key_ttl_s,
-                debounce.window_ms,
-                max(debounce.max_wait_ms, debounce.window_ms),
-                keys.due_member,
-            ],
+            args=[seq, message_key_ttl_s, *_debounce_args(debounce), keys.due_member],
         )
         return cast(Arrival, state)
 
@@ -217,7 +222,14 @@ class TurnState:
     async def was_answered(self, keys: ContactKeys, turn_id: str) -> bool:
         return bool(await self._redis.exists(keys.turn(turn_id)))
 
-    async def settle(self, keys: ContactKeys, token: str, last_seq: int | None, answered: Answered | None) -> int:
+    async def settle(
+        self,
+        keys: ContactKeys,
+        token: str,
+        last_seq: int | None,
+        answered: Answered | None,
+        debounce: DebounceSpec,
+    ) -> int:
         """Record the answer, advance the cursor and release the lock; returns the sequence settled.
 
         One round trip: the turn key, the history and the cursor go in one pipeline, in that order,
@@ -233,6 +245,12 @@ class TurnState:
             # EVAL, not the registered script: in a pipeline, redis-py would first ask SCRIPT
             # EXISTS, a round trip more; Redis caches the compiled script by its hash anyway.
             finish_keys = (keys.conversation, DUE, keys.inflight, keys.lock)
-            pipe.eval(_FINISH, len(finish_keys), *finish_keys, last_seq, keys.due_member, token)
+            finish_args = (last_seq, keys.due_member, token, *_debounce_args(debounce))
+            pipe.eval(_FINISH, len(finish_keys), *finish_keys, *finish_args)
             await pipe.execute()
         return last_seq
+
+
+def _debounce_args(debounce: DebounceSpec) -> tuple[int, int]:
+    """The window and the maximum wait in ms, as the scripts take them; the wait is never shorter."""
+    return debounce.window_ms, max(debounce.max_wait_ms, debounce.window_ms)

@@ -35,7 +35,8 @@ class KeyKind:
 CONVERSATION = KeyKind(
     "conv",
     "contact",
-    "hash: cursor (stream sequence settled), last_seen (newest sequence ingested), first (burst start)",
+    "hash: cursor (stream sequence settled), last_seen (newest sequence ingested), first (burst start),"
+    " last_at (latest arrival)",
 )
 LOCK = KeyKind("lock", "contact", "the token of the replica running this contact's turn; expires unless extended")
 INFLIGHT = KeyKind("inflight", "contact", "JSON record of the turn being answered, so a re-run has the same id")
