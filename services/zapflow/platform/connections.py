@@ -9,22 +9,22 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from zapflow.platform import bus
 from zapflow.platform.catalogue import ConsumerSpec, StreamSpec
 from zapflow.platform.redis import connect_redis
 from zapflow.platform.settings import CoreSettings
-from zapflow.store.engine import create_engine
-from zapflow.store.migrate import require_migrated
 from zapflow.tenants.registry import TenantRegistry, open_bucket
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
 
@@ -133,6 +133,11 @@ async def connected(
     registry once.
     """
     if needs.database:
+        # Imported here: SQLAlchemy and Alembic cost a process that never uses them about 25 MB
+        # and a second of start-up.
+        from zapflow.store.engine import create_engine
+        from zapflow.store.migrate import require_migrated
+
         await require_migrated(core.database_url)
     connections = Connections(f"zapflow-{name}", core)
     try:
