@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from zapflow.platform.logging import configure_logging
 from zapflow.platform.settings import CoreSettings
 from zapflow.platform.stackfile import (
     DEFAULT_DATA_DIR,
@@ -28,6 +29,15 @@ from zapflow.platform.stackfile import (
 )
 
 app = typer.Typer(no_args_is_help=True, help="zapflow: WhatsApp bots at scale.", pretty_exceptions_enable=False)
+
+
+@app.callback()
+def quiet_libraries() -> None:
+    # A one-shot command reports on the console; the info lines of the code it calls would only
+    # interleave with that on stdout. A service configures its own logs when it starts.
+    configure_logging("cli", "WARNING", json=False)
+
+
 tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (BotTenant documents) in the registry.")
 app.add_typer(tenant_app, name="tenant")
 db_app = typer.Typer(no_args_is_help=True, help="Manage the database schema (conversations, messages, turns).")
