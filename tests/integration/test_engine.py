@@ -201,7 +201,9 @@ async def test_a_burst_begun_during_a_long_turn_is_debounced_from_its_own_start(
     """The maximum wait of a burst typed while the previous turn was answered counts from that
     burst, not from the answered one: else the burst's first message closes at once, alone."""
     responder = GatedResponder()
-    window_s, max_wait_s = 0.3, 1.0
+    # A window long enough that a loaded box settles the slow turn and takes the second part
+    # well inside it; the test is about where the maximum wait counts from.
+    window_s, max_wait_s = 1.0, 2.0
     debounce = {"windowMs": int(window_s * 1000), "maxWaitMs": int(max_wait_s * 1000)}
     async with running_platform(core, registry, debounce=debounce, responders={"rules": responder}, **QUIET_BOT) as (
         platform
@@ -212,7 +214,7 @@ async def test_a_burst_begun_during_a_long_turn_is_debounced_from_its_own_start(
         await asyncio.sleep(max(0.0, question.accepted + max_wait_s + 0.2 - time.time()))
         first_part = await timed_say(platform, "part 0")
         responder.gate.set()
-        await asyncio.sleep(window_s / 3)  # the customer's typing pace
+        await asyncio.sleep(0.2)  # the customer's typing pace
         second_part = await timed_say(platform, "part 1")
         turns = await turns_covering(js, platform.tenant.name, CUSTOMER, [question.wamid, second_part.wamid])
 
@@ -220,7 +222,10 @@ async def test_a_burst_begun_during_a_long_turn_is_debounced_from_its_own_start(
             [question.wamid],
             [first_part.wamid, second_part.wamid],
         ]
-        assert_closed_one_window_after(turns[1], second_part, window_s)
+        # It waited a window after its last part, rather than closing at the settlement. (The upper
+        # bound is the other debounce tests': here the part can reach the engine late on a loaded
+        # box, and the window counts from then.)
+        assert seconds(turns[1].closed_at) >= second_part.began + window_s
 
 
 async def test_reactions_are_settled_without_a_reply(
