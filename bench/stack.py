@@ -165,14 +165,12 @@ class Stack:
         except CommandFailed as error:
             raise BenchError(str(error)) from None
 
-    def _service(self, name: str, port: int, *options: str, ready_path: str = "/readyz") -> ProcessSpec:
+    def _service(self, name: str, port: int, *options: str) -> ProcessSpec:
         self._check_free(name, port)
         service = name.split("-")[0]
         log = self.logs / f"{name}.log"
         env = self.env()
-        return servers.zapflow_service(
-            name, service, port, *options, log=log, env=env, cwd=self.workdir, ready_path=ready_path
-        )
+        return servers.zapflow_service(name, service, port, *options, log=log, env=env, cwd=self.workdir)
 
     def start_edge(self, tenant_file: Path) -> None:
         """The sandbox (as Meta) and the gateway."""
@@ -183,7 +181,6 @@ class Stack:
             self.webhook_url,
             "-f",
             str(tenant_file),
-            ready_path="/healthz",
         )
         self._start(sandbox, self._service("gateway", self.ports.gateway))
 

@@ -46,8 +46,7 @@ def conversation_service(
             await connections.consume(spec, inbound_pb2.InboundMessage, engine.ingest)
             yield engine
         finally:
-            # Stop taking messages first, then let running turns finish.
-            await connections.stop_consuming()
+            # The factory has stopped the inbound consumer by now; running turns finish here.
             await engine.stop()
             await llm.aclose()
             if database is not None:

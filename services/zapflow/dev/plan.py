@@ -56,15 +56,7 @@ class DevPlan:
 
     def environment(self) -> dict[str, str]:
         """The developer's environment, with the stack's own addresses on top."""
-        addresses = self.addresses
-        core = CoreSettings.model_construct(
-            environment="development",
-            nats_url=addresses.nats_url,
-            redis_url=addresses.redis_url,
-            database_url=addresses.database_url,
-            analytics_path=Path(addresses.analytics_path),
-            log_json=True,
-        )
+        core = CoreSettings.model_construct(environment="development", log_json=True, **self.addresses.settings())
         return {**os.environ, **settings_environment(core)}
 
     def servers(self) -> list[ProcessSpec]:
@@ -85,10 +77,10 @@ class DevPlan:
         """Every zapflow service as its own process, as in a cluster, and the sandbox in Meta's place."""
         env = self.environment()
 
-        def service(name: str, port: int, *options: str, ready_path: str = "/readyz") -> ProcessSpec:
+        def service(name: str, port: int, *options: str) -> ProcessSpec:
             log = self.logs / f"{name}.log"
             return servers.zapflow_service(
-                name, name, port, *options, log=log, env=env, cwd=self.data_dir, restart=RESTART, ready_path=ready_path
+                name, name, port, *options, log=log, env=env, cwd=self.data_dir, restart=RESTART
             )
 
         return [
@@ -101,6 +93,5 @@ class DevPlan:
                 self.ports.sandbox,
                 "--webhook-url", f"{self.url(self.ports.gateway)}/webhook/whatsapp",
                 "--tenant-file", str(self.tenant_file),
-                ready_path="/healthz",
             ),
         ]  # fmt: skip

@@ -39,7 +39,7 @@ async def build(settings: GatewaySettings, connections: Connections) -> AsyncIte
         await connections.consume(spec, outbound_pb2.OutboundCommand, egress.handle, egress.settled)
         yield GatewayParts(http, egress)
     finally:
-        await connections.stop_consuming()
+        # The factory has stopped the egress consumer by now: no Graph API call is left running.
         await http.close()
 
 

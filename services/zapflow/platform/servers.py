@@ -162,12 +162,11 @@ def zapflow_service(
     env: Mapping[str, str],
     cwd: Path | None = None,
     restart: OnFailure | None = None,
-    ready_path: str = "/readyz",
     host: str = "127.0.0.1",
 ) -> ProcessSpec:
-    """`zapflow SERVICE --host --port OPTIONS`, ready when `ready_path` answers 200."""
+    """`zapflow SERVICE --host --port OPTIONS`, ready when its /readyz answers 200."""
     argv = zapflow_command(service, "--host", host, "--port", str(port), *options)
-    probe = HttpProbe(f"http://{host}:{port}{ready_path}")
+    probe = HttpProbe(f"http://{host}:{port}/readyz")
     return ProcessSpec(name, argv, log, probe, env=env, cwd=cwd, restart=restart)
 
 

@@ -14,7 +14,7 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import uvicorn
@@ -54,7 +54,7 @@ class Service(Generic[SettingsT, PartsT]):
     routers: Callable[[SettingsT], Sequence[APIRouter]] = lambda _: ()
     # Anything else the app needs before it serves (middleware); runs once per app.
     customise: Callable[[FastAPI, SettingsT], None] = lambda _app, _settings: None
-    summary: str = field(default="")
+    summary: str = ""
 
 
 def create_app(service: Service[SettingsT, PartsT], settings: SettingsT) -> FastAPI:

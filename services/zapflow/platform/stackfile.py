@@ -43,7 +43,7 @@ class StackAddresses:
     analytics_path: str
     admin_url: str  # the scheduler's admin API
 
-    def settings(self) -> dict[str, str]:
+    def settings(self) -> dict[str, Any]:
         """The CoreSettings fields these addresses set (the admin API's URL is not one)."""
         return {name: value for name, value in asdict(self).items() if name in CoreSettings.model_fields}
 
@@ -87,8 +87,7 @@ def settings_beside(addresses: StackAddresses) -> type[CoreSettings]:
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            stack: dict[str, Any] = addresses.settings()
-            stack_file = InitSettingsSource(settings_cls, init_kwargs=stack)
+            stack_file = InitSettingsSource(settings_cls, init_kwargs=addresses.settings())
             return init_settings, env_settings, dotenv_settings, stack_file, file_secret_settings
 
     return StackCoreSettings
