@@ -18,7 +18,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from tests.support import meta
 from tests.support.servers import ManagedServer, free_port
 from tests.support.tenants import tenant_document
 from zapflow.platform import catalogue
+from zapflow.platform.servers import zapflow_command
 from zapflow.v1 import turn_pb2
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -113,23 +113,13 @@ def stack(nats: ManagedServer, redis: ManagedServer, tmp_path: Path) -> Iterator
         "ZAPFLOW_CONVERSATION_HISTORY_FROM_STORE": "false",
     }
     applied = subprocess.run(
-        [sys.executable, "-m", "zapflow", "tenant", "apply", "-f", str(tenant_file)],
+        zapflow_command("tenant", "apply", "-f", str(tenant_file)),
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert applied.returncode == 0, applied.stderr
 
     def service(name: str, port: int, *args: str) -> ManagedServer:
-        command = [
-            sys.executable,
-            "-m",
-            "zapflow",
-            name.split("-")[0],
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *args,
-        ]
+        command = zapflow_command(name.split("-")[0], "--host", "127.0.0.1", "--port", str(port), *args)
         return ManagedServer(name, "http", command, port, env=env, log=tmp_path / f"{name}.log")
 
     sandbox = service(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.support.servers import ManagedServer, free_port
 from tests.support.tenants import make_tenant
 from zapflow.platform import bus, catalogue
 from zapflow.platform.keys import command_key
+from zapflow.platform.servers import zapflow_command
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.registry import TenantRegistry
 from zapflow.v1 import outbound_pb2, turn_pb2
@@ -57,7 +57,7 @@ def gateway_process(core: CoreSettings, tmp_path: Path) -> Iterator[GatewayProce
         env = {key: value for key, value in os.environ.items() if not key.startswith("ZAPFLOW_")}
         env |= {"ZAPFLOW_NATS_URL": core.nats_url, "ZAPFLOW_REDIS_URL": core.redis_url, "ZAPFLOW_LOG_LEVEL": "WARNING"}
         env |= {f"ZAPFLOW_GATEWAY_{key.upper()}": str(value) for key, value in gateway_settings.items()}
-        command = [sys.executable, "-m", "zapflow", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+        command = zapflow_command("gateway", "--host", "127.0.0.1", "--port", str(port))
         process = ManagedServer(name, "http", command, port, env=env, log=tmp_path / f"{name}.log")
         started.append(process)
         process.start()

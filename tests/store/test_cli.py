@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.support.cli import run_zapflow
+from tests.support.servers import free_port
 from zapflow.store import migrate
 
 
 def zapflow(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "300"}
-    return subprocess.run(
-        [sys.executable, "-m", "zapflow", *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return run_zapflow({**os.environ, "COLUMNS": "300"}, *args)
 
 
 def test_upgrade_current_and_downgrade(database_url: str) -> None:
@@ -42,21 +33,13 @@ def test_upgrade_current_and_downgrade(database_url: str) -> None:
 
 
 def test_the_url_comes_from_the_environment_too(database_url: str) -> None:
-    env = {**os.environ, "ZAPFLOW_DATABASE_URL": database_url}
-    result = subprocess.run(
-        [sys.executable, "-m", "zapflow", "db", "upgrade"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_zapflow({**os.environ, "ZAPFLOW_DATABASE_URL": database_url}, "db", "upgrade")
     assert result.returncode == 0, result.stderr
     assert "upgraded database" in result.stdout
 
 
 def test_an_unreachable_postgresql_is_a_clear_error() -> None:
-    url = f"postgresql://zapflow:s3cret@127.0.0.1:{unused_port()}/zapflow"
+    url = f"postgresql://zapflow:s3cret@127.0.0.1:{free_port()}/zapflow"
 
     result = zapflow("db", "upgrade", "--database-url", url)
 

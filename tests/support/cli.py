@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from zapflow.platform import bus, catalogue
+from zapflow.platform.servers import zapflow_command
 
 
 def cli_environment(**variables: str) -> dict[str, str]:
@@ -21,7 +21,7 @@ def cli_environment(**variables: str) -> dict[str, str]:
 
 def run_zapflow(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "zapflow", *args],
+        zapflow_command(*args),
         env=env,
         cwd=cwd,
         capture_output=True,
