@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -15,6 +16,14 @@ from zapflow.platform import bus
 from zapflow.platform.settings import CoreSettings
 from zapflow.store.migrate import upgrade
 from zapflow.tenants.registry import TenantRegistry, open_bucket
+
+# Property-based tests: bounded and repeatable in the suite (derandomized: the same examples on
+# every run); `--hypothesis-profile=long` runs many more, with fresh seeds (docs/fuzzing.md).
+settings.register_profile(
+    "suite", max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("long", max_examples=5_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 # The headless-Chromium `page` fixture.
 pytest_plugins = ["tests.support.browser"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -21,7 +21,8 @@ from zapflow.platform.service import create_app
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
-from zapflow.v1 import inbound_pb2
+from zapflow.v1 import inbound_pb2, turn_pb2
+from zapflow.whatsapp.signature import SIGNATURE_HEADER, sign
 
 CUSTOMER = "5511988887777"
 
@@ -141,22 +142,120 @@ async def test_unknown_number_is_refused(gateway: httpx.AsyncClient, js: JetStre
     assert "phone_number_id" in answer.json()["detail"]
 
 
-async def test_malformed_bodies_get_a_reason_not_a_500(gateway: httpx.AsyncClient, tenants: list[BotTenant]) -> None:
+async def dead_letters(js: JetStreamContext) -> list[tuple[str, turn_pb2.DeadLetter]]:
+    """Every dead letter with its subject, oldest first."""
+    count = await stored(js, catalogue.DEAD_LETTER.name)
+    found = [await js.get_msg(catalogue.DEAD_LETTER.name, seq) for seq in range(1, count + 1)]
+    return [(m.subject, turn_pb2.DeadLetter.FromString(m.data or b"")) for m in found]
+
+
+def _naming(number: str, document: object) -> bytes:
+    """A body that names the tenant's number (so that its app secret is tried) whatever else it holds."""
+    return json.dumps({"metadata": {"phone_number_id": number}, "rest": document}).encode()
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (lambda number: _naming(number, 1)[:-3], "body is not JSON"),
+        (lambda number: _naming(number, json.loads("[" * 40 + "]" * 40)), "nest deeper than 32 levels"),
+        (lambda number: _naming(number, "ok"), "object: Field required"),
+        (lambda number: _naming(number, [1] * 6_000), "more than 5000 items"),
+    ],
+)
+async def test_a_signed_body_that_cannot_be_read_is_dead_lettered_whole_and_not_retried(
+    gateway: httpx.AsyncClient,
+    tenants: list[BotTenant],
+    js: JetStreamContext,
+    build: Callable[[str], bytes],
+    reason: str,
+) -> None:
     tenant = tenants[0]
-    number = tenant.spec.whatsapp.phone_number_id
-    from zapflow.whatsapp.signature import sign
+    body = build(tenant.spec.whatsapp.phone_number_id)
+    headers = {SIGNATURE_HEADER: sign(body, secret(tenant))}
+    answer = await gateway.post("/webhook/whatsapp", content=body, headers=headers)
 
-    broken = b'{"object":"whatsapp_business_account","phone_number_id":"' + number.encode() + b'", '
-    answer = await gateway.post(
-        "/webhook/whatsapp", content=broken, headers={"X-Hub-Signature-256": sign(broken, secret(tenant))}
-    )
-    assert answer.status_code == 400
-    assert "not JSON" in answer.json()["detail"]
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == {"messages": 0, "statuses": 0}
+    [problem] = answer.json()["dead_lettered"]
+    assert problem["where"] == "body"
+    assert reason in problem["reason"]
+    [(subject, letter)] = await dead_letters(js)
+    assert subject == catalogue.webhook_dead_letter_subject(tenant.name, None)
+    assert (letter.service, letter.consumer, letter.payload) == ("gateway", catalogue.WEBHOOK_DEAD_LETTERS, body)
+    assert reason in letter.reason
+    assert await stored(js) == 0
 
-    odd = meta.notification(number, [{"id": "wamid.1", "type": "text"}])
-    answer = await post(gateway, odd, secret(tenant))
-    assert answer.status_code == 400
-    assert "from is missing" in answer.json()["detail"]
+
+async def test_a_bad_message_does_not_sink_its_neighbours_and_metas_retry_changes_nothing(
+    gateway: httpx.AsyncClient, tenants: list[BotTenant], js: JetStreamContext
+) -> None:
+    tenant = tenants[0]
+    good = meta.text(CUSTOMER, "answer me")
+    wrong_type = meta.text(CUSTOMER, "x") | {"text": "not an object"}
+    bad_contact = meta.text("5511.*.>", "subject injection")
+    status = meta.status(CUSTOMER, "wamid.S9", "delivered")
+    payload = meta.notification(tenant.spec.whatsapp.phone_number_id, [wrong_type, good, bad_contact], [status])
+
+    for _ in range(2):
+        answer = await post(gateway, payload, secret(tenant))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["accepted"] == {"messages": 1, "statuses": 1}
+        assert [p["where"] for p in answer.json()["dead_lettered"]] == [
+            "entry[0].changes[0].value.messages[0]",
+            "entry[0].changes[0].value.messages[2]",
+        ]
+
+    assert (await stored(js), await stored(js, catalogue.STATUS.name)) == (1, 1)
+    letters = await dead_letters(js)
+    assert [subject for subject, _ in letters] == [
+        catalogue.webhook_dead_letter_subject(tenant.name, CUSTOMER),
+        catalogue.webhook_dead_letter_subject(tenant.name, None),
+    ]
+    assert json.loads(letters[0][1].payload) == wrong_type
+    assert "text: Input should be a valid dictionary" in letters[0][1].reason
+    assert "from: String should match pattern" in letters[1][1].reason
+    assert letters[0][1].original_subject == catalogue.inbound_subject(tenant.name, CUSTOMER)
+
+    exposition = (await gateway.get("/metrics")).text
+    assert f'zapflow_bus_dead_letters_total{{consumer="webhook",tenant="{tenant.name}"}} 2.0' in exposition
+    assert f'zapflow_gateway_webhook_requests_total{{outcome="dead_lettered",tenant="{tenant.name}"}} 2.0' in exposition
+
+
+async def test_an_event_the_bus_refuses_is_dead_lettered_cut_to_size_and_never_a_503(
+    core: CoreSettings, tenants: list[BotTenant], js: JetStreamContext
+) -> None:
+    tenant = tenants[0]
+    # Within every JSON limit, but larger than a NATS message may be (1 MB by default).
+    oversized = meta.text(CUSTOMER, "big") | {f"extra{i}": "x" * 100_000 for i in range(12)}
+    payload = meta.notification(tenant.spec.whatsapp.phone_number_id, [oversized, meta.text(CUSTOMER, "small")])
+    settings = GatewaySettings(core=core, dead_letter_max_bytes=64 * 1024)
+    async with serve(create_app(GATEWAY, settings)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        answer = await post(client, payload, secret(tenant))
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"]["messages"] == 1
+    [(_, letter)] = await dead_letters(js)
+    assert "the event bus refused it: MaxPayloadError" in letter.reason
+    assert f"the first {64 * 1024} of its" in letter.reason
+    assert len(letter.payload) == 64 * 1024
+    assert letter.payload == json.dumps(oversized, separators=(",", ":")).encode()[: 64 * 1024]
+
+
+async def test_unknown_types_and_fields_are_published_and_counted(
+    gateway: httpx.AsyncClient, tenants: list[BotTenant], js: JetStreamContext
+) -> None:
+    tenant = tenants[1]
+    novel = meta.text(CUSTOMER, "x") | {"type": "hologram", "hologram": {"depth": 3}, "aura": "blue"}
+    answer = await post(gateway, meta.notification(tenant.spec.whatsapp.phone_number_id, [novel]), secret(tenant))
+
+    assert answer.json() == {"accepted": {"messages": 1, "statuses": 0}, "dead_lettered": []}
+    last = await js.get_last_msg(catalogue.INBOUND.name, catalogue.inbound_subject(tenant.name, CUSTOMER))
+    assert json.loads(inbound_pb2.InboundMessage.FromString(last.data or b"").raw_json)["aura"] == "blue"
+    exposition = (await gateway.get("/metrics")).text
+    assert f'zapflow_gateway_webhook_unknown_total{{kind="field",tenant="{tenant.name}"}} 2.0' in exposition
+    assert f'zapflow_gateway_webhook_unknown_total{{kind="message_type",tenant="{tenant.name}"}} 1.0' in exposition
+    assert f'zapflow_gateway_inbound_messages_total{{tenant="{tenant.name}",type="other"}} 1.0' in exposition
 
 
 async def test_oversized_body_is_refused_with_413(gateway: httpx.AsyncClient, tenants: list[BotTenant]) -> None:

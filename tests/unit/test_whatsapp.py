@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -81,22 +82,102 @@ def test_a_type_meta_adds_later_is_kept_not_refused() -> None:
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        ([], "JSON object"),
-        ({"object": "page", "entry": []}, "whatsapp_business_account"),
-        ({"object": "whatsapp_business_account"}, "body.entry is missing"),
-        ({"object": "whatsapp_business_account", "entry": {}}, "entry must be a list"),
-        (meta.notification("1", messages=[{"id": "w", "timestamp": "1", "type": "text"}]), "messages[0].from"),
-        (meta.notification("1", messages=[meta.text(SENDER, "x") | {"timestamp": "yesterday"}]), "unix time"),
-        (
-            meta.notification("1", messages=[meta.text(SENDER, "x") | {"text": "not an object"}]),
-            "text must be an object",
-        ),
-        (meta.notification("1", messages=[meta.text("not-digits", "x")]), "WhatsApp id"),
+        ([], "Input should be a valid dictionary"),
+        ({"object": "page", "entry": []}, "object: Input should be 'whatsapp_business_account'"),
+        ({"object": "whatsapp_business_account"}, "entry: Field required"),
+        ({"object": "whatsapp_business_account", "entry": {}}, "entry: Input should be a valid list"),
     ],
 )
-def test_malformed_payloads_name_what_is_wrong(payload: object, reason: str) -> None:
-    with pytest.raises(PayloadError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+def test_a_body_that_is_no_notification_names_what_is_wrong(payload: object, reason: str) -> None:
+    with pytest.raises(PayloadError, match=re.escape(reason)):
         parse_webhook(payload)
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ({"id": "w", "timestamp": meta.now(), "type": "text", "text": {"body": "x"}}, "from: Field required"),
+        (meta.text(SENDER, "x") | {"timestamp": "yesterday"}, "timestamp: Input should be a valid integer"),
+        (meta.text(SENDER, "x") | {"timestamp": "99"}, "timestamp: Value error, a unix time between"),
+        (meta.text(SENDER, "x") | {"timestamp": str(10**12)}, "timestamp: Value error, a unix time between"),
+        (meta.text(SENDER, "x") | {"text": "not an object"}, "text: Input should be a valid dictionary"),
+        (meta.text(SENDER, "x") | {"text": None}, "a text message needs its text object"),
+        (meta.text("55.11.*", "x"), "from: String should match pattern"),
+        (meta.text("5511 >", "x"), "from: String should match pattern"),
+        (meta.text(SENDER, "x", wamid="wamid with spaces"), "id: String should match pattern"),
+        (meta.text(SENDER, "x") | {"type": "Text!"}, "type: String should match pattern"),
+        (
+            meta.text(SENDER, "x") | {"type": "location", "location": {"latitude": 91, "longitude": 0}},
+            "location.latitude: Input should be less than or equal to 90",
+        ),
+        (
+            meta.every_inbound_type(SENDER)["order"]
+            | {"order": {"product_items": [{"product_retailer_id": "a", "quantity": 10**20}]}},
+            "order.product_items.0.quantity",
+        ),
+        (
+            {k: v for k, v in meta.text(SENDER, "x").items() if k != "from"} | {"from_user_id": "BR.1502576394655843"},
+            "business-scoped user id but no phone number",
+        ),
+    ],
+)
+def test_a_malformed_message_is_refused_alone_with_its_reason(message: dict[str, object], reason: str) -> None:
+    good = meta.text(SENDER, "still here")
+    parsed = parse_webhook(meta.notification("1", messages=[message, good]))
+
+    assert [m.text.body for m in parsed.messages] == ["still here"]
+    [refused] = parsed.refused
+    assert refused.where == "entry[0].changes[0].value.messages[0]"
+    assert reason in refused.reason
+    assert json.loads(refused.raw) == message
+    assert refused.phone_number_id == "1"
+    assert not refused.is_status
+
+
+def test_a_refused_part_keeps_its_contact_when_that_much_is_readable() -> None:
+    unreadable = meta.text(SENDER, "x") | {"text": 42}
+    status = meta.status(SENDER, "wamid.S", "read") | {"timestamp": "soon"}
+    parsed = parse_webhook(meta.notification("1", messages=[unreadable, meta.text("5.5", "y")], statuses=[status]))
+
+    assert [(r.contact, r.is_status) for r in parsed.refused] == [(SENDER, False), (None, False), (SENDER, True)]
+
+
+def test_a_malformed_entry_or_change_sinks_only_itself() -> None:
+    good = meta.notification("1", messages=[meta.text(SENDER, "kept")])
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            "not an entry",
+            {"id": "2", "changes": [{"field": "messages", "value": {"metadata": {}}}, *good["entry"][0]["changes"]]},
+        ],
+    }
+    parsed = parse_webhook(payload)
+
+    assert [m.text.body for m in parsed.messages] == ["kept"]
+    assert [r.where for r in parsed.refused] == ["entry[0]", "entry[1].changes[0].value"]
+    assert "metadata.phone_number_id: Field required" in parsed.refused[1].reason
+
+
+def test_unknown_fields_and_types_are_kept_and_counted_while_documented_ones_are_not() -> None:
+    documented = meta.every_inbound_type(SENDER)["contacts"]
+    novel = meta.text(SENDER, "x") | {"sparkle": {"level": 9}, "type": "hologram", "hologram": {}}
+    status = meta.status(SENDER, "wamid.S", "sent") | {"pricing": {"category": "service", "mood": "good"}}
+    parsed = parse_webhook(meta.notification("1", messages=[documented, novel], statuses=[status]))
+
+    assert parsed.unknown_types == ["hologram"]
+    assert sorted(parsed.unknown_fields) == [
+        "entry[0].changes[0].value.messages[1].hologram",
+        "entry[0].changes[0].value.messages[1].sparkle",
+        "entry[0].changes[0].value.statuses[0].pricing.mood",
+    ]
+    assert json.loads(parsed.messages[1].raw_json)["sparkle"] == {"level": 9}
+    assert json.loads(parsed.statuses[0].raw_json)["pricing"]["mood"] == "good"
+
+
+def test_a_malformed_profile_name_costs_the_name_not_the_message() -> None:
+    payload = meta.notification("1", messages=[meta.text(SENDER, "hi")], contacts=[{"profile": "?", "wa_id": SENDER}])
+    parsed = parse_webhook(payload)
+    assert (parsed.messages[0].text.body, parsed.messages[0].contact_name, parsed.refused) == ("hi", "", [])
 
 
 def test_phone_number_id_hint_reads_the_raw_body() -> None:

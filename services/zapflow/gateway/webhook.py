@@ -1,16 +1,30 @@
-"""The WhatsApp webhook: verification handshake and signed notifications."""
+"""The WhatsApp webhook: verification handshake and signed notifications.
+
+What a signed POST gets (docs/webhook.md has the reasoning):
+- unsigned, badly signed, or naming a number no tenant owns: 401/403, nothing kept;
+- larger than the limit: 413;
+- signed by the tenant: 200 once every readable message and status is in JetStream and every
+  part that cannot be read (a malformed message, or the whole body) is in the dead-letter
+  stream with its reason and raw bytes. Meta retries any other answer for seven days, and a part
+  that cannot be read never will be, so refusing it would only delay its neighbours;
+- JetStream really unavailable: 503, and Meta's retry is deduplicated.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
-import json
 import time
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 from google.protobuf.message import Message
+from nats.errors import BadSubjectError, MaxPayloadError
+from nats.js import api
+from nats.js.errors import BadRequestError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -19,12 +33,18 @@ from zapflow.platform import bus, catalogue, metrics
 from zapflow.platform.logging import get_logger
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.secrets import SecretUnavailable
+from zapflow.v1 import inbound_pb2, turn_pb2
+from zapflow.whatsapp import payload
+from zapflow.whatsapp.bounded import load_bounded
 from zapflow.whatsapp.signature import signature_matches
-from zapflow.whatsapp.webhook import PayloadError, parse_webhook, phone_number_ids_hint
+from zapflow.whatsapp.webhook import ParsedWebhook, PayloadError, Refused, parse_webhook, phone_number_ids_hint
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/webhook", tags=["webhook"])
 tracer = trace.get_tracer(__name__)
+
+# What the bus refuses about one event (not about the bus): that event is dead-lettered instead.
+EVENT_REFUSED = (BadSubjectError, MaxPayloadError, BadRequestError)
 
 
 def _secret(runtime: GatewayRuntime, tenant: BotTenant, which: str) -> str | None:
@@ -118,45 +138,127 @@ async def _accept(request: Request, runtime: GatewayRuntime, signature: str | No
     started = time.perf_counter()
     body = await _read_body(request, runtime.settings.max_body_bytes)
     tenants = _verified_tenants(runtime, body, signature)
-    label = next(iter(tenants.values())).name
+    signer = next(iter(tenants.values())).name
     try:
-        parsed = parse_webhook(json.loads(body))
-    except json.JSONDecodeError as error:
-        raise _refuse(400, "malformed", f"body is not JSON: {error.msg} at {error.pos}", label) from None
+        parsed = parse_webhook(load_bounded(body, runtime.settings.json_limits), time.time())
     except PayloadError as error:
-        raise _refuse(400, "malformed", str(error), label) from None
+        parsed = ParsedWebhook(refused=[Refused("body", str(error), body)])
     unverified = parsed.phone_number_ids - tenants.keys()
     if unverified:
-        raise _refuse(403, "bad_signature", "the payload names a number the signature does not cover", label)
+        raise _refuse(403, "bad_signature", "the payload names a number the signature does not cover", signer)
+    _count_unknown(parsed, signer)
 
     received_at = bus.now_timestamp()
-    publishes: list[tuple[str, Message, str]] = []
+    events: list[tuple[str, Message, str, Refused]] = []
     for message in parsed.messages:
         message.tenant = tenants[message.phone_number_id].name
         message.received_at.CopyFrom(received_at)
         subject = catalogue.inbound_subject(message.tenant, message.contact)
-        publishes.append((subject, message, message.wamid))
+        events.append((subject, message, message.wamid, _as_refused(message, is_status=False)))
     for status in parsed.statuses:
         status.tenant = tenants[status.phone_number_id].name
         subject = catalogue.status_subject(status.tenant, status.contact)
-        publishes.append((subject, status, f"{status.wamid}:{status.status}"))
+        events.append((subject, status, f"{status.wamid}:{status.status}", _as_refused(status, is_status=True)))
 
+    timeout = runtime.settings.publish_timeout_s
+    js = runtime.connections.js
+    results = await asyncio.gather(
+        *(bus.publish(js, subject, event, msg_id, timeout=timeout) for subject, event, msg_id, _ in events),
+        return_exceptions=True,
+    )
+    refused = list(parsed.refused)
+    published: list[Message] = []
+    for (_, event, _, as_refused), result in zip(events, results, strict=True):
+        if isinstance(result, EVENT_REFUSED):
+            refused.append(replace(as_refused, reason=f"the event bus refused it: {type(result).__name__} {result}"))
+        elif isinstance(result, BaseException):
+            # Meta retries a non-2xx answer; whatever was already stored dedups on its id.
+            raise _refuse(503, "unavailable", f"event bus unavailable: {type(result).__name__}", signer)
+        else:
+            published.append(event)
+    await _dead_letter(runtime, refused, tenants, signer)
+
+    for event in published:
+        if isinstance(event, inbound_pb2.InboundMessage):
+            kind = event.type if event.type in payload.KNOWN_TYPES else "other"
+            metrics.INBOUND_MESSAGES.labels(event.tenant, kind).inc()
+        elif isinstance(event, inbound_pb2.StatusUpdate):
+            state = event.status if event.status in payload.KNOWN_STATUSES else "other"
+            metrics.STATUS_UPDATES.labels(event.tenant, state).inc()
+    metrics.WEBHOOK_REQUESTS.labels(signer, "dead_lettered" if refused else "accepted").inc()
+    metrics.WEBHOOK_SECONDS.labels(signer).observe(time.perf_counter() - started)
+    messages = sum(isinstance(event, inbound_pb2.InboundMessage) for event in published)
+    return {
+        "accepted": {"messages": messages, "statuses": len(published) - messages},
+        "dead_lettered": [{"where": part.where, "reason": part.reason} for part in refused],
+    }
+
+
+def _as_refused(event: inbound_pb2.InboundMessage | inbound_pb2.StatusUpdate, is_status: bool) -> Refused:
+    """The event as a refused part, should the bus refuse it."""
+    return Refused(
+        where=f"{'status' if is_status else 'message'} {event.wamid}",
+        reason="",
+        raw=event.raw_json.encode(),
+        phone_number_id=event.phone_number_id,
+        contact=event.contact,
+        is_status=is_status,
+    )
+
+
+def _count_unknown(parsed: ParsedWebhook, tenant: str) -> None:
+    if parsed.unknown_types:
+        metrics.WEBHOOK_UNKNOWN.labels(tenant, "message_type").inc(len(parsed.unknown_types))
+    if parsed.unknown_fields:
+        metrics.WEBHOOK_UNKNOWN.labels(tenant, "field").inc(len(parsed.unknown_fields))
+    if parsed.unknown_types or parsed.unknown_fields:
+        # Names only (capped): they say what Meta added, and hold no customer data.
+        log.info(
+            "webhook has parts zapflow does not know",
+            tenant=tenant,
+            types=sorted({name[:64] for name in parsed.unknown_types})[:10],
+            fields=sorted({name[:128] for name in parsed.unknown_fields})[:10],
+        )
+
+
+async def _dead_letter(
+    runtime: GatewayRuntime, refused: list[Refused], tenants: dict[str, BotTenant], signer: str
+) -> None:
+    """File every part that could not be read, with its reason and raw bytes, or answer 503."""
+    if not refused:
+        return
+    limit = runtime.settings.dead_letter_max_bytes
+    letters = []
+    for part in refused:
+        owner = tenants[part.phone_number_id].name if part.phone_number_id in tenants else signer
+        reason = part.reason
+        if len(part.raw) > limit:
+            reason += f" (the first {limit} of its {len(part.raw)} bytes are kept)"
+        letter = turn_pb2.DeadLetter(
+            service=catalogue.GATEWAY_SERVICE,
+            consumer=catalogue.WEBHOOK_DEAD_LETTERS,
+            original_subject=catalogue.webhook_part_subject(owner, part.contact, part.is_status),
+            # The same part in Meta's retry of the same body is the same dead letter.
+            message_id=hashlib.sha256(owner.encode() + b"\0" + part.where.encode() + b"\0" + part.raw).hexdigest(),
+            reason=reason,
+            payload=part.raw[:limit],
+            at=bus.now_timestamp(),
+        )
+        subject = catalogue.webhook_dead_letter_subject(owner, part.contact, part.is_status)
+        letters.append((owner, subject, letter))
     timeout = runtime.settings.publish_timeout_s
     results = await asyncio.gather(
         *(
-            bus.publish(runtime.connections.js, subject, event, msg_id, timeout=timeout)
-            for subject, event, msg_id in publishes
+            bus.publish(runtime.connections.js, subject, letter, letter.message_id, timeout)
+            for _, subject, letter in letters
         ),
         return_exceptions=True,
     )
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if failures:
-        # Meta retries a non-2xx answer; whatever was already stored dedups on its id.
-        raise _refuse(503, "unavailable", f"event bus unavailable: {type(failures[0]).__name__}", label)
-    for message in parsed.messages:
-        metrics.INBOUND_MESSAGES.labels(message.tenant, message.type).inc()
-    for status in parsed.statuses:
-        metrics.STATUS_UPDATES.labels(status.tenant, status.status).inc()
-    metrics.WEBHOOK_REQUESTS.labels(label, "accepted").inc()
-    metrics.WEBHOOK_SECONDS.labels(label).observe(time.perf_counter() - started)
-    return {"accepted": {"messages": len(parsed.messages), "statuses": len(parsed.statuses)}}
+    failure = next((result for result in results if isinstance(result, BaseException)), None)
+    if failure is not None:
+        raise _refuse(503, "unavailable", f"event bus unavailable: {type(failure).__name__}", signer)
+    for (owner, _, letter), ack in zip(letters, results, strict=True):
+        # Meta's retry of the same body finds its dead letters already filed.
+        if isinstance(ack, api.PubAck) and not ack.duplicate:
+            metrics.DEAD_LETTERS.labels(owner, catalogue.WEBHOOK_DEAD_LETTERS).inc()
+            log.warning("webhook part dead-lettered", tenant=owner, reason=letter.reason)

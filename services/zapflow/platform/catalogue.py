@@ -85,6 +85,12 @@ class ConsumerSpec:
         return self.backoff_s[min(attempt, len(self.backoff_s)) - 1]
 
 
+# --- services that own consumers or dead letters ---
+
+CONVERSATION_SERVICE = "conversation"
+GATEWAY_SERVICE = "gateway"
+RECORDER_SERVICE = "recorder"
+
 # --- subjects ---
 
 INBOUND_PREFIX = f"{ROOT}.in"
@@ -141,6 +147,29 @@ def dead_letters_of(service: str) -> str:
     return every(f"{DEAD_LETTER_PREFIX}.{service}")
 
 
+# The DeadLetter.consumer of the parts of a webhook body the gateway could not read. They are
+# filed under the subject the part would have had, so an erasure of the contact finds them; a
+# part whose contact cannot be read (or a whole unreadable body) is filed under UNATTRIBUTED.
+WEBHOOK_DEAD_LETTERS = "webhook"
+UNATTRIBUTED = "unknown"
+
+
+def webhook_part_subject(tenant: str, contact: str | None, status: bool = False) -> str:
+    """The subject a webhook part would have had (contact None: not readable)."""
+    original = status_subject if status else inbound_subject
+    return original(tenant, contact or UNATTRIBUTED)
+
+
+def webhook_dead_letter_subject(tenant: str, contact: str | None, status: bool = False) -> str:
+    """Where the gateway files a webhook part it could not read."""
+    return dead_letter_subject(GATEWAY_SERVICE, webhook_part_subject(tenant, contact, status))
+
+
+def unattributed_dead_letters(tenant: str) -> str:
+    """The tenant's dead letters whose contact could not be read (erasure searches their bytes)."""
+    return dead_letter_subject("*", f"{ROOT}.*.{tenant}.{UNATTRIBUTED}")
+
+
 def tenant_of(subject: str) -> str:
     """The tenant token of any zapflow subject (zf.<kind>.<tenant>... or zf.evt.<kind>.<tenant>...)."""
     tokens = subject.split(".")
@@ -183,10 +212,6 @@ def contact_subjects(tenant: str, contact: str) -> dict[str, tuple[str, ...]]:
 
 
 # --- durable consumers ---
-
-CONVERSATION_SERVICE = "conversation"
-GATEWAY_SERVICE = "gateway"
-RECORDER_SERVICE = "recorder"
 
 CONVERSATION_INBOUND = ConsumerSpec(
     stream=INBOUND,

@@ -13,13 +13,20 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # Gateway, inbound side.
 WEBHOOK_REQUESTS = Counter(
     "zapflow_gateway_webhook_requests_total",
-    "Webhook POSTs by outcome (accepted, bad_signature, unknown_tenant, malformed, too_large, unavailable).",
+    "Webhook POSTs by outcome (accepted, dead_lettered: accepted with unreadable parts dead-lettered,"
+    " bad_signature, unknown_tenant, too_large, unavailable).",
     ["tenant", "outcome"],
 )
 SIGNATURE_FAILURES = Counter(
     "zapflow_gateway_signature_failures_total",
     "Webhook POSTs refused because X-Hub-Signature-256 was missing or wrong.",
     ["tenant"],
+)
+WEBHOOK_UNKNOWN = Counter(
+    "zapflow_gateway_webhook_unknown_total",
+    "Message types and fields in webhooks that zapflow does not know: kept in the events' raw JSON, and a sign"
+    " that Meta changed its payloads.",
+    ["tenant", "kind"],
 )
 INBOUND_MESSAGES = Counter(
     "zapflow_gateway_inbound_messages_total",
@@ -81,7 +88,8 @@ REDELIVERIES = Counter(
 )
 DEAD_LETTERS = Counter(
     "zapflow_bus_dead_letters_total",
-    "Messages moved to the dead-letter stream after their last allowed delivery.",
+    "Messages moved to the dead-letter stream after their last allowed delivery; for consumer=\"webhook\", the"
+    " parts of webhook bodies the gateway could not read.",
     ["tenant", "consumer"],
 )
 HANDLER_SECONDS = Histogram(

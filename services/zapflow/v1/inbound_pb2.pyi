@@ -441,6 +441,7 @@ class StatusUpdate(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     PRICING_CATEGORY_FIELD_NUMBER: _builtins.int
+    RAW_JSON_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     phone_number_id: _builtins.str
     contact: _builtins.str
@@ -450,6 +451,8 @@ class StatusUpdate(_message.Message):
     """sent | delivered | read | played | failed"""
     conversation_id: _builtins.str
     pricing_category: _builtins.str
+    raw_json: _builtins.str
+    """The original JSON of the status object, fields zapflow does not read included."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -466,10 +469,11 @@ class StatusUpdate(_message.Message):
         errors: _abc.Iterable[Global___StatusError] | None = ...,
         conversation_id: _builtins.str = ...,
         pricing_category: _builtins.str = ...,
+        raw_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "contact", b"contact", "conversation_id", b"conversation_id", "errors", b"errors", "phone_number_id", b"phone_number_id", "pricing_category", b"pricing_category", "status", b"status", "tenant", b"tenant", "wamid", b"wamid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "contact", b"contact", "conversation_id", b"conversation_id", "errors", b"errors", "phone_number_id", b"phone_number_id", "pricing_category", b"pricing_category", "raw_json", b"raw_json", "status", b"status", "tenant", b"tenant", "wamid", b"wamid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
