@@ -18,7 +18,7 @@ from zapflow.store.migrate import upgrade
 from zapflow.tenants.registry import TenantRegistry, open_bucket
 
 # Property-based tests: bounded and repeatable in the suite (derandomized: the same examples on
-# every run); `--hypothesis-profile=long` runs many more, with fresh seeds (docs/fuzzing.md).
+# every run); `--hypothesis-profile=long` runs many more, with fresh seeds (docs/webhook.md).
 settings.register_profile(
     "suite", max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

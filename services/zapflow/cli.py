@@ -549,3 +549,148 @@ def contact_erase(
         raise _fail(escape(str(error))) from None
     out.print(f"erasure {record.id} recorded for tenant {record.tenant}")
     out.print_json(json.dumps(record.summary))
+
+
+dead_letters_app = typer.Typer(
+    no_args_is_help=True, help="Dead letters: what a service or the webhook could not handle (ZF_DLQ, 30 days)."
+)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+def _with_dead_letters(data_dir: Path | None, nats_url: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run an action against ZF_DLQ; an unreachable NATS, a missing stream or a bad request is a message."""
+    from nats.errors import Error as NatsError
+
+    from zapflow.platform.connections import Needs, connected
+    from zapflow.platform.deadletters import DeadLetterError
+
+    core = _target(data_dir, ("nats_url",), nats_url=nats_url).core
+
+    async def main() -> T:
+        async with connected("cli", core, Needs(redis=False, tenants=False), short_lived=True) as connections:
+            return await action(connections.js)
+
+    try:
+        return asyncio.run(main())
+    except DeadLetterError as error:
+        raise _fail(escape(str(error))) from None
+    except (NatsError, OSError, TimeoutError) as error:
+        raise _nats_unreachable(core.nats_url, error) from None
+
+
+def _dead_letter_filter(**fields: str | None) -> Any:
+    from zapflow.platform.deadletters import DeadLetterError, DeadLetterFilter
+
+    try:
+        return DeadLetterFilter(**fields)
+    except DeadLetterError as error:
+        raise _fail(escape(str(error))) from None
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's.")] = None,
+    service: Annotated[
+        str | None, typer.Option("--service", help="Only this service's (gateway, recorder, ...).")
+    ] = None,
+    consumer: Annotated[
+        str | None, typer.Option("--consumer", help="Only this consumer's (webhook: the gateway's unreadable parts).")
+    ] = None,
+    contact: Annotated[
+        str | None, typer.Option("--contact", help="Only about this WhatsApp id (unknown: no readable contact).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, the newest.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    nats_url: NatsUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """List dead letters, newest first, with their reason."""
+    from rich.text import Text
+
+    from zapflow.platform.deadletters import list_dead_letters, printable
+
+    wanted = _dead_letter_filter(tenant=tenant, service=service, consumer=consumer, contact=contact)
+    listing = _with_dead_letters(data_dir, nats_url, lambda js: list_dead_letters(js, wanted, limit))
+    if as_json:
+        document = {"matched": listing.matched, "dead_letters": [letter.summary() for letter in listing.letters]}
+        print(json.dumps(document, indent=2))
+        return
+    if not listing.letters:
+        out.print("no dead letters")
+        return
+    table = Table("seq", "at", "service", "consumer", "original subject", "deliveries", "bytes", "reason")
+    for letter in listing.letters:
+        table.add_row(
+            str(letter.seq),
+            letter.at.isoformat(timespec="seconds"),
+            Text(printable(letter.service)),
+            Text(printable(letter.consumer)),
+            Text(printable(letter.original_subject)),
+            str(letter.deliveries),
+            str(len(letter.payload)),
+            Text(printable(letter.reason)),
+        )
+    out.print(table)
+    out.print(f"{len(listing.letters)} of {listing.matched} dead letters, newest first")
+
+
+@dead_letters_app.command("show")
+def dead_letters_show(
+    seq: Annotated[int, typer.Argument(min=1, help="The dead letter's stream sequence (the seq column of `list`).")],
+    nats_url: NatsUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Show one dead letter: where it came from, why, and its payload."""
+    from rich.text import Text
+
+    from zapflow.platform.deadletters import printable, show
+
+    letter = _with_dead_letters(data_dir, nats_url, lambda js: show(js, seq))
+    payload = letter.payload_shown()
+    fields = Table.grid(padding=(0, 2))
+    for name, value in (
+        ("seq", str(letter.seq)),
+        ("at", letter.at.isoformat()),
+        ("service", letter.service),
+        ("consumer", letter.consumer),
+        ("original subject", letter.original_subject),
+        ("tenant", letter.tenant),
+        ("contact", letter.contact),
+        ("message id", letter.message_id),
+        ("deliveries", str(letter.deliveries)),
+        ("reason", letter.reason),
+        ("payload", f"{payload.size} bytes, " + ("UTF-8 text" if payload.encoding == "utf-8" else "not UTF-8, in hex")),
+    ):
+        fields.add_row(name, Text(printable(value)))
+    out.print(fields)
+    print(payload.text)
+
+
+@dead_letters_app.command("purge")
+def dead_letters_purge(
+    seq: Annotated[int | None, typer.Option("--seq", min=1, help="The one dead letter to purge.")] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Purge every dead letter of this tenant.")] = None,
+    service: Annotated[str | None, typer.Option("--service", help="With --tenant: only this service's.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    nats_url: NatsUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Erase dead letters for good (the server overwrites them): one by sequence, or a tenant's."""
+    from zapflow.platform.deadletters import purge_matching, purge_one
+
+    if (seq is None) == (tenant is None):
+        raise _fail("give either --seq N or --tenant T (with --service S to purge one service's only)")
+    if seq is not None:
+        if service is not None:
+            raise _fail("--service goes with --tenant, not with --seq")
+        if not yes and not typer.confirm(f"Purge dead letter {seq}? This cannot be undone"):
+            raise _fail("nothing purged")
+        letter = _with_dead_letters(data_dir, nats_url, lambda js: purge_one(js, seq))
+        out.print(f"purged dead letter {letter.seq} ({escape(letter.service)}, {escape(letter.original_subject)})")
+        return
+    wanted = _dead_letter_filter(tenant=tenant, service=service)
+    scope = f"of tenant {tenant}" + (f" from service {service}" if service else "")
+    if not yes and not typer.confirm(f"Purge every dead letter {scope}? This cannot be undone"):
+        raise _fail("nothing purged")
+    purged = _with_dead_letters(data_dir, nats_url, lambda js: purge_matching(js, wanted))
+    out.print(f"purged {purged} dead letters {escape(scope)}")

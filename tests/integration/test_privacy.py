@@ -11,11 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from tests.support import meta
 from tests.support.cli import declare_streams, run_zapflow
+from tests.support.dead_letters import file_webhook_part
 from tests.support.http import serve
 from tests.support.platform import Platform, eventually, running_platform
 from tests.support.servers import ManagedServer
@@ -261,3 +263,43 @@ async def test_every_subject_that_can_carry_the_contact_is_erased_dead_letters_i
         assert await stream_messages(js, stream, subject.format(c=FORGOTTEN)) == 0
         assert await stream_messages(js, stream, subject.format(c=KEPT)) == 1
     assert await stream_messages(js, catalogue.INBOUND.name, catalogue.inbound_subject("globex", FORGOTTEN)) == 1
+
+
+async def test_an_erasure_erases_the_unattributed_dead_letters_that_name_the_contact(
+    core: CoreSettings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    await bus.ensure_streams(js, catalogue.ALL_STREAMS)
+    own = await file_webhook_part(js, "acme", FORGOTTEN, b'{"text": 7}', "text: not an object")
+    erased = [
+        own,
+        await file_webhook_part(js, "acme", None, f'{{"from": "{FORGOTTEN}", "x": [}}'.encode(), "not JSON"),
+        # A whole unreadable body goes with everything in it, the other customer's part too.
+        await file_webhook_part(js, "acme", None, f'[{{"wa_id": "{KEPT}"}}, {{"wa_id": {FORGOTTEN}}}'.encode(), "cut"),
+        await file_webhook_part(js, "acme", None, b"{}", f"contact {FORGOTTEN} is not a string"),
+    ]
+    kept = [
+        await file_webhook_part(js, "acme", None, f'{{"from": "{KEPT}"}}'.encode(), "no type"),
+        await file_webhook_part(js, "acme", None, f'{{"from": "{FORGOTTEN}9"}}'.encode(), "another, longer number"),
+        await file_webhook_part(js, "globex", None, f'{{"from": "{FORGOTTEN}"}}'.encode(), "another tenant's"),
+    ]
+    redis = Redis.from_url(core.redis_url, decode_responses=True)
+    engine = create_engine(core.database_url)
+    try:
+        record = await Eraser(engine, redis, js, tmp_path / "analytics.duckdb", "secret").erase(
+            "acme", FORGOTTEN, "cli"
+        )
+    finally:
+        await engine.dispose()
+        await redis.aclose()
+
+    assert record.summary["streams"][catalogue.DEAD_LETTER.name] == len(erased)
+
+    async def stored(seq: int) -> bool:
+        try:
+            await js.get_msg(catalogue.DEAD_LETTER.name, seq=seq)
+        except NotFoundError:
+            return False
+        return True
+
+    assert [await stored(seq) for seq in erased] == [False] * len(erased)
+    assert [await stored(seq) for seq in kept] == [True] * len(kept)

@@ -221,6 +221,24 @@ def _count_unknown(parsed: ParsedWebhook, tenant: str) -> None:
         )
 
 
+def dead_letter_of(tenant: str, part: Refused, limit: int) -> tuple[str, turn_pb2.DeadLetter]:
+    """The dead letter of a webhook part that could not be read, and its subject."""
+    reason = part.reason
+    if len(part.raw) > limit:
+        reason += f" (the first {limit} of its {len(part.raw)} bytes are kept)"
+    letter = turn_pb2.DeadLetter(
+        service=catalogue.GATEWAY_SERVICE,
+        consumer=catalogue.WEBHOOK_DEAD_LETTERS,
+        original_subject=catalogue.webhook_part_subject(tenant, part.contact, part.is_status),
+        # The same part in Meta's retry of the same body is the same dead letter.
+        message_id=hashlib.sha256(tenant.encode() + b"\0" + part.where.encode() + b"\0" + part.raw).hexdigest(),
+        reason=reason,
+        payload=part.raw[:limit],
+        at=bus.now_timestamp(),
+    )
+    return catalogue.webhook_dead_letter_subject(tenant, part.contact, part.is_status), letter
+
+
 async def _dead_letter(
     runtime: GatewayRuntime, refused: list[Refused], tenants: dict[str, BotTenant], signer: str
 ) -> None:
@@ -231,21 +249,7 @@ async def _dead_letter(
     letters = []
     for part in refused:
         owner = tenants[part.phone_number_id].name if part.phone_number_id in tenants else signer
-        reason = part.reason
-        if len(part.raw) > limit:
-            reason += f" (the first {limit} of its {len(part.raw)} bytes are kept)"
-        letter = turn_pb2.DeadLetter(
-            service=catalogue.GATEWAY_SERVICE,
-            consumer=catalogue.WEBHOOK_DEAD_LETTERS,
-            original_subject=catalogue.webhook_part_subject(owner, part.contact, part.is_status),
-            # The same part in Meta's retry of the same body is the same dead letter.
-            message_id=hashlib.sha256(owner.encode() + b"\0" + part.where.encode() + b"\0" + part.raw).hexdigest(),
-            reason=reason,
-            payload=part.raw[:limit],
-            at=bus.now_timestamp(),
-        )
-        subject = catalogue.webhook_dead_letter_subject(owner, part.contact, part.is_status)
-        letters.append((owner, subject, letter))
+        letters.append((owner, *dead_letter_of(owner, part, limit)))
     timeout = runtime.settings.publish_timeout_s
     results = await asyncio.gather(
         *(

@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from opentelemetry import trace
 
 from zapflow.platform import metrics
@@ -29,6 +29,8 @@ log = get_logger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 TYPE_HEADER = "Zf-Type"
+# The server's error code for a sequence that holds no message (deleted or expired).
+NO_MESSAGE_FOUND = 10057
 
 
 def now_timestamp() -> Timestamp:
@@ -100,6 +102,18 @@ async def publish(
     if ack.duplicate:
         metrics.DUPLICATES_DROPPED.labels(tenant, "jetstream").inc()
     return ack
+
+
+async def secure_delete(js: JetStreamContext, stream: str, seq: int) -> bool:
+    """Delete a stream message, overwriting it in the stream's files; False when it was already gone."""
+    try:
+        # Without no_erase the server overwrites the message in its files.
+        await js.delete_msg(stream, seq)
+    except APIError as error:
+        if isinstance(error, NotFoundError) or error.err_code == NO_MESSAGE_FOUND:
+            return False  # expired or erased meanwhile: gone either way
+        raise
+    return True
 
 
 class RetryLater(Exception):

@@ -8,10 +8,14 @@ in order, so that nothing erased comes back from a store not erased yet:
    `zf:<tenant>:<kind>:<contact>`) and its debounce entry; then the append-only file is
    rewritten (and an RDB snapshot made where one is configured), because the old file still
    holds the deleted values.
-2. JetStream: every message on the contact's subjects in every stream, dead letters included.
-   Each is deleted with the server's secure erase (overwritten with random bytes in the stream's
-   files): a purge by subject only marks messages deleted and leaves their bytes in the block
-   files until the block is compacted. The recorder cannot record them again once they are gone.
+2. JetStream: every message on the contact's subjects in every stream, dead letters included,
+   and the tenant's unattributed dead letters (webhook parts whose contact could not be read,
+   filed under the catalogue's UNATTRIBUTED contact) whose payload or reason holds the contact's
+   number: the whole letter goes, with whatever else it held. Each is deleted with the server's
+   secure erase (overwritten with random bytes in the stream's files): a purge by subject only
+   marks messages deleted and leaves their bytes in the block files until the block is
+   compacted. The recorder cannot record them again once they are gone. The step reports what
+   each stream gave up; `ZF_DLQ`'s count includes the unattributed letters.
 3. The relational store: every row about the contact (store/lifecycle.py), then SQLite's
    write-ahead log is checkpointed and truncated (its rows are overwritten on delete).
 4. Analytics: rows hold a pseudonym and no text; the pseudonym is replaced by an id that leads
@@ -33,6 +37,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from zapflow.analytics import pseudonym
 from zapflow.analytics.warehouse import TABLES, WarehouseError, changed_rows, open_warehouse, transaction
-from zapflow.platform import catalogue, metrics
+from zapflow.platform import bus, catalogue, deadletters, metrics
 from zapflow.platform.connections import Needs, connected
 from zapflow.platform.keys import DUE, ContactKeys
 from zapflow.platform.logging import get_logger
@@ -233,13 +238,22 @@ class Eraser:
             erased[stream] = 0
             for subject in subjects:
                 for seq in await self._sequences(stream, subject):
-                    try:
-                        # Without no_erase the server overwrites the message in its files.
-                        await self._js.delete_msg(stream, seq)
-                    except NotFoundError:  # expired or erased meanwhile: gone either way
-                        continue
-                    erased[stream] += 1
+                    erased[stream] += int(await bus.secure_delete(self._js, stream, seq))
+        erased[catalogue.DEAD_LETTER.name] += await self._erase_unattributed(tenant, contact)
         return erased
+
+    async def _erase_unattributed(self, tenant: str, contact: str) -> int:
+        """The tenant's dead letters of no known contact that name this one: found by their bytes."""
+        # Digits on both sides would make it part of a longer number, someone else's.
+        number = re.compile(rb"(?<![0-9])" + contact.encode() + rb"(?![0-9])")
+        subjects = [catalogue.unattributed_dead_letters(tenant)]
+        async with aclosing(deadletters.letters_on(self._js, subjects)) as letters:
+            naming = [
+                letter.seq
+                async for letter in letters
+                if number.search(letter.payload) or number.search(letter.reason.encode())
+            ]
+        return await deadletters.erase(self._js, naming)
 
     async def _sequences(self, stream: str, subject: str) -> list[int]:
         sequences: list[int] = []
