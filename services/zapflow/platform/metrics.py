@@ -88,7 +88,7 @@ REDELIVERIES = Counter(
 )
 DEAD_LETTERS = Counter(
     "zapflow_bus_dead_letters_total",
-    "Messages moved to the dead-letter stream after their last allowed delivery; for consumer=\"webhook\", the"
+    'Messages moved to the dead-letter stream after their last allowed delivery; for consumer="webhook", the'
     " parts of webhook bodies the gateway could not read.",
     ["tenant", "consumer"],
 )
