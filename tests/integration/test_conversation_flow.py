@@ -15,6 +15,7 @@ from zapflow.platform import catalogue
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.files import parse_tenant
 from zapflow.tenants.registry import TenantRegistry
+from zapflow.v1 import turn_pb2
 
 CUSTOMER = "5511977776666"
 
@@ -79,6 +80,30 @@ async def test_the_same_webhook_delivered_three_times_yields_one_reply(platform:
     # A later message of the same contact is answered after any duplicate would have been.
     await platform.say(CUSTOMER, "anything else")
     assert await platform.wait_for_texts(CUSTOMER, 3) == ["Welcome!", "It costs $10.", "Sorry?"]
+
+
+async def test_a_malformed_message_beside_a_good_one_is_dead_lettered_and_the_good_one_answered_once(
+    platform: Platform, js: JetStreamContext
+) -> None:
+    other = "5511977775555"
+    malformed = meta.text(other, "x") | {"text": ["not", "an", "object"]}
+    payload = meta.notification(platform.number, [malformed, meta.text(CUSTOMER, "price")])
+    for _ in range(3):  # Meta's retries of the same body
+        body, headers = meta.signed(payload, secret(platform.tenant))
+        answer = await platform.gateway.post("/webhook/whatsapp", content=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["accepted"]["messages"] == 1
+
+    assert await platform.wait_for_texts(CUSTOMER, 2) == ["Welcome!", "It costs $10."]
+    letter = await js.get_last_msg(
+        catalogue.DEAD_LETTER.name, catalogue.webhook_dead_letter_subject(platform.tenant.name, other)
+    )
+    assert "text: Input should be a valid dictionary" in turn_pb2.DeadLetter.FromString(letter.data or b"").reason
+    assert (await js.stream_info(catalogue.DEAD_LETTER.name)).state.messages == 1
+    # Anything more for CUSTOMER comes after a later message's answer, in order: none did.
+    await platform.say(CUSTOMER, "anything else")
+    assert await platform.wait_for_texts(CUSTOMER, 3) == ["Welcome!", "It costs $10.", "Sorry?"]
+    assert await platform.texts_to(other) == []
 
 
 async def test_a_copy_resent_after_the_dedup_window_is_dropped_by_the_message_key(
