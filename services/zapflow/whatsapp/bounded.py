@@ -35,33 +35,43 @@ class JsonLimits:
 def load_bounded(body: bytes, limits: JsonLimits) -> Any:
     """The JSON document in body, or PayloadError naming the first limit it breaks."""
     # Every value but the first is preceded by a comma or opens a container: an upper bound.
-    if body.count(b",") + body.count(b"[") + body.count(b"{") > limits.max_values:
+    commas, containers = body.count(b","), body.count(b"[") + body.count(b"{")
+    if commas + containers > limits.max_values:
         raise PayloadError(f"body holds more than {limits.max_values} values")
     try:
         document = pydantic_core.from_json(body, allow_inf_nan=False)
     except ValueError as error:
         raise PayloadError(f"body is not JSON: {error}") from None
-    _check_limits(document, limits)
+    # The same counts bound the rest: nesting by the containers, a container's items by the
+    # commas, a string by the body's length. Most webhooks are small enough to skip the walk.
+    within_bounds = containers <= limits.max_depth and commas < limits.max_items
+    if not (within_bounds and len(body) <= limits.max_string_chars):
+        _check_limits(document, limits, strings=len(body) > limits.max_string_chars)
     return document
 
 
-def _check_limits(document: Any, limits: JsonLimits) -> None:
+def _check_limits(document: Any, limits: JsonLimits, strings: bool) -> None:
+    """Depth, sizes and (when `strings`) string lengths, in one walk over the containers only."""
+    if not isinstance(document, list | dict):
+        return
+    max_depth, max_items, max_chars = limits.max_depth, limits.max_items, limits.max_string_chars
     # An explicit stack: the walk must not recurse on the very input it guards against.
-    pending: list[tuple[Any, int]] = [(document, 0)]
+    pending: list[tuple[list[Any] | dict[str, Any], int]] = [(document, 1)]
     while pending:
-        value, depth = pending.pop()
-        if isinstance(value, str):
-            if len(value) > limits.max_string_chars:
-                raise PayloadError(f"a string is longer than {limits.max_string_chars} characters")
-            continue
-        if not isinstance(value, list | dict):
-            continue
-        if depth >= limits.max_depth:
-            raise PayloadError(f"arrays and objects nest deeper than {limits.max_depth} levels")
-        if len(value) > limits.max_items:
-            raise PayloadError(f"an array or object has more than {limits.max_items} items")
-        if isinstance(value, dict):
-            pending.extend((key, depth) for key in value)
-            pending.extend((child, depth + 1) for child in value.values())
+        container, depth = pending.pop()
+        if depth > max_depth:
+            raise PayloadError(f"arrays and objects nest deeper than {max_depth} levels")
+        if len(container) > max_items:
+            raise PayloadError(f"an array or object has more than {max_items} items")
+        if isinstance(container, dict):
+            if strings and any(len(key) > max_chars for key in container):
+                raise PayloadError(f"a string is longer than {max_chars} characters")
+            children: Any = container.values()
         else:
-            pending.extend((child, depth + 1) for child in value)
+            children = container
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                pending.append((child, depth + 1))
+            elif strings and kind is str and len(child) > max_chars:
+                raise PayloadError(f"a string is longer than {max_chars} characters")

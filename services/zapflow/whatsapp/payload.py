@@ -70,13 +70,15 @@ def _check_unix_time(value: int, info: ValidationInfo) -> int:
 
 def unknown_fields(model: BaseModel, path: str) -> list[str]:
     """The dotted paths of the fields Meta sent that the model does not know, at any depth."""
-    found = [f"{path}.{name}" for name in (model.model_extra or {})]
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        children = value if isinstance(value, list) else [value]
-        for child in children:
-            if isinstance(child, BaseModel):
-                found.extend(unknown_fields(child, f"{path}.{name}"))
+    found = [f"{path}.{name}" for name in model.__pydantic_extra__ or ()]
+    # The declared fields are __dict__'s; most are None, so only models and lists are looked into.
+    for name, value in model.__dict__.items():
+        if isinstance(value, BaseModel):
+            found.extend(unknown_fields(value, f"{path}.{name}"))
+        elif isinstance(value, list):
+            for child in value:
+                if isinstance(child, BaseModel):
+                    found.extend(unknown_fields(child, f"{path}.{name}"))
     return found
 
 
@@ -148,8 +150,8 @@ class SharedContact(MetaModel):
         type: Unread = None
 
     name: Name | None = None
-    phones: list[Phone] = []
-    emails: list[Email] = []
+    phones: list[Phone] = Field(default_factory=list)
+    emails: list[Email] = Field(default_factory=list)
     addresses: Unread = None
     org: Unread = None
     urls: Unread = None
@@ -167,7 +169,7 @@ class OrderItem(MetaModel):
 class Order(MetaModel):
     catalog_id: str = ""
     text: str = ""
-    product_items: list[OrderItem] = []
+    product_items: list[OrderItem] = Field(default_factory=list)
 
 
 class InteractiveReply(MetaModel):
@@ -242,7 +244,7 @@ class Message(Timestamped):
     button: Button | None = None
     system: System | None = None
     # "unsupported" messages say why in errors.
-    errors: list[MetaError] = []
+    errors: list[MetaError] = Field(default_factory=list)
     referral: Unread = None
     identity: Unread = None
     origin: Unread = None
@@ -299,7 +301,7 @@ class Status(Timestamped):
     recipient_id: WaId
     conversation: Conversation | None = None
     pricing: Pricing | None = None
-    errors: list[MetaError] = []
+    errors: list[MetaError] = Field(default_factory=list)
     recipient_type: Unread = None
     recipient_user_id: Unread = None
     recipient_parent_user_id: Unread = None

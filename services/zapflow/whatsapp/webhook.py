@@ -9,12 +9,12 @@ raises PayloadError.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import pydantic_core
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ValidationError
 
@@ -66,8 +66,9 @@ def phone_number_ids_hint(body: bytes) -> set[str]:
     return {m.decode() for m in _PHONE_NUMBER_ID.findall(body)}
 
 
-def raw_json(part: Any) -> str:
-    return json.dumps(part, separators=(",", ":"), ensure_ascii=False)
+def raw_json(part: Any) -> bytes:
+    """The part as compact UTF-8 JSON (pydantic-core's encoder: several times the standard library's speed)."""
+    return pydantic_core.to_json(part)
 
 
 def _why(error: ValidationError) -> str:
@@ -214,7 +215,7 @@ class _Reader:
             return None
 
     def refuse(self, where: str, reason: str, part: Any, **readable: Any) -> None:
-        self.parsed.refused.append(Refused(where, reason, raw_json(part).encode(), **readable))
+        self.parsed.refused.append(Refused(where, reason, raw_json(part), **readable))
 
     def known(self, model: BaseModel, where: str) -> None:
         self.parsed.unknown_fields.extend(meta.unknown_fields(model, where))
@@ -273,7 +274,7 @@ class _Reader:
         if message.type not in meta.KNOWN_TYPES:
             self.parsed.unknown_types.append(message.type)
         self.known(message, where)
-        self.parsed.messages.append(_message(message, number, names, raw_json(part)))
+        self.parsed.messages.append(_message(message, number, names, raw_json(part).decode()))
 
     def status(self, part: Any, number: str, where: str) -> None:
         found = _readable_id(part, "recipient_id")
@@ -281,7 +282,7 @@ class _Reader:
         if status is None:
             return
         self.known(status, where)
-        self.parsed.statuses.append(_status(status, number, raw_json(part)))
+        self.parsed.statuses.append(_status(status, number, raw_json(part).decode()))
 
 
 def parse_webhook(document: Any, now: float | None = None) -> ParsedWebhook:
