@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LATEST = Path(__file__).resolve().parent / "results" / "latest.json"
+HOSTILE = LATEST.with_name("hostile.json")
+PHASES = ("performance", "hostile", "all")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class Options:
     recorder: bool
     py_spy_rate: int
     py_spy_nonblocking: bool
+    phase: str
+    hostile_bodies: int
+    hostile_concurrency: int
+    hostile_seed: int
 
 
 def parse_options(argv: list[str] | None = None, description: str | None = None) -> Options:
@@ -55,7 +61,7 @@ def parse_options(argv: list[str] | None = None, description: str | None = None)
     parser.add_argument("--base-port", type=int, help="fixed ports from here (default: free ports)")
     parser.add_argument("--workdir", type=Path, help="where data and logs go (default: a temporary dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data) afterwards")
-    parser.add_argument("--json", type=Path, default=LATEST)
+    parser.add_argument("--json", type=Path, help="where the JSON goes (default results/latest.json, hostile.json)")
     parser.add_argument("--py-spy", type=Path, metavar="DIR", help="profile services with py-spy into DIR")
     parser.add_argument(
         "--recorder",
@@ -64,12 +70,27 @@ def parse_options(argv: list[str] | None = None, description: str | None = None)
     )
     parser.add_argument("--py-spy-rate", type=int, default=67, help="samples per second (default 67)")
     parser.add_argument("--py-spy-nonblocking", action="store_true", help="do not pause the profiled processes")
+    parser.add_argument(
+        "--phase",
+        choices=PHASES,
+        default="performance",
+        help="performance: raw JetStream, ingress, capacity, end to end (default); hostile: signed hostile "
+        "webhook bodies, then a real customer; all: both on one stack",
+    )
+    parser.add_argument("--hostile-bodies", type=int, default=10_000, help="hostile bodies to post (default 10000)")
+    parser.add_argument("--hostile-concurrency", type=int, default=16, help="hostile bodies in flight (default 16)")
+    parser.add_argument("--hostile-seed", type=int, default=1, help="the same seed posts the same bodies")
     args = parser.parse_args(argv)
+    if args.json is None:
+        args.json = HOSTILE if args.phase == "hostile" else LATEST
     if args.quick:
         args.duration = args.e2e_duration = 5.0
         args.raw_messages = min(args.raw_messages, 10_000)
         args.capacity_duration = min(args.capacity_duration, 3.0)
         args.settle_timeout = min(args.settle_timeout, 60.0)
+        args.hostile_bodies = min(args.hostile_bodies, 500)
     if args.rate <= 0 or args.e2e_rate <= 0 or args.duration <= 0 or args.e2e_duration <= 0:
         parser.error("rates and durations must be positive")
+    if args.hostile_bodies <= 0 or args.hostile_concurrency <= 0:
+        parser.error("--hostile-bodies and --hostile-concurrency must be positive")
     return Options(**vars(args))

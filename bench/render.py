@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.results import BenchReport, Latency, Phases, WebhookFigures
+from bench.results import BenchReport, HostileAnswer, Latency, Phases, WebhookFigures
 
 
 def _fmt(value: object) -> str:
@@ -32,6 +32,7 @@ def markdown(report: BenchReport) -> str:
     lines += _webhooks(phases)
     lines += _capacity(phases)
     lines += _end_to_end(phases)
+    lines += _hostile(phases)
     lines += _resources(phases)
     lines += _profiles(report)
     return "\n".join(lines) + "\n"
@@ -52,6 +53,13 @@ def _raw_jetstream(phases: Phases) -> list[str]:
 
 
 def _webhooks(phases: Phases) -> list[str]:
+    runs: list[tuple[str, WebhookFigures]] = []
+    if phases.ingress:
+        runs.append(("ingress", phases.ingress.webhooks))
+    if phases.e2e:
+        runs.append(("e2e", phases.e2e.figures.webhooks))
+    if not runs:
+        return []
     lines = [
         "",
         "## Webhooks (latency in ms)",
@@ -60,11 +68,6 @@ def _webhooks(phases: Phases) -> list[str]:
         "p99 service time | generator lag p99 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    runs: list[tuple[str, WebhookFigures]] = []
-    if phases.ingress:
-        runs.append(("ingress", phases.ingress.webhooks))
-    if phases.e2e:
-        runs.append(("e2e", phases.e2e.figures.webhooks))
     for name, figures in runs:
         latency = figures.latency_from_schedule
         lines.append(
@@ -134,6 +137,61 @@ def _end_to_end(phases: Phases) -> list[str]:
         f"lost {checked.lost}, duplicates {checked.duplicates}, "
         f"messages per turn {checked.as_dict()['messages_per_turn']} → **{'OK' if checked.ok else 'FAILED'}**."
     )
+    return lines
+
+
+def _hostile(phases: Phases) -> list[str]:
+    hostile = phases.hostile
+    if not hostile:
+        return []
+    figures, parts, customer, latency = hostile.figures, hostile.parts, hostile.customer, hostile.figures.latency
+    lines = [
+        "",
+        f"## Hostile webhooks (seed {hostile.seed}, {figures.bodies} bodies, {figures.bytes_sent / 2**20:.1f} MiB, "
+        f"{hostile.concurrency} at a time, limit {hostile.max_body_bytes} bytes)",
+        "",
+        f"Answers {figures.statuses} in {hostile.duration_s} s ({hostile.bodies_per_s}/s); answer time p50 "
+        f"{_fmt(latency.p50_ms)} ms, p99 {_fmt(latency.p99_ms)} ms, max {_fmt(latency.max_ms)} ms.",
+        "",
+        "| kind | bodies | answers | not explained by the envelope | answer ms p50 / p99 / max |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, statuses in figures.by_kind.items():
+        unexpected = _statuses(figures.unexpected.get(kind, {})) or "–"
+        took = figures.latency_by_kind[kind]
+        lines.append(
+            f"| {kind} | {sum(statuses.values())} | {_statuses(statuses)} | {unexpected} | "
+            f"{_fmt(took.p50_ms)} / {_fmt(took.p99_ms)} / {_fmt(took.max_ms)} |"
+        )
+    counts = ", ".join(f"{name} {count}" for name, count in figures.answer_counts.items()) or "none"
+    lines += [
+        "",
+        f"The 200 answers' figures, summed: {counts}.",
+        f"Readable messages of bodies answered 200 in JetStream: {parts.readable_stored} of {parts.readable}"
+        + (f" (missing e.g. {', '.join(parts.missing_examples)})" if parts.missing_examples else "")
+        + f"; messages for a tenant that did not sign stored: {parts.foreign_stored} of {parts.foreign}"
+        + (f" (e.g. {', '.join(parts.leaked_examples)})" if parts.leaked_examples else "")
+        + ".",
+        f"Gateway RSS {hostile.gateway_rss_mib_before} MiB before, {hostile.gateway_rss_mib_after} MiB after.",
+        f"A real customer afterwards: webhook {customer.webhook_status}, "
+        + (f"**answered** {customer.seconds} s after it." if customer.answered else "**not answered**."),
+    ]
+    lines += _answers("Slowest answers", figures.slowest)
+    lines += _answers("Answers >= 500 or none", figures.failures)
+    return lines
+
+
+def _statuses(statuses: dict[str, int]) -> str:
+    return ", ".join(f"{status}: {count}" for status, count in statuses.items())
+
+
+def _answers(title: str, answers: list[HostileAnswer]) -> list[str]:
+    if not answers:
+        return ["", f"{title}: none."]
+    lines = ["", f"{title}:", "", "| body | kind | bytes | status | ms | answer |", "|---|---|---|---|---|---|"]
+    for answer in answers:
+        detail = answer.detail.replace("|", "\\|").replace("\n", " ")[:120]
+        lines.append(f"| {answer.index} | {answer.kind} | {answer.bytes} | {answer.status} | {answer.ms} | {detail} |")
     return lines
 
 

@@ -213,6 +213,79 @@ class EndToEndResult:
     drain_resources: PhaseResources  # from the last webhook until the system settled
 
 
+# --- hostile webhooks ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostileAnswer:
+    """One body and its answer (status -1: no HTTP answer), for the slowest and the failures."""
+
+    index: int
+    kind: str
+    bytes: int
+    status: int
+    ms: float
+    detail: str  # the start of the answer's body, or why there was none
+
+
+@dataclass(frozen=True)
+class HostileFigures:
+    """What the gateway answered signed hostile bodies, by status and by kind of mutation."""
+
+    bodies: int
+    bytes_sent: int
+    statuses: dict[str, int]
+    by_kind: dict[str, dict[str, int]]  # kind -> status -> bodies
+    unexpected: dict[str, dict[str, int]]  # answers the envelope (size, owner, signature) does not explain
+    server_errors: int  # answers >= 500
+    unanswered: int  # no HTTP answer at all
+    failures: list[HostileAnswer]
+    slowest: list[HostileAnswer]
+    latency: Latency
+    latency_by_kind: dict[str, Latency]
+    answer_counts: dict[str, int]  # the figures of the 200 answers' JSON, summed
+
+
+@dataclass(frozen=True)
+class PartsCheck:
+    """The good messages of bodies answered 200, and those speaking for a tenant that did not sign."""
+
+    readable: int
+    readable_stored: int
+    foreign: int
+    foreign_stored: int
+    missing_examples: list[str]
+    leaked_examples: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.readable_stored == self.readable and self.foreign_stored == 0
+
+
+@dataclass(frozen=True)
+class CustomerReply:
+    """A real customer message sent after the hostile bodies, and the bot's reply."""
+
+    webhook_status: int
+    answered: bool
+    seconds: float | None  # from the webhook's answer to the reply accepted by the Graph API
+
+
+@dataclass(frozen=True)
+class HostileResult:
+    figures: HostileFigures = field(metadata=INLINE)
+    parts: PartsCheck
+    customer: CustomerReply
+    seed: int
+    concurrency: int
+    max_body_bytes: int
+    duration_s: float
+    bodies_per_s: float
+    gateway_rss_mib_before: float
+    gateway_rss_mib_after: float
+    resources: PhaseResources
+
+
 # --- the whole run ------------------------------------------------------------------------------
 
 
@@ -224,8 +297,9 @@ class Phases:
     ingress: IngressResult | None = None
     ingress_capacity: CapacityResult | None = None
     e2e: EndToEndResult | None = None
+    hostile: HostileResult | None = None
 
-    def ran(self) -> dict[str, RawJetStreamResult | IngressResult | CapacityResult | EndToEndResult]:
+    def ran(self) -> dict[str, RawJetStreamResult | IngressResult | CapacityResult | EndToEndResult | HostileResult]:
         """The phases that ran, by name, in the order they ran."""
         return {
             phase.name: result

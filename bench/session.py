@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import nats
@@ -9,7 +10,7 @@ import yaml
 
 from bench.harness import Harness
 from bench.options import Options
-from bench.phases import capacity, end_to_end, ingress, raw_jetstream
+from bench.phases import capacity, end_to_end, hostile, ingress, raw_jetstream
 from bench.results import Phases
 from bench.workload import Workload, tenant_documents
 
@@ -24,19 +25,26 @@ async def run_phases(options: Options, harness: Harness) -> Phases:
     tenant_file = stack.workdir / "tenants.yaml"
     tenant_file.write_text(yaml.safe_dump_all(workload.documents))
 
+    performance = options.phase in ("performance", "all")
     stack.start_infra()
     harness.monitor.start()
-    raw = await raw_jetstream.measure(harness, options.raw_messages, workload.run_id)
+    phases = Phases()
+    if performance:
+        phases = Phases(raw_jetstream=await raw_jetstream.measure(harness, options.raw_messages, workload.run_id))
 
     stack.apply_tenants(tenant_file)
     stack.start_edge(tenant_file)
     nc = await nats.connect(stack.nats_url, name="bench-observer")
     js = nc.jetstream()
     try:
-        webhooks = await ingress.measure(harness, js, workload, options)
-        closed_loop = await capacity.measure(harness, workload, options) if options.capacity_duration > 0 else None
-        e2e = await end_to_end.measure(harness, js, workload, options)
+        if performance:
+            webhooks = await ingress.measure(harness, js, workload, options)
+            closed_loop = await capacity.measure(harness, workload, options) if options.capacity_duration > 0 else None
+            e2e = await end_to_end.measure(harness, js, workload, options)
+            phases = dataclasses.replace(phases, ingress=webhooks, ingress_capacity=closed_loop, e2e=e2e)
+        if options.phase in ("hostile", "all"):
+            phases = dataclasses.replace(phases, hostile=await hostile.measure(harness, js, workload, options))
     finally:
         await nc.close()
     print("[4/4] resources sampled; report follows.\n", flush=True)
-    return Phases(raw_jetstream=raw, ingress=webhooks, ingress_capacity=closed_loop, e2e=e2e)
+    return phases

@@ -14,6 +14,7 @@ class Targets:
     ingress_p99_ms: float = 50.0
     e2e_turns_per_s: float = 300.0
     e2e_p99_turn_ms: float = 100.0
+    hostile_bodies: int = 10_000
 
 
 TARGETS = Targets()
@@ -34,6 +35,8 @@ def evaluate(phases: Phases, targets: Targets = TARGETS) -> list[Verdict]:
                 passed=None,
             )
         )
+    if phases.hostile:
+        verdicts.extend(_hostile(phases, targets))
     if phases.raw_jetstream and phases.raw_jetstream.throughput.publish_per_s:
         verdicts.append(_fraction_of_raw_jetstream(phases, phases.raw_jetstream.throughput.publish_per_s))
     return verdicts
@@ -76,6 +79,41 @@ def _end_to_end(phases: Phases, targets: Targets) -> Verdict:
         and p99 <= targets.e2e_p99_turn_ms
         and figures.accounting.ok,
     )
+
+
+def _hostile(phases: Phases, targets: Targets) -> list[Verdict]:
+    assert phases.hostile is not None
+    figures, parts, customer = phases.hostile.figures, phases.hostile.parts, phases.hostile.customer
+    unexpected = "; ".join(
+        f"{kind} {', '.join(f'{status}: {count}' for status, count in statuses.items())}"
+        for kind, statuses in figures.unexpected.items()
+    )
+    return [
+        Verdict(
+            target=f"hostile: >= {targets.hostile_bodies:,} signed hostile webhook bodies, no answer >= 500",
+            measured=f"{figures.bodies} bodies, answers {figures.statuses}, {figures.server_errors} >= 500, "
+            f"{figures.unanswered} unanswered",
+            passed=figures.bodies >= targets.hostile_bodies and figures.server_errors == 0 and figures.unanswered == 0,
+        ),
+        Verdict(
+            target="hostile: the readable messages of a body answered 200 are in JetStream, "
+            "none speaking for a tenant that did not sign",
+            measured=f"{parts.readable_stored} of {parts.readable} readable stored, "
+            f"{parts.foreign_stored} of {parts.foreign} foreign stored",
+            passed=parts.ok,
+        ),
+        Verdict(
+            target="hostile: a real customer is answered afterwards",
+            measured=f"webhook {customer.webhook_status}, "
+            + (f"reply after {customer.seconds} s" if customer.answered else "no reply"),
+            passed=customer.answered,
+        ),
+        Verdict(
+            target="hostile: answers the envelope (size, owner, signature) does not explain (information)",
+            measured=unexpected or "none",
+            passed=None,
+        ),
+    ]
 
 
 def _fraction_of_raw_jetstream(phases: Phases, publish_per_s: float) -> Verdict:
