@@ -605,6 +605,7 @@ def dead_letters_list(
     data_dir: DataDir = None,
 ) -> None:
     """List dead letters, newest first, with their reason."""
+    from rich.padding import Padding
     from rich.text import Text
 
     from zapflow.platform.deadletters import list_dead_letters, printable
@@ -618,19 +619,13 @@ def dead_letters_list(
     if not listing.letters:
         out.print("no dead letters")
         return
-    table = Table("seq", "at", "service", "consumer", "original subject", "deliveries", "bytes", "reason")
+    # A line of where it came from, then its reason on its own, indented: it fits any terminal.
     for letter in listing.letters:
-        table.add_row(
-            str(letter.seq),
-            letter.at.isoformat(timespec="seconds"),
-            Text(printable(letter.service)),
-            Text(printable(letter.consumer)),
-            Text(printable(letter.original_subject)),
-            str(letter.deliveries),
-            str(len(letter.payload)),
-            Text(printable(letter.reason)),
-        )
-    out.print(table)
+        heading = Text(f"#{letter.seq}  {letter.at:%Y-%m-%d %H:%M:%S} UTC  ", style="bold")
+        heading.append(printable(f"{letter.service}/{letter.consumer}  {letter.original_subject}"))
+        heading.append(f"  {len(letter.payload)} bytes", style="dim")
+        out.print(heading)
+        out.print(Padding(Text(printable(letter.reason)), (0, 0, 0, 4)))
     out.print(f"{len(listing.letters)} of {listing.matched} dead letters, newest first")
 
 

@@ -23,7 +23,7 @@ def test_a_documented_payload_reads_within_the_default_limits() -> None:
         (b"[" * 100_000 + b"]" * 100_000, "more than 2000 values"),
         (b"[" * 150 + b"]" * 150, "nest deeper than 32 levels"),
         (b'{"a":' * 33 + b"1" + b"}" * 33, "nest deeper than 32 levels"),
-        (b"[" * 500 + b"]" * 500, "not JSON: recursion limit exceeded"),
+        (b"[" * 500 + b"]" * 500, "nest deeper than 32 levels"),
         (json.dumps([1] * 101).encode(), "more than 100 items"),
         (json.dumps({str(i): 1 for i in range(101)}).encode(), "more than 100 items"),
         (json.dumps(["x" * 1_001]).encode(), "longer than 1000 characters"),

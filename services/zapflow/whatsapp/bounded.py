@@ -41,6 +41,8 @@ def load_bounded(body: bytes, limits: JsonLimits) -> Any:
     try:
         document = pydantic_core.from_json(body, allow_inf_nan=False)
     except ValueError as error:
+        if str(error).startswith("recursion limit exceeded"):
+            raise PayloadError(f"arrays and objects nest deeper than {limits.max_depth} levels") from None
         raise PayloadError(f"body is not JSON: {error}") from None
     # The same counts bound the rest: nesting by the containers, a container's items by the
     # commas, a string by the body's length. Most webhooks are small enough to skip the walk.
