@@ -9,13 +9,24 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from zapflow.platform.connections import Connections
 
 # FastAPI's built-in telemetry would add a second set of server spans and metrics on every
 # request; zapflow's own spans and Prometheus metrics are the ones dashboards use.
 FASTAPI_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
+class Problem(BaseModel):
+    """A refusal: what is wrong with the request, or what the service lacks to answer it."""
+
+    detail: str
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """The `responses` of a route that refuses with these statuses, each a Problem, for its OpenAPI document."""
+    return {status: {"model": Problem} for status in statuses}
 
 
 def ops_router(connections: Callable[[], Connections | None], metrics_token: SecretStr | None) -> APIRouter:
@@ -40,7 +51,9 @@ def ops_router(connections: Callable[[], Connections | None], metrics_token: Sec
     async def metrics(authorization: str | None = Header(default=None)) -> Response:
         """Prometheus metrics of this process."""
         if metrics_token is not None and not bearer_matches(authorization, metrics_token):
-            raise HTTPException(status_code=401, detail="metrics require a bearer token")
+            raise HTTPException(
+                status_code=401, detail="metrics require a bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

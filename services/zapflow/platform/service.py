@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from zapflow.platform.connections import Connections, Needs, connected
@@ -82,6 +83,10 @@ def create_app(service: Service[SettingsT, PartsT], settings: SettingsT) -> Fast
         title=f"zapflow {service.name}",
         summary=service.summary or None,
         lifespan=lifespan,
+        # No OpenAPI document or docs pages: the gateway faces the Internet and the admin API
+        # need not describe itself to whoever reaches it. `app.openapi()` still builds the
+        # document (the tests fuzz every service from it); the sandbox serves its own.
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
         telemetry=FASTAPI_TELEMETRY_OFF,
@@ -90,6 +95,21 @@ def create_app(service: Service[SettingsT, PartsT], settings: SettingsT) -> Fast
         app.include_router(router)
     app.include_router(ops_router(lambda: _connections_or_none(app), settings.core.metrics_token))
     service.customise(app, settings)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's 422 with each reason and where, without echoing the input: it may be
+        # megabytes, a secret the caller mistyped, or what JSON cannot encode (NaN, a lone
+        # surrogate), which made the answer itself fail with a 500.
+        reasons = [
+            {
+                "type": reason["type"],
+                "loc": [_encodable(part) for part in reason["loc"]],
+                "msg": _encodable(reason["msg"]),
+            }
+            for reason in error.errors()
+        ]
+        return JSONResponse({"detail": reasons}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, error: Exception) -> JSONResponse:
@@ -143,6 +163,11 @@ def runtime_dependency(
         return runtime
 
     return current
+
+
+def _encodable(part: int | str) -> int | str:
+    """A key or message from the request, escaped where UTF-8 cannot encode it (a lone surrogate)."""
+    return part.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(part, str) else part
 
 
 def _connections_or_none(app: FastAPI) -> Connections | None:

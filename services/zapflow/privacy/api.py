@@ -6,10 +6,17 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from zapflow.platform.http import require_admin
-from zapflow.privacy.erasure import Eraser, ErasureError, ErasureIncomplete, ErasureRecord, list_erasures
+from zapflow.platform.http import problems, require_admin
+from zapflow.privacy.erasure import (
+    Eraser,
+    ErasureError,
+    ErasureIncomplete,
+    ErasureRecord,
+    list_erasures,
+    normalise_phone,
+)
 from zapflow.tenants.model import TENANT_NAME_PATTERN
 
 
@@ -19,6 +26,16 @@ class ErasureRequest(BaseModel):
     tenant: str = Field(pattern=TENANT_NAME_PATTERN, description="The tenant whose customer is erased.")
     phone: str = Field(min_length=6, max_length=32, description="The customer's phone number or WhatsApp id.")
 
+    @field_validator("phone")
+    @classmethod
+    def _a_phone_number(cls, phone: str) -> str:
+        # Refused here, a bad number gets the same 422 with its field's location as any other field.
+        try:
+            normalise_phone(phone)
+        except ErasureError as error:
+            raise ValueError(str(error)) from None
+        return phone
+
 
 def erasures_router(admin_token: SecretStr, current_eraser: Callable[..., Awaitable[Eraser]]) -> APIRouter:
     """The routes, served by whichever service holds an Eraser (`current_eraser` finds it)."""
@@ -26,15 +43,13 @@ def erasures_router(admin_token: SecretStr, current_eraser: Callable[..., Awaita
     # namespace, where a dependency chosen by the caller does not live.
     eraser = Depends(current_eraser)
     admin = Depends(require_admin(admin_token))
-    router = APIRouter(prefix="/admin/v1/erasures", tags=["privacy"], dependencies=[admin])
+    router = APIRouter(prefix="/admin/v1/erasures", tags=["privacy"], dependencies=[admin], responses=problems(401))
 
-    @router.post("", status_code=201)
+    @router.post("", status_code=201, responses=problems(503))
     async def erase(erasure: ErasureRequest, service: Eraser = eraser) -> ErasureRecord:
         """Erase one contact of a tenant from every store; the record holds no personal data."""
         try:
             return await service.erase(erasure.tenant, erasure.phone, "admin-api")
-        except ErasureError as error:
-            raise HTTPException(status_code=422, detail=str(error)) from None
         except ErasureIncomplete as error:
             raise HTTPException(status_code=503, detail=f"erasure incomplete: {error}") from None
 

@@ -7,17 +7,26 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from zapflow.platform.http import problems
 from zapflow.platform.service import Runtime, runtime_dependency
 from zapflow.sandbox.chat import ChatHub
 from zapflow.sandbox.delivery import GatewayAnswer, GatewayUnreachable
 from zapflow.sandbox.graph import GraphEmulator
 from zapflow.sandbox.inbound import InboundRelay, ReplyKind, addressed_phone_number_id, customer_reply, customer_text
-from zapflow.sandbox.meta import FaultKind, inbound_webhook, new_wamid, to_wa_id
+from zapflow.sandbox.meta import (
+    PHONE_INPUT_PATTERN,
+    FaultKind,
+    MarkReadRequest,
+    SendMessageRequest,
+    inbound_webhook,
+    new_wamid,
+    to_wa_id,
+)
 from zapflow.sandbox.numbers import (
     NumberConflict,
     NumberDirectory,
@@ -30,6 +39,8 @@ from zapflow.sandbox.settings import SandboxSettings
 from zapflow.tenants.model import TENANT_NAME_PATTERN
 
 PHONE_NUMBER_ID_PATTERN = r"^[0-9]{1,32}$"
+# The longest phone number a person may type, spaces and punctuation included.
+PHONE_INPUT_MAX_LENGTH = 32
 # Keep-alive comments on the chat stream, so proxies and browsers do not drop an idle chat.
 _SSE_PING_SECONDS = 15
 
@@ -85,6 +96,13 @@ async def chat_page(services: Services) -> HTMLResponse:
     return HTMLResponse(services.chat_page)
 
 
+@pages.get("/openapi.json", include_in_schema=False)
+async def openapi_document(request: Request) -> dict[str, Any]:
+    """This API's OpenAPI document, for people writing tests against the sandbox."""
+    document: dict[str, Any] = request.app.openapi()
+    return document
+
+
 # --- numbers --------------------------------------------------------------------------------
 
 numbers = APIRouter(prefix="/sandbox/numbers", tags=["numbers"])
@@ -119,7 +137,7 @@ async def list_numbers(services: Services) -> dict[str, Any]:
     return {"numbers": [number.public() for number in services.numbers.all()]}
 
 
-@numbers.post("", status_code=status.HTTP_201_CREATED)
+@numbers.post("", status_code=status.HTTP_201_CREATED, responses=problems(409))
 async def register_number(body: RegisterNumber, services: Services, response: Response) -> dict[str, Any]:
     """Add a number (201) or update one of the same tenant (200)."""
     number = body.to_number()
@@ -151,7 +169,7 @@ async def list_faults(services: Services) -> dict[str, Any]:
     return {"faults": [fault.as_dict() for fault in services.faults.pending()]}
 
 
-@faults.post("", status_code=status.HTTP_201_CREATED)
+@faults.post("", status_code=status.HTTP_201_CREATED, responses=problems(404))
 async def inject_fault(body: InjectFault, services: Services) -> dict[str, Any]:
     """Make the next `count` sends (for one number, or any) fail with Meta's error for `kind`."""
     if body.phone_number_id is not None:
@@ -171,11 +189,16 @@ async def clear_faults(services: Services) -> None:
 recording = APIRouter(prefix="/sandbox", tags=["recording"])
 
 
-@recording.get("/messages")
+@recording.get("/messages", responses=problems(400))
 async def list_messages(
     services: Services,
-    phone_number_id: Annotated[str | None, Query()] = None,
-    to: Annotated[str | None, Query(description="Recipient, any phone format")] = None,
+    phone_number_id: Annotated[str | None, Query(pattern=PHONE_NUMBER_ID_PATTERN)] = None,
+    to: Annotated[
+        str | None,
+        Query(
+            description="Recipient, any phone format", pattern=PHONE_INPUT_PATTERN, max_length=PHONE_INPUT_MAX_LENGTH
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Messages the Graph API accepted, oldest first."""
     wa_id = None
@@ -191,7 +214,9 @@ async def clear_recordings(services: Services) -> None:
 
 
 @recording.get("/attempts")
-async def list_attempts(services: Services, phone_number_id: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+async def list_attempts(
+    services: Services, phone_number_id: Annotated[str | None, Query(pattern=PHONE_NUMBER_ID_PATTERN)] = None
+) -> dict[str, Any]:
     """Every call to /messages, refused ones included, with the status answered."""
     return {"attempts": [a.as_dict() for a in services.recorder.attempts(phone_number_id)]}
 
@@ -220,7 +245,12 @@ class ChatSend(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     phone_number_id: str = Field(pattern=PHONE_NUMBER_ID_PATTERN)
-    sender: str = Field(alias="from", min_length=1, max_length=32, description="Customer phone number")
+    sender: str = Field(
+        alias="from",
+        pattern=PHONE_INPUT_PATTERN,
+        max_length=PHONE_INPUT_MAX_LENGTH,
+        description="Customer phone number",
+    )
     name: str = Field(default="Sandbox customer", min_length=1, max_length=64)
     text: str | None = Field(default=None, min_length=1, max_length=4096)
     reply: ChatReply | None = None
@@ -235,7 +265,7 @@ class ChatSend(BaseModel):
         return self
 
 
-@chat.post("/send", response_model=None)
+@chat.post("/send", response_model=None, responses=problems(404, 502))
 async def chat_send(body: ChatSend, services: Services) -> dict[str, Any] | JSONResponse:
     """Send a customer message to the gateway, signed, as Meta would; 502 if it cannot be reached."""
     number = _known_number(services, body.phone_number_id)
@@ -255,11 +285,13 @@ async def chat_send(body: ChatSend, services: Services) -> dict[str, Any] | JSON
     return _relay_answer(answer, wamid=wamid, wa_id=wa_id)
 
 
-@chat.get("/events")
+@chat.get("/events", response_class=EventSourceResponse, responses=problems(400, 404))
 async def chat_events(
     services: Services,
     phone_number_id: Annotated[str, Query(pattern=PHONE_NUMBER_ID_PATTERN)],
-    contact: Annotated[str, Query(description="The customer's phone number", min_length=1, max_length=32)],
+    contact: Annotated[
+        str, Query(description="The customer's phone number", min_length=1, max_length=PHONE_INPUT_MAX_LENGTH)
+    ],
 ) -> EventSourceResponse:
     """Server-sent events: the bot's messages to this contact, read receipts and typing."""
     number = _known_number(services, phone_number_id)
@@ -284,12 +316,15 @@ async def chat_events(
 inbound = APIRouter(prefix="/sandbox", tags=["inbound"])
 
 
-@inbound.post("/inbound", response_model=None)
+@inbound.post("/inbound", response_model=None, responses=problems(400, 404, 502))
 async def forward_inbound(
     payload: dict[str, Any],
     services: Services,
     phone_number_id: Annotated[
-        str | None, Query(description="Whose app secret signs it; default: the payload's metadata")
+        str | None,
+        Query(
+            description="Whose app secret signs it; default: the payload's metadata", pattern=PHONE_NUMBER_ID_PATTERN
+        ),
     ] = None,
 ) -> dict[str, Any] | JSONResponse:
     """Sign any Meta-shaped notification with the number's app secret and POST it to the gateway."""
@@ -311,8 +346,20 @@ async def forward_inbound(
 
 graph = APIRouter(tags=["graph api"])
 
+# The route reads its body raw, to refuse it in Meta's error format rather than FastAPI's; the
+# OpenAPI document still describes the body, its models under components (describe_graph_api_models).
+_GRAPH_REQUEST_SCHEMA = TypeAdapter(SendMessageRequest | MarkReadRequest).json_schema(
+    ref_template="#/components/schemas/{model}"
+)
+GRAPH_API_MODELS: dict[str, Any] = _GRAPH_REQUEST_SCHEMA.pop("$defs")
 
-@graph.post("/{api_version}/{phone_number_id}/messages")
+
+@graph.post(
+    "/{api_version}/{phone_number_id}/messages",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _GRAPH_REQUEST_SCHEMA}}}
+    },
+)
 async def graph_messages(
     api_version: str,
     phone_number_id: str,
@@ -327,3 +374,17 @@ async def graph_messages(
 
 
 routers = [pages, numbers, faults, recording, chat, inbound, graph]
+
+
+def describe_graph_api_models(app: FastAPI) -> None:
+    """Add the Graph API's request models to the app's OpenAPI components, where its route refers to them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()  # and FastAPI keeps it in app.openapi_schema: this runs once
+        document.setdefault("components", {}).setdefault("schemas", {}).update(GRAPH_API_MODELS)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document

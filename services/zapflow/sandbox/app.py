@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 import httpx
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zapflow.platform.connections import NOTHING, Connections
 from zapflow.platform.logging import get_logger
 from zapflow.platform.service import Service
-from zapflow.sandbox.api import SandboxServices, routers
+from zapflow.sandbox.api import SandboxServices, describe_graph_api_models, routers
 from zapflow.sandbox.chat import ChatHub
 from zapflow.sandbox.delivery import BackgroundTasks, StatusLifecycle, WebhookDelivery
 from zapflow.sandbox.graph import GraphEmulator
@@ -133,5 +134,10 @@ def sandbox_service(settings: SandboxSettings) -> Service[SandboxSettings, Sandb
         needs=NOTHING,
         build=build,
         routers=lambda _: routers,
-        customise=lambda app, settings: app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        customise=_customise,
     )
+
+
+def _customise(app: FastAPI, settings: SandboxSettings) -> None:
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    describe_graph_api_models(app)

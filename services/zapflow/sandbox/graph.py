@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ from zapflow.sandbox.meta import (
     invalid_token,
     new_wamid,
     parse_graph_request,
+    read_graph_body,
     unknown_object,
     unknown_path,
 )
@@ -33,13 +33,6 @@ def bearer_token(authorization: str | None) -> str | None:
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
 
 
 class GraphEmulator:
@@ -65,12 +58,14 @@ class GraphEmulator:
         self, api_version: str, phone_number_id: str, authorization: str | None, body: bytes
     ) -> tuple[int, dict[str, Any]]:
         """The HTTP status and JSON body of the answer; every call is recorded as an attempt."""
-        payload = _json_or_none(body)
+        payload, unreadable = read_graph_body(body)
         try:
             if not API_VERSION_PATTERN.match(api_version):
                 raise unknown_path(f"/{api_version}/{phone_number_id}/messages")
             number = self._authorize(phone_number_id, authorization)
-            request = parse_graph_request(body)
+            if unreadable is not None:
+                raise unreadable
+            request = parse_graph_request(payload)
             if isinstance(request, MarkReadRequest):
                 status, answer = 200, self._mark_read(number, request)
             else:

@@ -15,12 +15,18 @@ from typing import Annotated, Any, Literal, Self, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zapflow.sandbox.numbers import SandboxNumber
+from zapflow.whatsapp.bounded import JsonLimits, PayloadError, load_bounded
 
 API_VERSION_PATTERN = re.compile(r"^v[0-9]+\.[0-9]+$")
 # Meta's wa_id is the number in international format, digits only (E.164 without the "+").
 WA_ID_PATTERN = re.compile(r"^[0-9]{6,15}$")
+# A phone number as a person may type it ("+55 (11) 9999-0000"); to_wa_id checks its digits.
+PHONE_INPUT_PATTERN = r"^\+?[0-9 ().\-]{6,}$"
 _PHONE_FORMATTING = re.compile(r"[\s\-().]")
 _HTTP_URL = r"^https?://\S+$"
+# Graph API requests are small and shallow: the limits the gateway puts on Meta's webhooks are
+# far above them, and keep a hostile body from exhausting the stack or the memory.
+GRAPH_JSON_LIMITS = JsonLimits()
 
 
 def new_wamid() -> str:
@@ -406,12 +412,20 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def parse_graph_request(body: bytes) -> SendMessageRequest | MarkReadRequest:
-    """The request a client sent to /messages, or GraphError(400, #100) saying what is wrong."""
+def read_graph_body(body: bytes) -> tuple[Any, GraphError | None]:
+    """The JSON document of a request body (None when unreadable) and the error it deserves, if any.
+
+    The error is only answered once the caller is authorised, as Meta does; the document is
+    recorded either way.
+    """
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise invalid_parameter(f"the body is not valid JSON: {error}") from None
+        return load_bounded(body, GRAPH_JSON_LIMITS), None
+    except PayloadError as error:
+        return None, invalid_parameter(str(error))
+
+
+def parse_graph_request(payload: Any) -> SendMessageRequest | MarkReadRequest:
+    """The request a client sent to /messages, or GraphError(400, #100) saying what is wrong."""
     if not isinstance(payload, dict):
         raise invalid_parameter("the body must be a JSON object")
     model: type[SendMessageRequest | MarkReadRequest] = MarkReadRequest if "status" in payload else SendMessageRequest
