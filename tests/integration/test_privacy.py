@@ -7,25 +7,30 @@ import os
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support import meta
 from tests.support.cli import declare_streams, run_zapflow
 from tests.support.dead_letters import file_webhook_part
 from tests.support.http import serve
 from tests.support.platform import Platform, eventually, running_platform
-from tests.support.servers import ManagedServer
+from tests.support.servers import ManagedServer, free_port
 from tests.support.tenants import secret
 from zapflow.platform import bus, catalogue
 from zapflow.platform.keys import ContactKeys
 from zapflow.platform.service import create_app
 from zapflow.platform.settings import CoreSettings
+from zapflow.privacy.api import erasures_router
 from zapflow.privacy.erasure import Eraser
 from zapflow.scheduler.app import SCHEDULER
 from zapflow.scheduler.jobs import Jobs
@@ -151,6 +156,22 @@ async def test_an_erasure_with_redis_down_is_a_503_to_retry(admin: httpx.AsyncCl
     response = await admin.post("/admin/v1/erasures", json={"tenant": "acme", "phone": FORGOTTEN}, headers=ADMIN)
     assert response.status_code == 503
     assert "Redis" in response.json()["detail"] and "erase again" in response.json()["detail"]
+
+
+async def test_listing_erasures_while_the_database_is_down_is_a_503(tmp_path: Path) -> None:
+    # Nothing listens on the port: every connection the engine opens is refused.
+    down = create_async_engine(f"postgresql+asyncpg://zapflow@127.0.0.1:{free_port()}/zapflow")
+
+    async def eraser() -> Eraser:
+        return Eraser(down, Redis(), cast(JetStreamContext, None), tmp_path / "analytics.duckdb", "secret")
+
+    app = FastAPI()
+    app.include_router(erasures_router(SecretStr(ADMIN["Authorization"].removeprefix("Bearer ")), eraser))
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        response = await client.get("/admin/v1/erasures", params={"tenant": "acme"}, headers=ADMIN)
+    await down.dispose()
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("the database cannot answer: ")
 
 
 class CountingJobs(Jobs):

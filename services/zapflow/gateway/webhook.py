@@ -59,8 +59,8 @@ def _secret(runtime: GatewayRuntime, tenant: BotTenant, which: str) -> str | Non
 @router.get("/whatsapp", response_class=PlainTextResponse)
 async def verify(
     runtime: CurrentRuntime,
-    mode: Annotated[str, Query(alias="hub.mode")] = "",
-    token: Annotated[str, Query(alias="hub.verify_token")] = "",
+    mode: Annotated[str, Query(alias="hub.mode", max_length=32)] = "",
+    token: Annotated[str, Query(alias="hub.verify_token", max_length=256)] = "",
     challenge: Annotated[str, Query(alias="hub.challenge", max_length=256)] = "",
 ) -> str:
     """Meta's subscription handshake: echo the challenge when a tenant's verify token matches."""

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from sqlalchemy.exc import SQLAlchemyError
 
 from zapflow.platform.http import problems, require_admin
 from zapflow.privacy.erasure import (
@@ -60,6 +61,10 @@ def erasures_router(admin_token: SecretStr, current_eraser: Callable[..., Awaita
         service: Eraser = eraser,
     ) -> list[ErasureRecord]:
         """A tenant's erasures, newest first."""
-        return await list_erasures(service.engine, tenant, limit)
+        try:
+            return await list_erasures(service.engine, tenant, limit)
+        # A driver's refused connection is an OSError, the rest SQLAlchemy's.
+        except (SQLAlchemyError, OSError) as error:
+            raise HTTPException(status_code=503, detail=f"the database cannot answer: {type(error).__name__}") from None
 
     return router
