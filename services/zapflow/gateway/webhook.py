@@ -16,12 +16,10 @@ import asyncio
 import hashlib
 import hmac
 import time
-from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
-from google.protobuf.message import Message
 from nats.errors import BadSubjectError, MaxPayloadError
 from nats.js import api
 from nats.js.errors import BadRequestError
@@ -149,40 +147,41 @@ async def _accept(request: Request, runtime: GatewayRuntime, signature: str | No
     _count_unknown(parsed, signer)
 
     received_at = bus.now_timestamp()
-    events: list[tuple[str, Message, str, Refused]] = []
+    events: list[tuple[str, inbound_pb2.InboundMessage | inbound_pb2.StatusUpdate, str]] = []
     for message in parsed.messages:
         message.tenant = tenants[message.phone_number_id].name
         message.received_at.CopyFrom(received_at)
         subject = catalogue.inbound_subject(message.tenant, message.contact)
-        events.append((subject, message, message.wamid, _as_refused(message, is_status=False)))
+        events.append((subject, message, message.wamid))
     for status in parsed.statuses:
         status.tenant = tenants[status.phone_number_id].name
         subject = catalogue.status_subject(status.tenant, status.contact)
-        events.append((subject, status, f"{status.wamid}:{status.status}", _as_refused(status, is_status=True)))
+        events.append((subject, status, f"{status.wamid}:{status.status}"))
 
     timeout = runtime.settings.publish_timeout_s
     js = runtime.connections.js
     results = await asyncio.gather(
-        *(bus.publish(js, subject, event, msg_id, timeout=timeout) for subject, event, msg_id, _ in events),
+        *(bus.publish(js, subject, event, msg_id, timeout=timeout) for subject, event, msg_id in events),
         return_exceptions=True,
     )
     refused = list(parsed.refused)
-    published: list[Message] = []
-    for (_, event, _, as_refused), result in zip(events, results, strict=True):
+    published: list[inbound_pb2.InboundMessage | inbound_pb2.StatusUpdate] = []
+    for (_, event, _), result in zip(events, results, strict=True):
         if isinstance(result, EVENT_REFUSED):
-            refused.append(replace(as_refused, reason=f"the event bus refused it: {type(result).__name__} {result}"))
+            refused.append(_as_refused(event, f"the event bus refused it: {type(result).__name__} {result}"))
         elif isinstance(result, BaseException):
             # Meta retries a non-2xx answer; whatever was already stored dedups on its id.
             raise _refuse(503, "unavailable", f"event bus unavailable: {type(result).__name__}", signer)
         else:
             published.append(event)
-    await _dead_letter(runtime, refused, tenants, signer)
+    if refused:
+        await _dead_letter(runtime, refused, tenants, signer)
 
     for event in published:
         if isinstance(event, inbound_pb2.InboundMessage):
             kind = event.type if event.type in payload.KNOWN_TYPES else "other"
             metrics.INBOUND_MESSAGES.labels(event.tenant, kind).inc()
-        elif isinstance(event, inbound_pb2.StatusUpdate):
+        else:
             state = event.status if event.status in payload.KNOWN_STATUSES else "other"
             metrics.STATUS_UPDATES.labels(event.tenant, state).inc()
     metrics.WEBHOOK_REQUESTS.labels(signer, "dead_lettered" if refused else "accepted").inc()
@@ -194,11 +193,12 @@ async def _accept(request: Request, runtime: GatewayRuntime, signature: str | No
     }
 
 
-def _as_refused(event: inbound_pb2.InboundMessage | inbound_pb2.StatusUpdate, is_status: bool) -> Refused:
-    """The event as a refused part, should the bus refuse it."""
+def _as_refused(event: inbound_pb2.InboundMessage | inbound_pb2.StatusUpdate, reason: str) -> Refused:
+    """An event the bus refused, as a part to dead-letter."""
+    is_status = isinstance(event, inbound_pb2.StatusUpdate)
     return Refused(
         where=f"{'status' if is_status else 'message'} {event.wamid}",
-        reason="",
+        reason=reason,
         raw=event.raw_json.encode(),
         phone_number_id=event.phone_number_id,
         contact=event.contact,
@@ -243,8 +243,6 @@ async def _dead_letter(
     runtime: GatewayRuntime, refused: list[Refused], tenants: dict[str, BotTenant], signer: str
 ) -> None:
     """File every part that could not be read, with its reason and raw bytes, or answer 503."""
-    if not refused:
-        return
     limit = runtime.settings.dead_letter_max_bytes
     letters = []
     for part in refused:
