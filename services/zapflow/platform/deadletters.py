@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 from zapflow.platform import bus, catalogue
 from zapflow.tenants.model import TENANT_NAME_PATTERN
 from zapflow.v1 import turn_pb2
+from zapflow.whatsapp.payload import WA_ID_PATTERN
 
 STREAM = catalogue.DEAD_LETTER.name
 # Messages fetched per request while scanning.
@@ -35,7 +36,7 @@ SCAN_BATCH = 256
 FETCH_TIMEOUT_S = 5.0
 # The scanning consumer is deleted when done; one left by a killed command goes away on its own.
 SCAN_CONSUMER_IDLE_S = 60.0
-CONTACT_ID = re.compile(r"^[0-9]{1,20}$")
+CONTACT_ID = re.compile(WA_ID_PATTERN)
 # Kept as they are when a payload is shown; every other control or format character is escaped,
 # so a hostile payload cannot drive the terminal (escape sequences) or reorder it (bidi marks).
 PRINTABLE_CONTROLS = frozenset("\n\t")

@@ -37,8 +37,8 @@ from zapflow.sandbox.numbers import (
 from zapflow.sandbox.recording import FaultPlan, Recorder
 from zapflow.sandbox.settings import SandboxSettings
 from zapflow.tenants.model import TENANT_NAME_PATTERN
+from zapflow.whatsapp.payload import PHONE_NUMBER_ID_PATTERN
 
-PHONE_NUMBER_ID_PATTERN = r"^[0-9]{1,32}$"
 # The longest phone number a person may type, spaces and punctuation included.
 PHONE_INPUT_MAX_LENGTH = 32
 # Keep-alive comments on the chat stream, so proxies and browsers do not drop an idle chat.
@@ -117,7 +117,7 @@ class RegisterNumber(BaseModel):
     app_secret: str = Field(min_length=1, max_length=1024)
     display_name: str | None = Field(default=None, min_length=1, max_length=64)
     display_phone_number: str | None = Field(default=None, pattern=r"^[0-9]{6,15}$")
-    waba_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")
+    waba_id: str | None = Field(default=None, pattern=PHONE_NUMBER_ID_PATTERN)
 
     def to_number(self) -> SandboxNumber:
         return SandboxNumber(

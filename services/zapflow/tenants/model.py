@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from zapflow.tenants.base import Model
 from zapflow.tenants.secrets import ResolvedSecrets, SecretRef
+from zapflow.whatsapp.payload import PHONE_NUMBER_ID_PATTERN
 
 # A tenant name becomes a NATS subject token and a Kubernetes object name.
 TENANT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -22,7 +23,7 @@ TENANT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 class WhatsAppSpec(Model):
     phone_number_id: str = Field(
-        description="The Cloud API phone number id this tenant answers on.", pattern=r"^[0-9]{1,32}$"
+        description="The Cloud API phone number id this tenant answers on.", pattern=PHONE_NUMBER_ID_PATTERN
     )
     graph_api_url: str = Field(
         default="https://graph.facebook.com",

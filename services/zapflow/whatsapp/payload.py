@@ -27,8 +27,11 @@ from pydantic import (
 
 # A WhatsApp id (wa_id, recipient_id): the number, digits only. It becomes a subject token and a
 # Redis key part, so nothing else may pass.
-WaId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")]
-PhoneNumberId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
+WA_ID_PATTERN = r"^[0-9]{1,20}$"
+# The id Meta gives a business phone number (not the number itself).
+PHONE_NUMBER_ID_PATTERN = r"^[0-9]{1,32}$"
+WaId = Annotated[str, StringConstraints(pattern=WA_ID_PATTERN)]
+PhoneNumberId = Annotated[str, StringConstraints(pattern=PHONE_NUMBER_ID_PATTERN)]
 # A wamid: printable ASCII without spaces (it is a Nats-Msg-Id and a Redis key part).
 MessageId = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,256}$")]
 # Meta's type and status names: lower-case words. Anything else is not a name Meta would send.

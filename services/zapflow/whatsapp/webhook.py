@@ -23,7 +23,7 @@ from zapflow.whatsapp import payload as meta
 from zapflow.whatsapp.bounded import PayloadError
 
 _PHONE_NUMBER_ID = re.compile(rb'"phone_number_id"\s*:\s*"([0-9]{1,32})"')
-_WA_ID = re.compile(r"^[0-9]{1,20}$")
+_WA_ID = re.compile(meta.WA_ID_PATTERN)
 # The errors of one part shown in its reason: enough to find the field, short enough to read.
 _REASONS_SHOWN = 3
 ModelT = TypeVar("ModelT", bound=BaseModel)
