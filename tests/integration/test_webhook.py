@@ -242,6 +242,23 @@ async def test_an_event_the_bus_refuses_is_dead_lettered_cut_to_size_and_never_a
     assert letter.payload == json.dumps(oversized, separators=(",", ":")).encode()[: 64 * 1024]
 
 
+async def test_a_body_of_many_messages_is_published_in_waves_each_result_with_its_event(
+    core: CoreSettings, tenants: list[BotTenant], js: JetStreamContext
+) -> None:
+    tenant = tenants[0]
+    many = [meta.text(f"55119{i:08d}", f"message {i}") for i in range(150)]
+    oversized = meta.text(CUSTOMER, "big") | {f"extra{i}": "x" * 100_000 for i in range(12)}
+    many.insert(100, oversized)  # in the second wave of publishes
+    settings = GatewaySettings(core=core)
+    async with serve(create_app(GATEWAY, settings)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        answer = await post(client, meta.notification(tenant.spec.whatsapp.phone_number_id, many), secret(tenant))
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"]["messages"] == 150
+    assert [part["where"] for part in answer.json()["dead_lettered"]] == [f"message {oversized['id']}"]
+    assert await stored(js) == 150
+
+
 async def test_unknown_types_and_fields_are_published_and_counted(
     gateway: httpx.AsyncClient, tenants: list[BotTenant], js: JetStreamContext
 ) -> None:

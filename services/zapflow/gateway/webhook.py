@@ -16,10 +16,12 @@ import asyncio
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
+from google.protobuf.message import Message
 from nats.errors import BadSubjectError, MaxPayloadError
 from nats.js import api
 from nats.js.errors import BadRequestError
@@ -41,6 +43,8 @@ log = get_logger(__name__)
 router = APIRouter(prefix="/webhook", tags=["webhook"])
 tracer = trace.get_tracer(__name__)
 
+# Publishes one webhook has in flight at once (a documented payload has far fewer).
+PUBLISH_WAVE = 64
 # What the bus refuses about one event (not about the bus): that event is dead-lettered instead.
 EVENT_REFUSED = (BadSubjectError, MaxPayloadError, BadRequestError)
 
@@ -158,12 +162,7 @@ async def _accept(request: Request, runtime: GatewayRuntime, signature: str | No
         subject = catalogue.status_subject(status.tenant, status.contact)
         events.append((subject, status, f"{status.wamid}:{status.status}"))
 
-    timeout = runtime.settings.publish_timeout_s
-    js = runtime.connections.js
-    results = await asyncio.gather(
-        *(bus.publish(js, subject, event, msg_id, timeout=timeout) for subject, event, msg_id in events),
-        return_exceptions=True,
-    )
+    results = await _publish_all(runtime, events)
     refused = list(parsed.refused)
     published: list[inbound_pb2.InboundMessage | inbound_pb2.StatusUpdate] = []
     for (_, event, _), result in zip(events, results, strict=True):
@@ -191,6 +190,25 @@ async def _accept(request: Request, runtime: GatewayRuntime, signature: str | No
         "accepted": {"messages": messages, "statuses": len(published) - messages},
         "dead_lettered": [{"where": part.where, "reason": part.reason} for part in refused],
     }
+
+
+async def _publish_all(
+    runtime: GatewayRuntime, events: Sequence[tuple[str, Message, str]]
+) -> list[api.PubAck | BaseException]:
+    """Publish every event, each result or its exception in order.
+
+    In waves: the process's publishes share one NATS connection, and a body of thousands of
+    messages published at once would queue every other webhook's behind all of them.
+    """
+    js, timeout = runtime.connections.js, runtime.settings.publish_timeout_s
+    results: list[api.PubAck | BaseException] = []
+    for start in range(0, len(events), PUBLISH_WAVE):
+        wave = events[start : start + PUBLISH_WAVE]
+        results += await asyncio.gather(
+            *(bus.publish(js, subject, event, msg_id, timeout=timeout) for subject, event, msg_id in wave),
+            return_exceptions=True,
+        )
+    return results
 
 
 def _as_refused(event: inbound_pb2.InboundMessage | inbound_pb2.StatusUpdate, reason: str) -> Refused:
@@ -248,14 +266,7 @@ async def _dead_letter(
     for part in refused:
         owner = tenants[part.phone_number_id].name if part.phone_number_id in tenants else signer
         letters.append((owner, *dead_letter_of(owner, part, limit)))
-    timeout = runtime.settings.publish_timeout_s
-    results = await asyncio.gather(
-        *(
-            bus.publish(runtime.connections.js, subject, letter, letter.message_id, timeout)
-            for _, subject, letter in letters
-        ),
-        return_exceptions=True,
-    )
+    results = await _publish_all(runtime, [(subject, letter, letter.message_id) for _, subject, letter in letters])
     failure = next((result for result in results if isinstance(result, BaseException)), None)
     if failure is not None:
         raise _refuse(503, "unavailable", f"event bus unavailable: {type(failure).__name__}", signer)
