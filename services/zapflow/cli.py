@@ -349,24 +349,30 @@ def report(
         out.print(f"no data between {period.since} and {period.until}" + (f" for {escape(tenant)}" if tenant else ""))
 
 
-def _registry_settings(data_dir: Path | None, nats_url: str | None) -> CoreSettings:
+def _nats_settings(data_dir: Path | None, nats_url: str | None) -> CoreSettings:
     return _target(data_dir, ("nats_url",), nats_url=nats_url).core
 
 
-def _with_registry(core: CoreSettings, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run an action against the tenant registry, turning connection failures into a message."""
+def _with_nats(core: CoreSettings, action: Callable[[Any], Awaitable[T]], tenants: bool) -> T:
+    """Run an action on a short-lived NATS connection (with the tenant registry when asked), turning
+    connection failures into a message."""
     from nats.errors import NoServersError
 
     from zapflow.platform.connections import Needs, connected
 
     async def main() -> T:
-        async with connected("cli", core, Needs(redis=False), short_lived=True) as connections:
-            return await action(connections.registry)
+        async with connected("cli", core, Needs(redis=False, tenants=tenants), short_lived=True) as connections:
+            return await action(connections)
 
     try:
         return asyncio.run(main())
     except (NoServersError, OSError, TimeoutError) as error:
         raise _nats_unreachable(core.nats_url, error) from None
+
+
+def _with_registry(core: CoreSettings, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run an action against the tenant registry, turning connection failures into a message."""
+    return _with_nats(core, lambda connections: action(connections.registry), tenants=True)
 
 
 @tenant_app.command("apply")
@@ -382,7 +388,7 @@ def tenant_apply(
         tenants = load_tenant_documents(file)
     except TenantError as error:
         raise _fail(str(error)) from None
-    core = _registry_settings(data_dir, nats_url)
+    core = _nats_settings(data_dir, nats_url)
     for tenant in tenants:
         inline = tenant.inline_secrets()
         if inline and not core.is_development:
@@ -407,7 +413,7 @@ def tenant_list(nats_url: NatsUrl = None, data_dir: DataDir = None) -> None:
         tenants: list[Any] = await registry.load_all()
         return tenants
 
-    tenants = _with_registry(_registry_settings(data_dir, nats_url), fetch)
+    tenants = _with_registry(_nats_settings(data_dir, nats_url), fetch)
     table = Table("name", "phone number id", "responder", "rules", "graph api")
     for tenant in tenants:
         spec = tenant.spec
@@ -433,7 +439,7 @@ def tenant_get(
     async def fetch(registry: Any) -> Any:
         return await registry.get(name)
 
-    tenant = _with_registry(_registry_settings(data_dir, nats_url), fetch)
+    tenant = _with_registry(_nats_settings(data_dir, nats_url), fetch)
     if tenant is None:
         raise _fail(f"no tenant named {name}")
     document = tenant.redacted()
@@ -448,7 +454,7 @@ def tenant_delete(name: str, nats_url: NatsUrl = None, data_dir: DataDir = None)
         deleted: bool = await registry.delete(name)
         return deleted
 
-    if not _with_registry(_registry_settings(data_dir, nats_url), remove):
+    if not _with_registry(_nats_settings(data_dir, nats_url), remove):
         raise _fail(f"no tenant named {name}")
     out.print(f"tenant [bold]{name}[/] deleted")
 
@@ -561,17 +567,11 @@ def _with_dead_letters(data_dir: Path | None, nats_url: str | None, action: Call
     """Run an action against ZF_DLQ; an unreachable NATS, a missing stream or a bad request is a message."""
     from nats.errors import Error as NatsError
 
-    from zapflow.platform.connections import Needs, connected
     from zapflow.platform.deadletters import DeadLetterError
 
-    core = _target(data_dir, ("nats_url",), nats_url=nats_url).core
-
-    async def main() -> T:
-        async with connected("cli", core, Needs(redis=False, tenants=False), short_lived=True) as connections:
-            return await action(connections.js)
-
+    core = _nats_settings(data_dir, nats_url)
     try:
-        return asyncio.run(main())
+        return _with_nats(core, lambda connections: action(connections.js), tenants=False)
     except DeadLetterError as error:
         raise _fail(escape(str(error))) from None
     except (NatsError, OSError, TimeoutError) as error:
