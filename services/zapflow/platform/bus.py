@@ -104,6 +104,25 @@ async def publish(
     return ack
 
 
+class StreamsMissing(Exception):
+    """Streams zapflow declares are not on the server; the message names them."""
+
+
+async def require_streams(js: JetStreamContext, specs: Sequence[StreamSpec]) -> None:
+    """Every stream exists; else this NATS is not zapflow's, and finding nothing there proves nothing."""
+    missing: list[str] = []
+    for spec in specs:
+        try:
+            await js.stream_info(spec.name)
+        except NotFoundError:
+            missing.append(spec.name)
+    if missing:
+        raise StreamsMissing(
+            f"no stream {', '.join(missing)} on this server: it is not the NATS zapflow runs on, "
+            "or no zapflow service has started on it yet"
+        )
+
+
 async def secure_delete(js: JetStreamContext, stream: str, seq: int) -> bool:
     """Delete a stream message, overwriting it in the stream's files; False when it was already gone."""
     try:

@@ -143,6 +143,17 @@ def dead_letter_subject(service: str, original_subject: str) -> str:
     return f"{DEAD_LETTER_PREFIX}.{service}.{original_subject}"
 
 
+def dead_letter_origin(subject: str) -> tuple[str, str]:
+    """The service and the original subject of a dead letter's subject."""
+    service, _, original = subject.removeprefix(f"{DEAD_LETTER_PREFIX}.").partition(".")
+    return service, original
+
+
+def contact_of(subject: str) -> str:
+    """The contact of a subject about one contact: every such subject ends with it."""
+    return subject.rsplit(".", 1)[-1]
+
+
 def dead_letters_of(service: str) -> str:
     return every(f"{DEAD_LETTER_PREFIX}.{service}")
 

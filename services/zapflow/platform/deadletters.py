@@ -152,12 +152,9 @@ def printable(text: str) -> str:
 async def require_stream(js: JetStreamContext) -> None:
     """The dead-letter stream exists; else this NATS is not zapflow's, and finding nothing there proves nothing."""
     try:
-        await js.stream_info(STREAM)
-    except NotFoundError:
-        raise DeadLetterError(
-            f"no stream {STREAM} on this server: it is not the NATS zapflow runs on, "
-            "or no zapflow service has started on it yet"
-        ) from None
+        await bus.require_streams(js, [catalogue.DEAD_LETTER])
+    except bus.StreamsMissing as error:
+        raise DeadLetterError(str(error)) from None
 
 
 async def list_dead_letters(js: JetStreamContext, wanted: DeadLetterFilter, limit: int) -> Listing:
@@ -241,11 +238,9 @@ async def letters_on(js: JetStreamContext, subjects: Sequence[str]) -> AsyncGene
 
 def decode(seq: int, subject: str, data: bytes, stored_at: datetime | None) -> DeadLetter:
     """A stored message as a dead letter; one that is not a DeadLetter event is shown as it is, with why."""
-    # The catalogue's layout: <dead-letter prefix>.<service>.<original subject>.
-    tokens = subject.split(".")
-    service, original = tokens[2], ".".join(tokens[3:])
-    # Every original subject ends with the contact (the catalogue's UNATTRIBUTED when unreadable).
-    contact = original.rsplit(".", 1)[-1]
+    service, original = catalogue.dead_letter_origin(subject)
+    # The catalogue's UNATTRIBUTED when the contact could not be read.
+    contact = catalogue.contact_of(original)
     stored = stored_at or datetime.now(UTC)
     try:
         event = turn_pb2.DeadLetter.FromString(data)

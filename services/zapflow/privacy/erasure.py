@@ -218,19 +218,10 @@ class Eraser:
         return rewritten
 
     async def _require_streams(self) -> None:
-        """Every stream exists; else this NATS is not zapflow's, and finding nothing there proves nothing."""
-        missing: list[str] = []
-        for stream in catalogue.ALL_STREAMS:
-            try:
-                await self._js.stream_info(stream.name)
-            except NotFoundError:
-                missing.append(stream.name)
-        if missing:
-            raise ErasureIncomplete(
-                JETSTREAM,
-                f"no stream {', '.join(missing)} on this server: it is not the NATS zapflow runs on, "
-                "or no zapflow service has started on it yet",
-            )
+        try:
+            await bus.require_streams(self._js, catalogue.ALL_STREAMS)
+        except bus.StreamsMissing as error:
+            raise ErasureIncomplete(JETSTREAM, str(error)) from None
 
     async def _erase_streams(self, tenant: str, contact: str) -> dict[str, int]:
         erased: dict[str, int] = {}
