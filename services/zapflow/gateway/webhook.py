@@ -176,8 +176,10 @@ async def _accept(request: Request, runtime: GatewayRuntime, signature: str | No
     if refused:
         await _dead_letter(runtime, refused, tenants, signer)
 
+    messages = 0
     for event in published:
         if isinstance(event, inbound_pb2.InboundMessage):
+            messages += 1
             kind = event.type if event.type in payload.KNOWN_TYPES else "other"
             metrics.INBOUND_MESSAGES.labels(event.tenant, kind).inc()
         else:
@@ -185,7 +187,6 @@ async def _accept(request: Request, runtime: GatewayRuntime, signature: str | No
             metrics.STATUS_UPDATES.labels(event.tenant, state).inc()
     metrics.WEBHOOK_REQUESTS.labels(signer, "dead_lettered" if refused else "accepted").inc()
     metrics.WEBHOOK_SECONDS.labels(signer).observe(time.perf_counter() - started)
-    messages = sum(isinstance(event, inbound_pb2.InboundMessage) for event in published)
     return {
         "accepted": {"messages": messages, "statuses": len(published) - messages},
         "dead_lettered": [{"where": part.where, "reason": part.reason} for part in refused],
