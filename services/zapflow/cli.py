@@ -200,6 +200,20 @@ def recorder(host: Host = None, port: Port = None) -> None:
 
 
 @app.command()
+def embedding(host: Host = None, port: Port = None) -> None:
+    """Run the embedding service: knowledge bases, embeddings and search over NATS (health and metrics on --port)."""
+    from zapflow.knowledge.app import EMBEDDING
+    from zapflow.knowledge.settings import EmbeddingSettings
+    from zapflow.platform.service import run
+    from zapflow.store.errors import StoreError
+
+    try:
+        run(EMBEDDING, _settings(EmbeddingSettings, host=host, port=port))
+    except StoreError as error:
+        raise _fail(str(error)) from None
+
+
+@app.command()
 def scheduler(
     host: Host = None,
     port: Port = None,
@@ -265,6 +279,7 @@ def dev(
     conversation_port: Annotated[int, typer.Option(help="Conversation health/metrics port.")] = 8001,
     recorder_port: Annotated[int, typer.Option(help="Recorder health/metrics port.")] = 8002,
     scheduler_port: Annotated[int, typer.Option(help="Scheduler admin API, health and metrics port.")] = 8003,
+    embedding_port: Annotated[int, typer.Option(help="Embedding service health/metrics port.")] = 8004,
     sandbox_port: Annotated[int, typer.Option(help="Sandbox and web chat port.")] = 8100,
     nats_port: Annotated[int, typer.Option(help="Embedded nats-server port.")] = 14222,
     redis_port: Annotated[int, typer.Option(help="Embedded redis-server port.")] = 16379,
@@ -278,6 +293,7 @@ def dev(
         conversation=conversation_port,
         recorder=recorder_port,
         scheduler=scheduler_port,
+        embedding=embedding_port,
         sandbox=sandbox_port,
         nats=nats_port,
         redis=redis_port,

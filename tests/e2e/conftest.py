@@ -14,7 +14,8 @@ from tests.support.servers import free_port
 @pytest.fixture
 def ports() -> dict[str, int]:
     return {
-        name: free_port() for name in ("gateway", "conversation", "recorder", "scheduler", "sandbox", "nats", "redis")
+        name: free_port()
+        for name in ("gateway", "conversation", "recorder", "scheduler", "embedding", "sandbox", "nats", "redis")
     }
 
 

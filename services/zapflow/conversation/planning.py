@@ -88,6 +88,8 @@ def plan_turn(
         if quote and index == 0:
             command.reply_to_wamid = messages[-1].wamid
         commands.append(reply_command(reply, command))
+    customer_text = "\n".join(describe(m) for m in messages)
+    answer_text = "\n".join(r.text for r in answer.replies)
     turn = turn_pb2.Turn(
         turn_id=pending.turn_id,
         tenant=tenant.name,
@@ -106,11 +108,13 @@ def plan_turn(
         prompt_tokens=answer.prompt_tokens,
         completion_tokens=answer.completion_tokens,
         actions=list(answer.actions),
+        customer_text=customer_text,
+        answer_text=answer_text,
     )
     exchange = (
         (
-            HistoryEntry("customer", "\n".join(describe(m) for m in messages)),
-            HistoryEntry("bot", "\n".join(r.text for r in answer.replies)),
+            HistoryEntry("customer", customer_text),
+            HistoryEntry("bot", answer_text),
         )
         if messages
         else ()

@@ -23,6 +23,7 @@ class DevPorts:
     conversation: int = 8001
     recorder: int = 8002
     scheduler: int = 8003
+    embedding: int = 8004
     sandbox: int = 8100
     nats: int = 14222
     redis: int = 16379
@@ -88,6 +89,7 @@ class DevPlan:
             service("conversation", self.ports.conversation),
             service("recorder", self.ports.recorder),
             service("scheduler", self.ports.scheduler),
+            service("embedding", self.ports.embedding),
             service(
                 "sandbox",
                 self.ports.sandbox,

@@ -10,11 +10,14 @@ customer:
     zf.out.<tenant>.<contact>                commands for the Graph API ZF_OUTBOUND
     zf.evt.<kind>.<tenant>.<contact>         turns and send results    ZF_EVENTS
     zf.dlq.<service>.<original subject>      dead letters              ZF_DLQ
+    zf.knowledge.<tenant>.<kind>             knowledge changes         ZF_KNOWLEDGE
+    zf.kb.<operation>.<tenant>               knowledge requests        (core NATS request/reply)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from nats.js import api
 
@@ -69,11 +72,15 @@ class ConsumerSpec:
     batch: int = 64
     # Messages handled at once by one process (held messages count only while their handler runs).
     max_in_flight: int = 256
+    # Several filters instead of `filter_subject` (a shard's tenants); NATS 2.10 and later.
+    filter_subjects: tuple[str, ...] = ()
 
     def config(self) -> api.ConsumerConfig:
+        several = len(self.filter_subjects) > 1
         return api.ConsumerConfig(
             durable_name=self.durable,
-            filter_subject=self.filter_subject,
+            filter_subject=None if several else (self.filter_subjects or (self.filter_subject,))[0],
+            filter_subjects=list(self.filter_subjects) if several else None,
             ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL,
             ack_wait=self.ack_wait_s,
@@ -90,6 +97,7 @@ class ConsumerSpec:
 CONVERSATION_SERVICE = "conversation"
 GATEWAY_SERVICE = "gateway"
 RECORDER_SERVICE = "recorder"
+EMBEDDING_SERVICE = "embedding"
 
 # --- subjects ---
 
@@ -98,6 +106,8 @@ STATUS_PREFIX = f"{ROOT}.status"
 OUTBOUND_PREFIX = f"{ROOT}.out"
 EVENTS_PREFIX = f"{ROOT}.evt"
 DEAD_LETTER_PREFIX = f"{ROOT}.dlq"
+KNOWLEDGE_PREFIX = f"{ROOT}.knowledge"
+KNOWLEDGE_REQUEST_PREFIX = f"{ROOT}.kb"
 
 # Event kinds: the token after zf.evt.
 TURN = "turn"  # a turn was answered (turn_pb2.Turn)
@@ -137,6 +147,40 @@ def result_subject(tenant: str, contact: str) -> str:
 def events_of(kind: str, tenant: str = "*") -> str:
     """Every event of a kind, for every tenant or for one."""
     return every(f"{EVENTS_PREFIX}.{kind}") if tenant == "*" else every(f"{EVENTS_PREFIX}.{kind}.{tenant}")
+
+
+# Knowledge changes: what every embedding replica applies to its in-memory index. They name a
+# document or a row, never a contact, so they hold nothing an erasure must find.
+DOCUMENT_CHANGED = "document"  # a document was ingested, replaced or removed (reload it from SQL)
+TURN_EMBEDDED = "turn"  # a turn was embedded (load its row)
+TURNS_FORGOTTEN = "forget"  # turn rows were erased or expired (drop them)
+KNOWLEDGE_CHANGES = (DOCUMENT_CHANGED, TURN_EMBEDDED, TURNS_FORGOTTEN)
+
+# Knowledge requests, served by the embedding service in one queue group.
+KNOWLEDGE_OPERATIONS = ("search", "embed", "commit", "list", "show", "remove")
+KNOWLEDGE_QUEUE = EMBEDDING_SERVICE
+
+
+def knowledge_change_subject(tenant: str, kind: str) -> str:
+    return f"{KNOWLEDGE_PREFIX}.{tenant}.{kind}"
+
+
+def knowledge_request_subject(operation: str, tenant: str) -> str:
+    """Where a knowledge request about one tenant goes; the tenant is always in the subject."""
+    if operation not in KNOWLEDGE_OPERATIONS:
+        raise ValueError(f"no knowledge operation {operation!r}")
+    return f"{KNOWLEDGE_REQUEST_PREFIX}.{operation}.{tenant}"
+
+
+def knowledge_requests(tenant: str = "*") -> str:
+    """Every knowledge request, for every tenant or one (what a replica subscribes to)."""
+    return f"{KNOWLEDGE_REQUEST_PREFIX}.*.{tenant}"
+
+
+def request_operation(subject: str) -> tuple[str, str]:
+    """The operation and the tenant of a knowledge request's subject."""
+    _, _, operation, tenant = subject.split(".", 3)
+    return operation, tenant
 
 
 def dead_letter_subject(service: str, original_subject: str) -> str:
@@ -203,7 +247,12 @@ STATUS = StreamSpec("ZF_STATUS", (every(STATUS_PREFIX),), "Delivery statuses fro
 OUTBOUND = StreamSpec("ZF_OUTBOUND", (every(OUTBOUND_PREFIX),), "Commands for the WhatsApp Cloud API", 7 * DAY)
 EVENTS = StreamSpec("ZF_EVENTS", (every(EVENTS_PREFIX),), "Turns and outbound results", 30 * DAY)
 DEAD_LETTER = StreamSpec("ZF_DLQ", (every(DEAD_LETTER_PREFIX),), "Messages that exhausted their deliveries", 30 * DAY)
-ALL_STREAMS = (INBOUND, STATUS, OUTBOUND, EVENTS, DEAD_LETTER)
+# A replica that starts loads the index from SQL, then applies changes from the moment it began
+# loading: a day covers any start-up; older changes are already in SQL.
+KNOWLEDGE = StreamSpec(
+    "ZF_KNOWLEDGE", (every(KNOWLEDGE_PREFIX),), "Knowledge-base and turn-index changes for embedding replicas", DAY
+)
+ALL_STREAMS = (INBOUND, STATUS, OUTBOUND, EVENTS, DEAD_LETTER, KNOWLEDGE)
 
 
 def contact_subjects(tenant: str, contact: str) -> dict[str, tuple[str, ...]]:
@@ -259,6 +308,30 @@ RECORD_STATUSES = _recorder(STATUS, "store-statuses", every(STATUS_PREFIX))
 RECORD_TURNS = _recorder(EVENTS, "store-turns", events_of(TURN))
 RECORD_RESULTS = _recorder(EVENTS, "store-results", events_of(SENT))
 
+# Finished turns, embedded so that past conversations can be searched by meaning.
+EMBED_TURNS = ConsumerSpec(
+    stream=EVENTS,
+    durable="embedding-turns",
+    filter_subject=events_of(TURN),
+    service=EMBEDDING_SERVICE,
+    # A batch of turns is embedded at once; a local model takes about 50 ms a turn on one core.
+    ack_wait_s=60.0,
+    batch=32,
+    max_in_flight=64,
+)
+
+
+
+def turns_of(tenants: Sequence[str]) -> tuple[str, ...]:
+    """The turn events of these tenants, one filter each."""
+    return tuple(events_of(TURN, tenant) for tenant in tenants)
+
+
+def shard_consumer(spec: ConsumerSpec, shard: str, filters: tuple[str, ...]) -> ConsumerSpec:
+    """The consumer of one shard of tenants: a durable of its own, over its tenants' subjects only."""
+    return replace(spec, durable=f"{spec.durable}-{shard}", filter_subjects=filters)
+
+
 ALL_CONSUMERS = (
     CONVERSATION_INBOUND,
     EGRESS,
@@ -267,4 +340,5 @@ ALL_CONSUMERS = (
     RECORD_STATUSES,
     RECORD_TURNS,
     RECORD_RESULTS,
+    EMBED_TURNS,
 )

@@ -48,8 +48,11 @@ MESSAGE = KeyKind("msg", "fact", "the stream sequence of the first copy of a wam
 TURN = KeyKind("turn", "fact", "'answered' once a turn's replies are published (1 h by default)")
 COMMAND = KeyKind("out", "fact", "calling:<epoch>, sent:<wamid> or failed:<code>: a Graph API call's state (8 days)")
 RATE = KeyKind("rate", "tenant", "GCRA theoretical arrival time of a WhatsApp number's next send slot")
+KNOWLEDGE_SYNC = KeyKind(
+    "kbsync", "tenant", "the embedding replica syncing this tenant's spec knowledge base; expires if it dies"
+)
 
-KINDS = (CONVERSATION, LOCK, INFLIGHT, HISTORY, OUTBOUND_CURSOR, MESSAGE, TURN, COMMAND, RATE)
+KINDS = (CONVERSATION, LOCK, INFLIGHT, HISTORY, OUTBOUND_CURSOR, MESSAGE, TURN, COMMAND, RATE, KNOWLEDGE_SYNC)
 
 # Sorted set of every contact with a pending turn, scored by its debounce deadline (ms epoch).
 DUE = f"{PREFIX}:due"
@@ -110,6 +113,10 @@ class ContactKeys:
 
 def command_key(tenant: str, command_id: str) -> str:
     return COMMAND.key(tenant, command_id)
+
+
+def knowledge_sync_key(tenant: str) -> str:
+    return KNOWLEDGE_SYNC.key(tenant, "spec")
 
 
 def rate_key(tenant: str, phone_number_id: str) -> str:

@@ -195,3 +195,31 @@ ENGINE_FAILURES = Counter(
     " redelivered), rearm (deadlines of held messages), history (the store's history unavailable).",
     ["kind"],
 )
+
+# Embedding service: knowledge bases and the turn index.
+KNOWLEDGE_SEARCH_SECONDS = Histogram(
+    "zapflow_knowledge_search_seconds",
+    "Knowledge searches served, question embedding included, by collection (knowledge, turns).",
+    ["tenant", "collection"],
+    buckets=LATENCY_BUCKETS,
+)
+KNOWLEDGE_REQUESTS = Counter(
+    "zapflow_knowledge_requests_total",
+    "Knowledge requests over NATS by operation and outcome (ok, invalid, quota, not_found, failed).",
+    ["tenant", "operation", "outcome"],
+)
+KNOWLEDGE_CHUNKS_EMBEDDED = Counter(
+    "zapflow_knowledge_embedded_total",
+    "Texts run through the embedding model (a text already embedded by the model is not counted again).",
+    ["tenant", "collection"],
+)
+KNOWLEDGE_ENTRIES = Gauge(
+    "zapflow_knowledge_entries",
+    "Entries in this replica's in-memory index, by collection (knowledge chunks, turns).",
+    ["tenant", "collection"],
+)
+FAQ_ANSWERS = Counter(
+    "zapflow_conversation_faq_answers_total",
+    "Turns the faq responder handled, by outcome (answered, below_threshold, no_knowledge, unavailable).",
+    ["tenant", "outcome"],
+)

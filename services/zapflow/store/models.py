@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -326,3 +327,94 @@ class Erasure(Base):
     completed_at: Mapped[datetime]
     # What each store gave up: row, key and stream message counts.
     summary: Mapped[dict[str, Any]]
+
+
+# --- knowledge (written by the embedding service) ---
+
+HASH_LENGTH = 64  # sha256, hex
+MODEL_LENGTH = 128
+DOCUMENT_NAME_LENGTH = 255
+
+
+class KnowledgeDocument(Base):
+    """One source of a tenant's knowledge base: a file ingested, or the tenant spec's inline entries."""
+
+    __tablename__ = "kb_documents"
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(DOCUMENT_NAME_LENGTH), primary_key=True)
+    # markdown | text | csv | pdf | inline
+    kind: Mapped[str] = mapped_column(String(16))
+    # cli (zapflow kb ingest) | spec (the tenant spec): a spec sync removes only its own documents.
+    origin: Mapped[str] = mapped_column(String(16))
+    # sha256 of what was read: re-ingesting an unchanged source changes nothing.
+    content_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
+
+
+class KnowledgeChunk(Base):
+    """A retrievable passage of a document: a section under its headings, or a question and its answer."""
+
+    __tablename__ = "kb_chunks"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant", "document"],
+            ["kb_documents.tenant", "kb_documents.name"],
+            name="fk_kb_chunks_document",
+            ondelete="CASCADE",
+        ),
+        Index("ix_kb_chunks_tenant_content_hash", "tenant", "content_hash"),
+    )
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    document: Mapped[str] = mapped_column(String(DOCUMENT_NAME_LENGTH), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    language: Mapped[str] = mapped_column(String(8))
+    # The heading path, or the FAQ question.
+    title: Mapped[str] = mapped_column(Text)
+    # The section's text, or the FAQ answer.
+    body: Mapped[str] = mapped_column(Text)
+    # sha256 of what is embedded (title and body): the key of its vector.
+    content_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+
+
+class KnowledgeVector(Base):
+    """The embedding of one text by one model, kept so that no text is embedded twice per model."""
+
+    __tablename__ = "kb_vectors"
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    model: Mapped[str] = mapped_column(String(MODEL_LENGTH), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(HASH_LENGTH), primary_key=True)
+    # float32, little-endian.
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class TurnVector(Base):
+    """A finished turn, embedded so that past conversations can be found by meaning.
+
+    It holds the customer's words and the bot's answer, so retention and erasure reach it like
+    the messages themselves (store/lifecycle.py).
+    """
+
+    __tablename__ = "turn_vectors"
+    __table_args__ = (
+        UniqueConstraint("tenant", "turn_id"),
+        Index("ix_turn_vectors_tenant_contact", "tenant", "contact"),
+        Index("ix_turn_vectors_tenant_at", "tenant", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    turn_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH))
+    # When the turn started.
+    at: Mapped[datetime]
+    language: Mapped[str] = mapped_column(String(8))
+    customer_text: Mapped[str] = mapped_column(Text)
+    answer_text: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(MODEL_LENGTH))
+    # float32, little-endian; empty when the service runs without a model (lexical search only).
+    vector: Mapped[bytes] = mapped_column(LargeBinary)

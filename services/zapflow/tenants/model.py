@@ -121,9 +121,44 @@ class OpenAISpec(Model):
     history_turns: int = Field(default=10, ge=0, le=100, description="Previous turns sent as context.")
 
 
+LANGUAGE_PATTERN = r"^[a-z]{2,3}$"
+
+
+class FaqSpec(Model):
+    """The `faq` responder: the best-matching passage of the knowledge base, or the fallback."""
+
+    min_similarity: float = Field(
+        default=0.86,
+        ge=0,
+        le=1,
+        description="Answer only when the best passage's cosine similarity to the question reaches this (with an "
+        "embedding model; docs/knowledge.md gives the measured distribution).",
+    )
+    min_lexical: float = Field(
+        default=4.0,
+        ge=0,
+        description="Answer only when the best passage's BM25 score reaches this (when the service runs without a "
+        "model).",
+    )
+
+
+class GroundingSpec(Model):
+    """What the `openai` responder is given from the knowledge base."""
+
+    enabled: bool = Field(default=True, description="Give the model the best passages of the knowledge base.")
+    passages: int = Field(default=4, ge=1, le=20, description="How many passages are given.")
+    min_similarity: float = Field(
+        default=0.80, ge=0, le=1, description="Passages less similar to the question than this are not given."
+    )
+
+
 class BotSpec(Model):
-    responder: Literal["rules", "openai"] = Field(default="rules", description="Which responder answers.")
+    responder: Literal["rules", "openai", "faq"] = Field(default="rules", description="Which responder answers.")
     openai: OpenAISpec | None = Field(default=None, description="Settings of the openai responder.")
+    faq: FaqSpec = Field(default_factory=FaqSpec, description="Settings of the faq responder.")
+    grounding: GroundingSpec = Field(
+        default_factory=GroundingSpec, description="Knowledge-base passages given to the openai responder."
+    )
     max_concurrent_calls: int = Field(
         default=8,
         ge=1,
@@ -201,6 +236,31 @@ class DataSpec(Model):
     )
 
 
+class FaqEntrySpec(Model):
+    question: str = Field(description="The question, as customers might ask it.", min_length=1, max_length=1000)
+    answer: str = Field(description="The answer the bot gives.", min_length=1, max_length=4096)
+    language: str | None = Field(
+        default=None, description="ISO 639-1 code; unset: the knowledge spec's, else detected.", pattern=LANGUAGE_PATTERN
+    )
+
+
+class KnowledgeSpec(Model):
+    """The tenant's knowledge base as the spec declares it; `zapflow kb ingest` adds documents beside it."""
+
+    faq: list[FaqEntrySpec] = Field(default_factory=list, description="Inline questions and answers.", max_length=2000)
+    folders: list[str] = Field(
+        default_factory=list,
+        description="Folders on the embedding service's disk whose Markdown, text, CSV and PDF files are ingested.",
+    )
+    config_maps: list[str] = Field(
+        default_factory=list,
+        description="ConfigMaps whose files are ingested; mounted under the embedding service's knowledge directory.",
+    )
+    language: str | None = Field(
+        default=None, description="Language of sources that do not say (unset: detected).", pattern=LANGUAGE_PATTERN
+    )
+
+
 class TenantSpec(Model):
     whatsapp: WhatsAppSpec = Field(description="The WhatsApp Cloud API number and its credentials.")
     bot: BotSpec = Field(default_factory=BotSpec, description="The responder and its settings.")
@@ -208,6 +268,7 @@ class TenantSpec(Model):
     rate_limits: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Sending limits.")
     idempotency: IdempotencySpec = Field(default_factory=IdempotencySpec, description="Idempotency key lifetimes.")
     data: DataSpec = Field(default_factory=DataSpec, description="Session closing and data retention.")
+    knowledge: KnowledgeSpec = Field(default_factory=KnowledgeSpec, description="The knowledge base the spec declares.")
 
 
 class TenantMetadata(BaseModel):

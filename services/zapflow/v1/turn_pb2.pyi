@@ -45,6 +45,8 @@ class Turn(_message.Message):
     DUPLICATE_WAMIDS_FIELD_NUMBER: _builtins.int
     ACTIONS_FIELD_NUMBER: _builtins.int
     CLOSED_AT_FIELD_NUMBER: _builtins.int
+    CUSTOMER_TEXT_FIELD_NUMBER: _builtins.int
+    ANSWER_TEXT_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     tenant: _builtins.str
     contact: _builtins.str
@@ -58,6 +60,10 @@ class Turn(_message.Message):
     completion_tokens: _builtins.int
     last_inbound_seq: _builtins.int
     """every message of the contact up to here is settled"""
+    customer_text: _builtins.str
+    """the burst as the responder read it (what search finds)"""
+    answer_text: _builtins.str
+    """the text of the bot's replies"""
     @_builtins.property
     def inbound_wamids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """in arrival order"""
@@ -104,10 +110,12 @@ class Turn(_message.Message):
         duplicate_wamids: _abc.Iterable[_builtins.str] | None = ...,
         actions: _abc.Iterable[_builtins.str] | None = ...,
         closed_at: _timestamp_pb2.Timestamp | None = ...,
+        customer_text: _builtins.str = ...,
+        answer_text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "closed_at", b"closed_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "answered_at", b"answered_at", "closed_at", b"closed_at", "command_ids", b"command_ids", "completion_tokens", b"completion_tokens", "contact", b"contact", "duplicate_wamids", b"duplicate_wamids", "inbound_seqs", b"inbound_seqs", "inbound_wamids", b"inbound_wamids", "last_inbound_seq", b"last_inbound_seq", "outcome", b"outcome", "prompt_tokens", b"prompt_tokens", "responder", b"responder", "rule", b"rule", "started_at", b"started_at", "tenant", b"tenant", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "answer_text", b"answer_text", "answered_at", b"answered_at", "closed_at", b"closed_at", "command_ids", b"command_ids", "completion_tokens", b"completion_tokens", "contact", b"contact", "customer_text", b"customer_text", "duplicate_wamids", b"duplicate_wamids", "inbound_seqs", b"inbound_seqs", "inbound_wamids", b"inbound_wamids", "last_inbound_seq", b"last_inbound_seq", "outcome", b"outcome", "prompt_tokens", b"prompt_tokens", "responder", b"responder", "rule", b"rule", "started_at", b"started_at", "tenant", b"tenant", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

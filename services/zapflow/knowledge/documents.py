@@ -1,0 +1,235 @@
+"""Reading knowledge-base sources into passages: Markdown, plain text, CSV (question,answer) and PDF.
+
+A source is read whole, or refused whole with `UnreadableDocument` naming it and saying why: an
+ingest reads every source before it sends anything, so a corrupt file leaves the knowledge base
+exactly as it was.
+
+Chunking keeps what a customer's question is about together: a Markdown section stays under its
+headings (a long one is cut at paragraphs, each piece keeping the headings), a CSV row is one
+question with its answer, and plain text and PDF are cut at paragraphs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pypdf import PdfReader
+from pypdf.errors import PyPdfError
+
+from zapflow.knowledge.messages import MAX_PASSAGES_PER_DOCUMENT, DocumentKind, Passage
+from zapflow.knowledge.text import LanguageDetector
+from zapflow.tenants.model import FaqEntrySpec
+
+KINDS: dict[str, DocumentKind] = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".csv": "csv",
+    ".pdf": "pdf",
+}
+MAX_FILE_BYTES = 50 * 1024 * 1024
+# A passage longer than this is cut at paragraphs: a model reads about 512 tokens of it at most.
+MAX_PASSAGE_CHARS = 1_500
+HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+TITLE_SEPARATOR = " > "
+
+
+class UnreadableDocument(Exception):
+    """A source that cannot be ingested; the message starts with its path."""
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    name: str
+    kind: DocumentKind
+    content_hash: str
+    passages: list[Passage]
+
+
+def expand(paths: Sequence[Path]) -> list[tuple[Path, str]]:
+    """The files to ingest and their document names: a file by its own name, a folder's files by their
+    path inside it (recursively, supported kinds only, in name order)."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KINDS)
+            if not files:
+                raise UnreadableDocument(f"{path}: no Markdown, text, CSV or PDF file in this folder")
+            named = [(p, p.relative_to(path).as_posix()) for p in files]
+        elif path.is_file():
+            if path.suffix.lower() not in KINDS:
+                raise UnreadableDocument(f"{path}: not a Markdown, text, CSV or PDF file (by its extension)")
+            named = [(path, path.name)]
+        else:
+            raise UnreadableDocument(f"{path}: no such file or folder")
+        for file, name in named:
+            if name in found and found[name] != file:
+                raise UnreadableDocument(f"{file}: has the same document name as {found[name]} ({name!r})")
+            found[name] = file
+    return [(file, name) for name, file in found.items()]
+
+
+def read_document(path: Path, name: str, language: str | None, detector: LanguageDetector) -> ParsedDocument:
+    """Read and chunk one file; `language` None: detected from its text."""
+    kind = KINDS.get(path.suffix.lower())
+    if kind is None:
+        raise UnreadableDocument(f"{path}: not a Markdown, text, CSV or PDF file (by its extension)")
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise UnreadableDocument(f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+        data = path.read_bytes()
+    except OSError as error:
+        raise UnreadableDocument(f"{path}: cannot be read ({error.strerror})") from None
+    try:
+        pieces = list(_READERS[kind](data, path.stem))
+    except UnreadableDocument as error:
+        raise UnreadableDocument(f"{path}: {error}") from None
+    if not pieces:
+        raise UnreadableDocument(f"{path}: has no text to ingest")
+    if len(pieces) > MAX_PASSAGES_PER_DOCUMENT:
+        raise UnreadableDocument(
+            f"{path}: {len(pieces)} passages; split it into files of at most {MAX_PASSAGES_PER_DOCUMENT}"
+        )
+    document_language = language or detector.detect("\n".join(body for _, body, _ in pieces[:50]))
+    passages = [
+        Passage(title=title[:2000], body=body, language=own or document_language) for title, body, own in pieces
+    ]
+    return ParsedDocument(name, kind, hashlib.sha256(data).hexdigest(), passages)
+
+
+def inline_document(
+    name: str, entries: Sequence[FaqEntrySpec], language: str | None, detector: LanguageDetector
+) -> ParsedDocument:
+    """The tenant spec's inline questions and answers as one document."""
+    text = "\n".join(f"{e.question}\n{e.answer}" for e in entries)
+    document_language = language or (detector.detect(text) if text else "en")
+    passages = [Passage(title=e.question, body=e.answer, language=e.language or document_language) for e in entries]
+    digest = hashlib.sha256(repr([(p.title, p.body, p.language) for p in passages]).encode()).hexdigest()
+    return ParsedDocument(name, "inline", digest, passages)
+
+
+# A piece: (title, body, its own language or None).
+Piece = tuple[str, str, str | None]
+
+
+def _text(data: bytes) -> str:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UnreadableDocument(f"not UTF-8 text (byte {error.start})") from None
+    if "\x00" in text:
+        raise UnreadableDocument("holds NUL bytes: not a text file")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _markdown(data: bytes, stem: str) -> Iterator[Piece]:
+    headings: list[str] = []
+    body: list[str] = []
+
+    def section() -> Iterator[Piece]:
+        text = "\n".join(body).strip()
+        body.clear()
+        if text:
+            title = TITLE_SEPARATOR.join(headings) if headings else stem
+            for part in _cut(text):
+                yield title, part, None
+
+    for line in _text(data).split("\n"):
+        match = HEADING.match(line)
+        if match is None:
+            body.append(line)
+            continue
+        yield from section()
+        level = len(match.group(1))
+        del headings[level - 1 :]
+        headings.append(match.group(2))
+    yield from section()
+
+
+def _plain(data: bytes, stem: str) -> Iterator[Piece]:
+    for part in _cut(_text(data).strip()):
+        yield stem, part, None
+
+
+def _csv(data: bytes, _stem: str) -> Iterator[Piece]:
+    try:
+        rows = list(csv.reader(io.StringIO(_text(data))))
+    except csv.Error as error:
+        raise UnreadableDocument(f"not valid CSV ({error})") from None
+    if not rows:
+        return
+    header = [cell.strip().casefold() for cell in rows[0]]
+    if "question" not in header or "answer" not in header:
+        raise UnreadableDocument("a CSV needs the header question,answer (and optionally language)")
+    question, answer = header.index("question"), header.index("answer")
+    language = header.index("language") if "language" in header else None
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        cells = [*row, *[""] * (len(header) - len(row))]
+        asked, answered = cells[question].strip(), cells[answer].strip()
+        if not asked or not answered:
+            raise UnreadableDocument(f"row {number} has no {'question' if not asked else 'answer'}")
+        own = cells[language].strip().lower() if language is not None else ""
+        if own and not re.fullmatch(r"[a-z]{2,3}", own):
+            raise UnreadableDocument(f"row {number}: language {own!r} is not an ISO 639-1 code")
+        yield asked, answered, own or None
+
+
+def _pdf(data: bytes, stem: str) -> Iterator[Piece]:
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise UnreadableDocument("is encrypted")
+        pages = [(number, page.extract_text() or "") for number, page in enumerate(reader.pages, start=1)]
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as error:
+        # pypdf raises its own errors for most damage, and plain ones for some.
+        raise UnreadableDocument(f"not a readable PDF ({type(error).__name__})") from None
+    if not any(text.strip() for _, text in pages):
+        raise UnreadableDocument("has no text layer (a scanned PDF needs OCR first)")
+    for number, text in pages:
+        for part in _cut(text.strip()):
+            yield f"{stem} (page {number})", part, None
+
+
+def _cut(text: str) -> Iterator[str]:
+    """Paragraphs joined up to MAX_PASSAGE_CHARS; a longer paragraph is cut at sentence or word ends."""
+    if not text:
+        return
+    current = ""
+    for paragraph in (p.strip() for p in PARAGRAPH_BREAK.split(text)):
+        if not paragraph:
+            continue
+        for piece in _split_long(paragraph):
+            if current and len(current) + 2 + len(piece) > MAX_PASSAGE_CHARS:
+                yield current
+                current = piece
+            else:
+                current = f"{current}\n\n{piece}" if current else piece
+    if current:
+        yield current
+
+
+def _split_long(paragraph: str) -> Iterator[str]:
+    while len(paragraph) > MAX_PASSAGE_CHARS:
+        window = paragraph[:MAX_PASSAGE_CHARS]
+        cut = max(window.rfind(". "), window.rfind("\n"))
+        if cut < MAX_PASSAGE_CHARS // 2:
+            cut = window.rfind(" ")
+        if cut < MAX_PASSAGE_CHARS // 2:
+            cut = MAX_PASSAGE_CHARS - 1
+        yield paragraph[: cut + 1].strip()
+        paragraph = paragraph[cut + 1 :].strip()
+    if paragraph:
+        yield paragraph
+
+
+_READERS = {"markdown": _markdown, "text": _plain, "csv": _csv, "pdf": _pdf}
