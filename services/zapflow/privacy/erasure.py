@@ -16,8 +16,11 @@ in order, so that nothing erased comes back from a store not erased yet:
    marks messages deleted and leaves their bytes in the block files until the block is
    compacted. The recorder cannot record them again once they are gone. The step reports what
    each stream gave up; `ZF_DLQ`'s count includes the unattributed letters.
-3. The relational store: every row about the contact (store/lifecycle.py), then SQLite's
-   write-ahead log is checkpointed and truncated (its rows are overwritten on delete).
+3. The relational store: every row about the contact (store/lifecycle.py), the embedded turns
+   (`turn_vectors`: their words and vectors) included, then SQLite's write-ahead log is
+   checkpointed and truncated (its rows are overwritten on delete). The embedding replicas are
+   told which turn rows went (by row id, never the contact) and drop them from memory; a replica
+   that missed it never shows them anyway, since every turn hit is read back from SQL.
 4. Analytics: rows hold a pseudonym and no text; the pseudonym is replaced by an id that leads
    nowhere, so the day's figures stay right and nothing links them to the person.
 5. An `erasures` row records that an erasure happened, when, who asked and what each store gave
@@ -26,8 +29,8 @@ in order, so that nothing erased comes back from a store not erased yet:
 A step that fails stops the erasure with `ErasureIncomplete`, naming the store and those already
 erased; no row is recorded, and since every step is idempotent, asking again finishes it.
 
-Logs never had the phone number or message text (outside debug mode). Knowledge-base vectors do
-not exist yet; the embedding service will add its step here.
+Logs never had the phone number or message text (outside debug mode). Knowledge-base chunks
+come from the tenant's documents, not from customers, and are not touched.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from zapflow.store.engine import flush_deleted_rows
 from zapflow.store.lifecycle import erase_contact
 from zapflow.store.models import Erasure
 from zapflow.tenants.model import TENANT_NAME_PATTERN
+from zapflow.v1 import knowledge_pb2
 
 log = get_logger(__name__)
 
@@ -261,6 +265,8 @@ class Eraser:
 
     async def _erase_sql(self, tenant: str, contact: str) -> dict[str, Any]:
         deleted = await erase_contact(self._engine, tenant, contact)
+        if deleted.turn_vector_ids:
+            await forget_turns(self._js, tenant, deleted.turn_vector_ids)
         return {"rows": deleted.rows, "log_flushed": await flush_deleted_rows(self._engine)}
 
     def _anonymise_analytics(self, tenant: str, contact: str, erasure_id: str) -> dict[str, int]:
@@ -277,6 +283,13 @@ class Eraser:
                     )
                 )
         return anonymised
+
+
+async def forget_turns(js: JetStreamContext, tenant: str, ids: list[int]) -> None:
+    """Tell the embedding replicas to drop deleted turn rows from memory (the change names rows, not the contact)."""
+    change = knowledge_pb2.KnowledgeChange(tenant=tenant, turn_rows=ids)
+    subject = catalogue.knowledge_change_subject(tenant, catalogue.TURNS_FORGOTTEN)
+    await bus.publish(js, subject, change, f"forget:{tenant}:{min(ids)}-{max(ids)}:{len(ids)}")
 
 
 async def _step(store: str, erased: tuple[str, ...] | None, work: Awaitable[T]) -> T:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zapflow.store.models import (
@@ -25,6 +25,7 @@ from zapflow.store.models import (
     Message,
     MessageStatus,
     Turn,
+    TurnVector,
 )
 from zapflow.tenants.model import DataSpec
 
@@ -40,6 +41,8 @@ class Deleted:
     """Rows deleted, by table."""
 
     rows: dict[str, int] = field(default_factory=dict)
+    # Rows of turn_vectors deleted: the embedding replicas are told to drop them from memory.
+    turn_vector_ids: list[int] = field(default_factory=list)
 
     def add(self, table: str, count: int) -> None:
         self.rows[table] = self.rows.get(table, 0) + max(count, 0)
@@ -108,9 +111,13 @@ async def delete_expired_conversations(engine: AsyncEngine, data_of: DataSpecOf,
     """
     deleted = Deleted()
     async with engine.connect() as conn:
-        tenants = list(await conn.scalars(select(Contact.tenant).distinct()))
-    for tenant in tenants:
+        tenants = set(await conn.scalars(select(Contact.tenant).distinct()))
+        tenants |= set(await conn.scalars(select(TurnVector.tenant).distinct()))
+    for tenant in sorted(tenants):
         cutoff = now - timedelta(days=data_of(tenant).retention_days)
+        async with engine.begin() as conn:
+            # A turn's words, embedded for search, expire with the conversations they came from.
+            await _delete_turn_vectors(conn, (TurnVector.tenant == tenant) & (TurnVector.at < cutoff), deleted)
         while True:
             async with engine.begin() as conn:
                 expired = list(
@@ -166,6 +173,7 @@ async def erase_contact(engine: AsyncEngine, tenant: str, contact: str) -> Delet
             delete(MessageStatus).where(MessageStatus.tenant == tenant, MessageStatus.contact == contact)
         )
         deleted.add("message_statuses", statuses.rowcount)
+        await _delete_turn_vectors(conn, (TurnVector.tenant == tenant) & (TurnVector.contact == contact), deleted)
         contacts = await conn.execute(delete(Contact).where(Contact.tenant == tenant, Contact.wa_id == contact))
         deleted.add("contacts", contacts.rowcount)
     return deleted
@@ -186,6 +194,14 @@ async def _delete_conversations(conn: AsyncConnection, tenant: str, ids: list[in
         deleted.add(model.__tablename__, result.rowcount)
     result = await conn.execute(delete(Conversation).where(Conversation.tenant == tenant, Conversation.id.in_(ids)))
     deleted.add(Conversation.__tablename__, result.rowcount)
+
+
+async def _delete_turn_vectors(conn: AsyncConnection, which: ColumnElement[bool], deleted: Deleted) -> None:
+    ids = list(await conn.scalars(select(TurnVector.id).where(which)))
+    if ids:
+        result = await conn.execute(delete(TurnVector).where(TurnVector.id.in_(ids)))
+        deleted.add(TurnVector.__tablename__, result.rowcount)
+        deleted.turn_vector_ids.extend(ids)
 
 
 async def _lock_contact(conn: AsyncConnection, tenant: str, contact: str) -> None:
