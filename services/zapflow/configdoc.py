@@ -117,7 +117,7 @@ def catalogue_tables() -> str:
             f"`{stream.name}`",
             ", ".join(f"`{subject}`" for subject in stream.subjects),
             stream.description,
-            f"{stream.max_age_s / catalogue.DAY:g} days",
+            _days(stream.max_age_s / catalogue.DAY),
             "refuses new messages" if stream.discard_new else "drops the oldest",
             f"{stream.duplicate_window_s:g} s",
         )
@@ -175,6 +175,10 @@ def write(docs: Path) -> None:
         raise SystemExit(f"error: {bus} has lost the markers of its generated tables: {CATALOGUE_BEGIN}")
     bus.write_text(page.replace(current, catalogue_tables()))
     (docs / CONFIGURATION_PAGE).write_text(configuration_page())
+
+
+def _days(days: float) -> str:
+    return "1 day" if days == 1 else f"{days:g} days"
 
 
 def _type_of(field: FieldInfo) -> str:

@@ -1,0 +1,1 @@
+"""Knowledge bases and embeddings: the embedding service (`zapflow embedding`), see docs/knowledge.md."""
