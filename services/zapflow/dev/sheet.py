@@ -16,6 +16,7 @@ def startup_sheet(plan: DevPlan) -> str:
         f"  conversation        {plan.url(ports.conversation)}/metrics\n"
         f"  recorder            {plan.url(ports.recorder)}/metrics\n"
         f"  scheduler, admin    {addresses.admin_url}/admin/v1/erasures (token: changethis)\n"
+        f"  embedding           {plan.url(ports.embedding)}/metrics (zapflow kb, zapflow search)\n"
         f"  analytics           {addresses.analytics_path}\n"
         f"  database            {addresses.database_url}\n"
         f"  nats                {addresses.nats_url}\n"
