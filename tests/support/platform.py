@@ -1,4 +1,5 @@
-"""The whole platform in one event loop: sandbox, gateway and conversation on real servers."""
+"""The whole platform in one event loop: sandbox, gateway and conversation on real servers (the
+recorder and the embedding service when a test asks for them)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from tests.support.http import serve
 from tests.support.servers import free_port
@@ -19,6 +23,10 @@ from zapflow.conversation.responder import Responder
 from zapflow.conversation.settings import ConversationSettings
 from zapflow.gateway.app import GATEWAY
 from zapflow.gateway.settings import GatewaySettings
+from zapflow.knowledge.app import EMBEDDING
+from zapflow.knowledge.messages import ErrorReply, SearchReply, SearchRequest
+from zapflow.knowledge.settings import EmbeddingSettings
+from zapflow.platform import catalogue
 from zapflow.platform.service import create_app
 from zapflow.platform.settings import CoreSettings
 from zapflow.recorder.app import RECORDER
@@ -99,6 +107,31 @@ async def register_number(sandbox: httpx.AsyncClient, tenant: BotTenant) -> None
     assert registered.status_code == 201, registered.text
 
 
+@dataclass
+class KnowledgeStandIn:
+    """Answers one tenant's knowledge searches with `reply`, as the embedding service would; keeps the requests."""
+
+    reply: SearchReply | ErrorReply
+    requests: list[SearchRequest]
+
+    async def receive(self, msg: Msg) -> None:
+        self.requests.append(SearchRequest.model_validate_json(msg.data))
+        await msg.respond(self.reply.model_dump_json().encode())
+
+
+@contextlib.asynccontextmanager
+async def knowledge_stand_in(nc: NATS, tenant: str, reply: SearchReply | ErrorReply) -> AsyncIterator[KnowledgeStandIn]:
+    stand_in = KnowledgeStandIn(reply, [])
+    subscription: Subscription = await nc.subscribe(
+        catalogue.knowledge_request_subject("search", tenant), cb=stand_in.receive
+    )
+    await nc.flush()  # subscribed on the server before the first request, from any connection
+    try:
+        yield stand_in
+    finally:
+        await subscription.unsubscribe()
+
+
 @contextlib.asynccontextmanager
 async def running_platform(
     core: CoreSettings,
@@ -108,8 +141,10 @@ async def running_platform(
     responders: dict[str, Responder] | None = None,
     spec: dict[str, Any] | None = None,
     record: bool = False,
+    embedding: dict[str, Any] | None = None,
     **bot: Any,
 ) -> AsyncIterator[Platform]:
+    """`embedding`: run the embedding service too, with these EmbeddingSettings (`{}`: the defaults)."""
     gateway_port = free_port()
     sandbox = SandboxSettings(webhook_url=f"http://127.0.0.1:{gateway_port}/webhook/whatsapp", statuses="delivered")
     async with serve(create_app(sandbox_service(sandbox), sandbox)) as sandbox_url:
@@ -123,5 +158,8 @@ async def running_platform(
                 serve(create_app(conversation_service(responders), ConversationSettings(core=core))),
                 httpx.AsyncClient(base_url=gateway_url, timeout=10) as gateway_client,
                 serve(create_app(RECORDER, RecorderSettings(core=core))) if record else contextlib.nullcontext(""),
+                serve(create_app(EMBEDDING, EmbeddingSettings(core=core, **embedding)))
+                if embedding is not None
+                else contextlib.nullcontext(""),
             ):
                 yield Platform(sandbox_client, gateway_client, registry, tenant)

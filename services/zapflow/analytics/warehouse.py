@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS turns (
     turn_id           VARCHAR   NOT NULL,
     contact_key       VARCHAR   NOT NULL,
     responder         VARCHAR   NOT NULL,  -- rules | openai | ...
-    outcome           VARCHAR   NOT NULL,  -- rule | greeting | fallback | llm | error_fallback | silent | handoff
+    outcome           VARCHAR   NOT NULL,  -- rule | greeting | fallback | llm | faq | error_fallback | silent | handoff
     rule              VARCHAR,             -- the rule or intent that answered
     latency_ms        INTEGER,             -- from the debounce closing the turn to the answer
     prompt_tokens     INTEGER   NOT NULL,

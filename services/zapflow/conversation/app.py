@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from zapflow.conversation.engine import Engine
+from zapflow.conversation.faq import FaqResponder
 from zapflow.conversation.llm import OpenAIResponder
 from zapflow.conversation.responder import Responder
 from zapflow.conversation.rules import RulesResponder
 from zapflow.conversation.settings import ConversationSettings
+from zapflow.knowledge.client import KnowledgeClient
 from zapflow.platform import catalogue, metrics
 from zapflow.platform.connections import Connections, Needs
 from zapflow.platform.service import Service
@@ -30,8 +32,15 @@ def conversation_service(
 
     @asynccontextmanager
     async def build(settings: ConversationSettings, connections: Connections) -> AsyncIterator[Engine]:
-        llm = OpenAIResponder(settings.core, on_error=count_responder_error)
-        chosen: dict[str, Responder] = {"rules": RulesResponder(), "openai": llm, **(custom_responders or {})}
+        # Knowledge requests go to the embedding service over the service's own NATS connection.
+        knowledge = KnowledgeClient(connections.nc, search_timeout_s=settings.knowledge_timeout_s)
+        llm = OpenAIResponder(settings.core, on_error=count_responder_error, knowledge=knowledge)
+        chosen: dict[str, Responder] = {
+            "rules": RulesResponder(),
+            "openai": llm,
+            "faq": FaqResponder(knowledge, on_error=count_responder_error),
+            **(custom_responders or {}),
+        }
         # History falls back to the relational store (written by the recorder) when Redis lost it.
         # Opened here rather than declared in Needs: the engine answers without it, so an
         # unmigrated or missing database must not stop the service from starting.

@@ -1,11 +1,13 @@
 """The `openai` responder: chat completions from any OpenAI-compatible endpoint, with tools.
 
-A turn becomes one conversation with the model: the tenant's system prompt, the last entries
-of the history, then the burst rendered by `describe()` as one user message. Tool calls run
+A turn becomes one conversation with the model: the tenant's system prompt, the passages of
+the tenant's knowledge base that bear on the question (grounding.py), the last entries of the
+history, then the burst rendered by `describe()` as one user message. Tool calls run
 through the ToolRegistry for a few rounds at most. Whatever fails (timeout, connection, HTTP
 error, a completion that does not parse, a secret that does not resolve) gives the tenant's
 fallback reply and an `on_error(tenant, reason)` call: the customer is never left without an
-answer, and never sees a stack trace.
+answer, and never sees a stack trace. A knowledge base that cannot be searched is not such a
+failure: the turn is answered without its passages.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from openai.types.chat import (
 from pydantic import BaseModel, StrictStr, ValidationError
 from pydantic import Field as ModelField
 
+from zapflow.conversation.grounding import Grounding, ground, keep_given_citations
 from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.conversation.tools import ToolRegistry, default_tools
+from zapflow.knowledge.client import KnowledgeClient
 from zapflow.platform.logging import get_logger
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.model import OpenAISpec, ReplySpec
@@ -116,9 +120,15 @@ def fit_whatsapp(text: str) -> str:
     return text[: WHATSAPP_TEXT_LIMIT - 1].rstrip() + "…"
 
 
-def build_messages(turn: TurnInput, spec: OpenAISpec) -> list[ChatCompletionMessageParam]:
-    """System prompt, the last `history_turns` turns (a customer and a bot entry each), then the burst."""
+def build_messages(
+    turn: TurnInput, spec: OpenAISpec, grounding: Grounding | None = None
+) -> list[ChatCompletionMessageParam]:
+    """System prompt, grounding, the last `history_turns` turns (a customer and a bot entry each), then the burst."""
     messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": spec.system_prompt}]
+    if grounding is not None:
+        # Next to the tenant's prompt: chat templates of several local models accept system
+        # messages only at the start of the conversation.
+        messages.append({"role": "system", "content": grounding.message})
     # history[-0:] would be the whole history: zero must mean none.
     recent = turn.history[-2 * spec.history_turns :] if spec.history_turns else ()
     for entry in recent:
@@ -134,11 +144,17 @@ class OpenAIResponder:
     name = "openai"
 
     def __init__(
-        self, core: CoreSettings, tools: ToolRegistry | None = None, on_error: ErrorHook | None = None
+        self,
+        core: CoreSettings,
+        tools: ToolRegistry | None = None,
+        on_error: ErrorHook | None = None,
+        knowledge: KnowledgeClient | None = None,
     ) -> None:
+        """Without `knowledge`, no turn is grounded, whatever the tenant's spec says."""
         self._core = core
         self._tools = tools if tools is not None else default_tools()
         self._on_error = on_error
+        self._knowledge = knowledge
         # One client (and connection pool) per endpoint and key, shared by the tenants that
         # use the same pair; a rotated key gets a new client.
         self._clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
@@ -174,7 +190,8 @@ class OpenAIResponder:
         if spec is None:
             raise CompletionFailed("config", "the tenant has no openai settings")
         client = self._client(spec, turn.tenant.secrets)
-        messages = build_messages(turn, spec)
+        grounding = await ground(self._knowledge, turn) if self._knowledge is not None else None
+        messages = build_messages(turn, spec, grounding)
         for round_number in range(MAX_TOOL_ROUNDS + 1):
             tools_allowed = round_number < MAX_TOOL_ROUNDS
             completion = await self._complete(client, spec, messages, tools_allowed)
@@ -184,6 +201,9 @@ class OpenAIResponder:
             message = completion.choices[0].message
             if not (tools_allowed and message.tool_calls):
                 text = (message.content or "").strip()
+                if grounding is not None:
+                    # The answer names no source the model was not given.
+                    text = keep_given_citations(text, grounding.sources)
                 if not text:
                     raise CompletionFailed("malformed", "the completion has neither text nor tool calls")
                 return text

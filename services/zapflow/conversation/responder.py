@@ -26,7 +26,7 @@ class TurnInput:
 
 @dataclass(frozen=True)
 class Answer:
-    outcome: str  # rule | greeting | fallback | llm | error_fallback | silent
+    outcome: str  # rule | greeting | fallback | llm | faq | error_fallback | silent
     replies: tuple[ReplySpec, ...]
     rule: str = ""
     prompt_tokens: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from zapflow.platform.settings import Port, ServiceSettings
@@ -38,5 +39,7 @@ class ConversationSettings(ServiceSettings):
     """Turns of a contact's history kept in Redis for a language model's context. The relational store holds
     the history; Redis keeps the last turns as a write-through cache, refreshed by every turn, so a live
     conversation never waits for the recorder and an idle one (or one Redis lost) is read back from SQL."""
+    knowledge_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """How long a turn waits for a knowledge search (the faq responder, grounding) before it answers without one."""
     history_ttl_s: int = 3_600
     """How long the Redis history cache outlives a contact's last turn."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel, ValidationError
@@ -79,6 +80,8 @@ class KnowledgeClient:
             raise KnowledgeError("unavailable", f"no embedding service serves tenant {tenant}") from None
         except NatsTimeout:
             raise KnowledgeError("unavailable", f"the embedding service did not answer within {timeout:g}s") from None
+        except NatsError as failure:  # the connection closed or is reconnecting
+            raise KnowledgeError("unavailable", f"NATS failed: {type(failure).__name__}") from None
         try:
             return reply.model_validate_json(message.data)
         except ValidationError:

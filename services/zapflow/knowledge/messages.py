@@ -18,6 +18,7 @@ DOCUMENT_NAME_PATTERN = r"^[^\x00-\x1f\x7f]{1,255}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 MAX_PASSAGES_PER_EMBED = 256
 MAX_PASSAGES_PER_DOCUMENT = 20_000
+MAX_QUESTION_CHARS = 4_000
 
 Language = Annotated[str, Field(pattern=LANGUAGE_PATTERN, description="ISO 639-1 code, e.g. pt")]
 DocumentName = Annotated[str, Field(pattern=DOCUMENT_NAME_PATTERN)]
@@ -45,7 +46,7 @@ class Passage(Message):
 
 
 class SearchRequest(Message):
-    text: str = Field(min_length=1, max_length=4_000)
+    text: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     collection: Collection = "knowledge"
     limit: int = Field(default=5, ge=1, le=50)
     # Search in this language; None: the question's own, when the knowledge base has it.

@@ -321,7 +321,6 @@ EMBED_TURNS = ConsumerSpec(
 )
 
 
-
 def turns_of(tenants: Sequence[str]) -> tuple[str, ...]:
     """The turn events of these tenants, one filter each."""
     return tuple(events_of(TURN, tenant) for tenant in tenants)

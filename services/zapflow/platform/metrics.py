@@ -115,7 +115,7 @@ TENANTS_LOADED = Gauge(
 # The conversation engine.
 TURNS = Counter(
     "zapflow_conversation_turns_total",
-    "Turns answered, by outcome (rule, greeting, fallback, llm, error_fallback).",
+    "Turns answered, by outcome (rule, greeting, fallback, llm, faq, error_fallback).",
     ["tenant", "outcome"],
 )
 TURN_MESSAGES = Histogram(
@@ -220,6 +220,6 @@ KNOWLEDGE_ENTRIES = Gauge(
 )
 FAQ_ANSWERS = Counter(
     "zapflow_conversation_faq_answers_total",
-    "Turns the faq responder handled, by outcome (answered, below_threshold, no_knowledge, unavailable).",
+    "Turns the faq responder handled, by outcome (answered, below_threshold, no_knowledge, no_text, unavailable).",
     ["tenant", "outcome"],
 )

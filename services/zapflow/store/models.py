@@ -261,7 +261,7 @@ class Turn(Base):
     contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH))
     conversation_id: Mapped[int] = mapped_column(BigInteger)
     responder: Mapped[str] = mapped_column(String(32))
-    # rule | greeting | fallback | llm | error_fallback | silent | ...
+    # rule | greeting | fallback | llm | faq | error_fallback | silent | ...
     outcome: Mapped[str] = mapped_column(String(32))
     rule: Mapped[str | None] = mapped_column(String(64))
     # From the debounce closing the turn to the answer being published.

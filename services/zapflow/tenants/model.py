@@ -240,7 +240,9 @@ class FaqEntrySpec(Model):
     question: str = Field(description="The question, as customers might ask it.", min_length=1, max_length=1000)
     answer: str = Field(description="The answer the bot gives.", min_length=1, max_length=4096)
     language: str | None = Field(
-        default=None, description="ISO 639-1 code; unset: the knowledge spec's, else detected.", pattern=LANGUAGE_PATTERN
+        default=None,
+        description="ISO 639-1 code; unset: the knowledge spec's, else detected.",
+        pattern=LANGUAGE_PATTERN,
     )
 
 
