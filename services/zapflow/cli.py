@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
 import yaml
@@ -27,6 +28,12 @@ from zapflow.platform.stackfile import (
     discover,
     settings_beside,
 )
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from zapflow.knowledge.client import KnowledgeError
+    from zapflow.knowledge.messages import Hit
 
 app = typer.Typer(no_args_is_help=True, help="zapflow: WhatsApp bots at scale.", pretty_exceptions_enable=False)
 
@@ -705,3 +712,297 @@ def dead_letters_purge(
         raise _fail("nothing purged")
     purged = _with_dead_letters(data_dir, nats_url, lambda js: purge_matching(js, wanted))
     out.print(f"purged {purged} dead letters {escape(scope)}")
+
+
+kb_app = typer.Typer(
+    no_args_is_help=True, help="Tenants' knowledge bases: ingest files, list, show and remove documents."
+)
+app.add_typer(kb_app, name="kb")
+
+Tenant = Annotated[str, typer.Option("--tenant", help="The tenant's name.", show_default=False)]
+# A knowledge hit's body in `zapflow search`: enough to recognise the passage (`kb show` prints it whole).
+SHORTENED_BODY_CHARS = 300
+
+
+def _tenant_name(tenant: str) -> str:
+    from zapflow.tenants.model import TENANT_NAME_PATTERN
+
+    if not re.fullmatch(TENANT_NAME_PATTERN, tenant):
+        raise _fail(
+            f"--tenant: {escape(repr(tenant))} is not a tenant name (lowercase letters, digits and '-', "
+            "at most 63, starting and ending with a letter or digit)"
+        )
+    return tenant
+
+
+def _language_code(language: str | None) -> str | None:
+    from zapflow.knowledge.messages import LANGUAGE_PATTERN
+
+    if language is not None and not re.fullmatch(LANGUAGE_PATTERN, language):
+        raise _fail(f"--language: {escape(repr(language))} is not an ISO 639-1 code such as pt, es or en")
+    return language
+
+
+def _document_names(names: list[str]) -> list[str]:
+    from zapflow.knowledge.messages import DOCUMENT_NAME_PATTERN
+
+    for name in names:
+        if not re.fullmatch(DOCUMENT_NAME_PATTERN, name):
+            raise _fail(f"{escape(repr(name))} is not a document name (at most 255 characters, no control characters)")
+    return names
+
+
+def _with_knowledge(data_dir: Path | None, nats_url: str | None, action: Callable[[NATS], Awaitable[T]]) -> T:
+    """Run an action (it asks through a KnowledgeClient) on a short-lived NATS connection; a refusal is a message."""
+    from zapflow.knowledge.client import KnowledgeError
+
+    async def run(connections: Any) -> T:
+        try:
+            return await action(connections.nc)
+        except KnowledgeError as error:
+            raise _knowledge_failed(error) from None
+
+    return _with_nats(_nats_settings(data_dir, nats_url), run, tenants=False)
+
+
+def _knowledge_failed(error: KnowledgeError, message: str | None = None) -> typer.Exit:
+    """A KnowledgeError as a message (`message`: said instead of its own); if no service answered, how to start one."""
+    hint = ""
+    if error.code == "unavailable":
+        hint = " (is the embedding service running? `zapflow embedding` runs it, `zapflow dev` the whole platform)"
+    return _fail(escape(f"{error if message is None else message}{hint}"))
+
+
+@kb_app.command("ingest")
+def kb_ingest(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Markdown, text, CSV (question,answer) and PDF files, or folders of them (a folder's files are "
+            "named by their path inside it).",
+            show_default=False,
+        ),
+    ],
+    tenant: Tenant,
+    language: Annotated[
+        str | None,
+        typer.Option(
+            help="The files' language (ISO 639-1, e.g. pt); default: detected per file. A CSV's language column wins."
+        ),
+    ] = None,
+    nats_url: NatsUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Add or update documents; unchanged files are left alone, and a file that cannot be read stops it all."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    from zapflow.knowledge.client import KnowledgeClient, KnowledgeError
+    from zapflow.knowledge.documents import UnreadableDocument
+    from zapflow.knowledge.ingest import Ingested, check_fits, ingest, read_sources
+    from zapflow.knowledge.text import LanguageDetector
+    from zapflow.platform.deadletters import printable
+
+    _tenant_name(tenant)
+    try:
+        sources = read_sources(paths, _language_code(language), LanguageDetector())
+    except UnreadableDocument as error:
+        raise _fail(escape(f"{error}; nothing was ingested")) from None
+
+    async def run(nc: NATS) -> tuple[list[Ingested], KnowledgeError | None]:
+        client = KnowledgeClient(nc)
+        listing = await client.list_documents(tenant)
+        check_fits(tenant, sources, listing, nc.max_payload)
+        done: list[Ingested] = []
+        # On a terminal the bar moves in place; elsewhere rich prints it once, when it ends.
+        columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("passages"))
+        with Progress(*columns, TimeElapsedColumn(), console=err) as progress:
+            bar = progress.add_task("embedding", total=sum(source.passage_count for source in sources))
+            try:
+                async for ingested in ingest(client, tenant, sources, listing, lambda n: progress.advance(bar, n)):
+                    done.append(ingested)
+            except KnowledgeError as error:
+                return done, error
+        return done, None
+
+    done, failure = _with_knowledge(data_dir, nats_url, run)
+    if done:
+        table = Table("document", "chunks", "change", "embedded")
+        for ingested in done:
+            reply = ingested.reply
+            change = (
+                "unchanged" if reply.unchanged else f"{reply.added} added, {reply.removed} removed, {reply.kept} kept"
+            )
+            table.add_row(
+                Text(printable(reply.document.name)), str(reply.document.chunks), change, str(ingested.embedded)
+            )
+        out.print(table)
+        changed = sum(not ingested.reply.unchanged for ingested in done)
+        embedded = sum(ingested.embedded for ingested in done)
+        out.print(f"documents: {changed} changed, {len(done) - changed} unchanged; passages embedded: {embedded}")
+    if failure is not None:
+        stopped = sources[len(done)].path
+        raise _knowledge_failed(failure, f"{stopped}: {failure}; the documents before it were ingested, not the rest")
+
+
+@kb_app.command("list")
+def kb_list(tenant: Tenant, nats_url: NatsUrl = None, data_dir: DataDir = None) -> None:
+    """List a tenant's documents, and how much of its quota they use."""
+    from rich.text import Text
+
+    from zapflow.knowledge.client import KnowledgeClient
+    from zapflow.platform.deadletters import printable
+
+    _tenant_name(tenant)
+    listing = _with_knowledge(data_dir, nats_url, lambda nc: KnowledgeClient(nc).list_documents(tenant))
+    if listing.documents:
+        table = Table("document", "kind", "origin", "chunks", "languages", "updated (UTC)")
+        for document in listing.documents:
+            table.add_row(
+                Text(printable(document.name)),
+                document.kind,
+                document.origin,
+                str(document.chunks),
+                ", ".join(document.languages),
+                f"{document.updated_at:%Y-%m-%d %H:%M:%S}",
+            )
+        out.print(table)
+    else:
+        out.print(f"no documents in tenant {tenant}'s knowledge base")
+    model = escape(listing.model) if listing.model else "none (lexical search only)"
+    out.print(
+        f"documents: {len(listing.documents)}; chunks: {listing.chunks:,} of {listing.quota:,} (the quota); "
+        f"turns indexed: {listing.turns:,}; model: {model}"
+    )
+
+
+@kb_app.command("show")
+def kb_show(
+    name: Annotated[str, typer.Argument(help="The document's name, as `zapflow kb list` shows it.")],
+    tenant: Tenant,
+    nats_url: NatsUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Show a document and each of its passages in full."""
+    from rich.padding import Padding
+    from rich.text import Text
+
+    from zapflow.knowledge.client import KnowledgeClient
+    from zapflow.knowledge.messages import ShowRequest
+    from zapflow.platform.deadletters import printable
+
+    _tenant_name(tenant)
+    request = ShowRequest(name=_document_names([name])[0])
+    shown = _with_knowledge(data_dir, nats_url, lambda nc: KnowledgeClient(nc).show_document(tenant, request))
+    document = shown.document
+    fields = Table.grid(padding=(0, 2))
+    for field, value in (
+        ("document", document.name),
+        ("kind", document.kind),
+        ("origin", document.origin),
+        ("chunks", str(document.chunks)),
+        ("languages", ", ".join(document.languages)),
+        ("updated", f"{document.updated_at:%Y-%m-%d %H:%M:%S} UTC"),
+        ("content hash", document.content_hash),
+    ):
+        fields.add_row(field, Text(printable(value)))
+    out.print(fields)
+    # Bodies come from files anyone could have written: Text (no markup), control characters escaped.
+    for position, passage in enumerate(shown.passages, start=1):
+        out.print()
+        heading = Text(f"#{position}  ", style="bold")
+        heading.append(printable(passage.title), style="bold")
+        heading.append(f"  ({passage.language})", style="dim")
+        out.print(heading)
+        out.print(Padding(Text(printable(passage.body)), (0, 0, 0, 4), expand=False))
+
+
+@kb_app.command("remove")
+def kb_remove(
+    names: Annotated[list[str], typer.Argument(help="Document names, as `zapflow kb list` shows them.")],
+    tenant: Tenant,
+    nats_url: NatsUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Remove documents and their passages; a name not found is reported (exit code 1)."""
+    from zapflow.knowledge.client import KnowledgeClient
+    from zapflow.knowledge.messages import RemoveRequest
+    from zapflow.platform.deadletters import printable
+
+    _tenant_name(tenant)
+    request = RemoveRequest(names=_document_names(names))
+    removed = _with_knowledge(data_dir, nats_url, lambda nc: KnowledgeClient(nc).remove_documents(tenant, request))
+    for name in removed.removed:
+        out.print(f"removed {escape(printable(name))}")
+    if removed.missing:
+        missing = ", ".join(escape(printable(name)) for name in removed.missing)
+        raise _fail(f"tenant {tenant} has no document named {missing}")
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="What to look for, in any words: search goes by meaning.")],
+    tenant: Tenant,
+    knowledge: Annotated[
+        bool, typer.Option("--knowledge", help="Search the knowledge base instead of past conversations.")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, max=50, help="At most this many results.")] = 5,
+    language: Annotated[
+        str | None,
+        typer.Option(
+            help="Knowledge: search passages in this language (ISO 639-1); default: the text's own, when the base "
+            "has several."
+        ),
+    ] = None,
+    nats_url: NatsUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Search a tenant's past conversations (or with --knowledge, its knowledge base) by meaning."""
+    from zapflow.knowledge.client import KnowledgeClient
+    from zapflow.knowledge.messages import SearchRequest
+
+    _tenant_name(tenant)
+    if not text.strip():
+        raise _fail("nothing to search for: the text is empty")
+    if len(text) > 4_000:
+        raise _fail(f"the text to search for has {len(text):,} characters, at most 4,000")
+    request = SearchRequest(
+        text=text, collection="knowledge" if knowledge else "turns", limit=limit, language=_language_code(language)
+    )
+    found = _with_knowledge(data_dir, nats_url, lambda nc: KnowledgeClient(nc).search(tenant, request))
+    where = "the knowledge base" if knowledge else "past conversations"
+    if not found.hits:
+        out.print(f"no results in {where} of tenant {tenant}")
+        return
+    how = f"{found.mode} search" + (f" in {found.language}" if found.language else "")
+    out.print(f"searched {where} of tenant {tenant} ({how}), best first:")
+    for rank, hit in enumerate(found.hits, start=1):
+        out.print()
+        _print_hit(rank, hit, knowledge)
+
+
+def _print_hit(rank: int, hit: Hit, knowledge: bool) -> None:
+    """One result: its rank and scores, where it comes from, then its text (escaped, as Text: never markup)."""
+    import textwrap
+
+    from rich.padding import Padding
+    from rich.text import Text
+
+    from zapflow.platform.deadletters import printable
+
+    similarity = "n/a (lexical)" if hit.similarity is None else f"{hit.similarity:.3f}"
+    heading = Text(f"{rank}. score {hit.score:.3f}  similarity {similarity}  ", style="bold")
+    if knowledge:
+        heading.append(printable(hit.document))
+        heading.append(f"  {printable(hit.title)}", style="bold")
+        body = textwrap.shorten(hit.body, SHORTENED_BODY_CHARS, placeholder=" …")
+        lines = [Text(printable(body))]
+    else:
+        heading.append(f"{hit.at:%Y-%m-%d %H:%M} UTC  " if hit.at else "")
+        heading.append(printable(hit.contact))
+        lines = [Text("customer: ", style="dim") + Text(printable(hit.title))]
+        lines.append(Text("bot: ", style="dim") + Text(printable(hit.body)))
+    heading.append(f"  ({hit.language})", style="dim")
+    out.print(heading)
+    for line in lines:
+        out.print(Padding(line, (0, 0, 0, 4), expand=False))

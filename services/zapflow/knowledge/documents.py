@@ -7,6 +7,9 @@ exactly as it was.
 Chunking keeps what a customer's question is about together: a Markdown section stays under its
 headings (a long one is cut at paragraphs, each piece keeping the headings), a CSV row is one
 question with its answer, and plain text and PDF are cut at paragraphs.
+
+A folder's hidden files and folders are skipped: a mounted ConfigMap holds each file twice, once
+through the `..data` link and once in a hidden `..<timestamp>` folder.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ from pathlib import Path
 from pypdf import PdfReader
 from pypdf.errors import PyPdfError
 
-from zapflow.knowledge.messages import MAX_PASSAGES_PER_DOCUMENT, DocumentKind, Passage
+from zapflow.knowledge.messages import DOCUMENT_NAME_PATTERN, MAX_PASSAGES_PER_DOCUMENT, DocumentKind, Passage
 from zapflow.knowledge.text import LanguageDetector
 from zapflow.tenants.model import FaqEntrySpec
 
@@ -37,9 +41,18 @@ KINDS: dict[str, DocumentKind] = {
 MAX_FILE_BYTES = 50 * 1024 * 1024
 # A passage longer than this is cut at paragraphs: a model reads about 512 tokens of it at most.
 MAX_PASSAGE_CHARS = 1_500
-HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+# A CSV answer is one passage, never cut: at most what a passage's body holds.
+MAX_ANSWER_CHARS: int = Passage.model_fields["body"].metadata[-1].max_length
+# An ATX heading; a closing run of # counts only after a space ("# C#" is about C#).
+HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+# A fenced code block opens and closes with ``` or ~~~: a "# comment" inside it is no heading.
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 TITLE_SEPARATOR = " > "
+
+# pypdf logs a warning for each damage it works around: a PDF it cannot read is refused here with
+# the reason, and one it can read needs no warning (in `zapflow kb ingest` they would precede the error).
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
 class UnreadableDocument(Exception):
@@ -60,7 +73,11 @@ def expand(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     found: dict[str, Path] = {}
     for path in paths:
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KINDS)
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in KINDS and not _hidden(p.relative_to(path))
+            )
             if not files:
                 raise UnreadableDocument(f"{path}: no Markdown, text, CSV or PDF file in this folder")
             named = [(p, p.relative_to(path).as_posix()) for p in files]
@@ -77,11 +94,19 @@ def expand(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     return [(file, name) for name, file in found.items()]
 
 
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def read_document(path: Path, name: str, language: str | None, detector: LanguageDetector) -> ParsedDocument:
     """Read and chunk one file; `language` None: detected from its text."""
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
         raise UnreadableDocument(f"{path}: not a Markdown, text, CSV or PDF file (by its extension)")
+    if not re.fullmatch(DOCUMENT_NAME_PATTERN, name):
+        raise UnreadableDocument(
+            f"{path}: {name!r} cannot name a document (at most 255 characters, no control characters)"
+        )
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             raise UnreadableDocument(f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
@@ -131,26 +156,32 @@ def _text(data: bytes) -> str:
 
 
 def _markdown(data: bytes, stem: str) -> Iterator[Piece]:
-    headings: list[str] = []
+    headings: list[tuple[int, str]] = []  # (level, text): the path to the current section
     body: list[str] = []
+    fence = ""  # the open code fence's marker, if any
 
     def section() -> Iterator[Piece]:
         text = "\n".join(body).strip()
         body.clear()
         if text:
-            title = TITLE_SEPARATOR.join(headings) if headings else stem
+            title = TITLE_SEPARATOR.join(heading for _, heading in headings) if headings else stem
             for part in _cut(text):
                 yield title, part, None
 
     for line in _text(data).split("\n"):
-        match = HEADING.match(line)
+        opening = FENCE.match(line)
+        if opening is not None and (not fence or opening.group(1).startswith(fence)):
+            fence = "" if fence else opening.group(1)
+        match = None if fence or opening else HEADING.match(line)
         if match is None:
             body.append(line)
             continue
         yield from section()
         level = len(match.group(1))
-        del headings[level - 1 :]
-        headings.append(match.group(2))
+        # A heading closes every section at its level or below, even when levels were skipped.
+        while headings and headings[-1][0] >= level:
+            headings.pop()
+        headings.append((level, match.group(2)))
     yield from section()
 
 
@@ -178,6 +209,10 @@ def _csv(data: bytes, _stem: str) -> Iterator[Piece]:
         asked, answered = cells[question].strip(), cells[answer].strip()
         if not asked or not answered:
             raise UnreadableDocument(f"row {number} has no {'question' if not asked else 'answer'}")
+        if len(answered) > MAX_ANSWER_CHARS:
+            raise UnreadableDocument(
+                f"row {number}: the answer has {len(answered):,} characters, at most {MAX_ANSWER_CHARS:,}"
+            )
         own = cells[language].strip().lower() if language is not None else ""
         if own and not re.fullmatch(r"[a-z]{2,3}", own):
             raise UnreadableDocument(f"row {number}: language {own!r} is not an ISO 639-1 code")
@@ -187,12 +222,16 @@ def _csv(data: bytes, _stem: str) -> Iterator[Piece]:
 def _pdf(data: bytes, stem: str) -> Iterator[Piece]:
     try:
         reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise UnreadableDocument("is encrypted")
-        pages = [(number, page.extract_text() or "") for number, page in enumerate(reader.pages, start=1)]
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as error:
-        # pypdf raises its own errors for most damage, and plain ones for some.
+        encrypted = reader.is_encrypted
+        pages = [] if encrypted else [(n, page.extract_text() or "") for n, page in enumerate(reader.pages, start=1)]
+    except PyPdfError as error:
+        raise UnreadableDocument(f"not a readable PDF ({error})") from None
+    except Exception as error:
+        # Damage pypdf does not foresee surfaces as whatever failed (KeyError, NotImplementedError for
+        # a mangled filter name, ...): any of them means this file cannot be read.
         raise UnreadableDocument(f"not a readable PDF ({type(error).__name__})") from None
+    if encrypted:
+        raise UnreadableDocument("is encrypted: save it without a password first")
     if not any(text.strip() for _, text in pages):
         raise UnreadableDocument("has no text layer (a scanned PDF needs OCR first)")
     for number, text in pages:
