@@ -9,13 +9,20 @@
 Each request takes the next scripted behaviour, or `fake.default` once the script is used
 up (an echo of the last user message unless a test sets another). Every request is recorded,
 headers included, before it is answered.
+
+It also serves `/v1/embeddings`: each text becomes a hashed bag of its words, a unit vector of
+`fake.embedding_dimensions` numbers (texts sharing words are near), recorded in
+`fake.embedding_requests`. A test changes the dimensions to have the server answer wrong.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
+import math
+import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +34,8 @@ from fastapi.responses import JSONResponse
 # A hanging request is released by its event; this bound only keeps a test that forgets to
 # set the event from holding the server for the whole test timeout.
 HANG_LIMIT_S = 30.0
+EMBEDDING_DIMENSIONS = 64
+WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,12 @@ class ReceivedRequest:
     def messages(self) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = self.body["messages"]
         return messages
+
+    @property
+    def inputs(self) -> list[str]:
+        """The texts of an embeddings request."""
+        texts = self.body["input"]
+        return [texts] if isinstance(texts, str) else list(texts)
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,16 @@ def _words(text: object) -> int:
     return len(text.split()) if isinstance(text, str) else 0
 
 
+def hashed_words(text: str, dimensions: int) -> list[float]:
+    """A unit vector counting the text's words, each in a bucket chosen by its hash."""
+    vector = [0.0] * dimensions
+    for word in WORD.findall(text.casefold()):
+        bucket = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "big") % dimensions
+        vector[bucket] += 1.0
+    norm = math.sqrt(sum(value * value for value in vector)) or 1.0
+    return [value / norm for value in vector]
+
+
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user" and isinstance(message.get("content"), str):
@@ -101,9 +126,11 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self, default: Behaviour | None = None) -> None:
+    def __init__(self, default: Behaviour | None = None, embedding_dimensions: int = EMBEDDING_DIMENSIONS) -> None:
         self.default: Behaviour = default or Echo()
         self.requests: list[ReceivedRequest] = []
+        self.embedding_dimensions = embedding_dimensions
+        self.embedding_requests: list[ReceivedRequest] = []
         self._script: deque[Behaviour] = deque()
         self._ids = itertools.count(1)
 
@@ -117,11 +144,22 @@ class FakeOpenAI:
         @app.post("/v1/chat/completions")
         async def chat_completions(request: Request) -> Response:
             body = await request.json()
-            peer = f"{request.client.host}:{request.client.port}" if request.client else ""
-            headers = {name.lower(): value for name, value in request.headers.items()}
-            self.requests.append(ReceivedRequest(body=body, headers=headers, peer=peer))
+            self.requests.append(_received(body, request))
             behaviour = self._script.popleft() if self._script else self.default
             return await self._respond(behaviour, body)
+
+        @app.post("/v1/embeddings")
+        async def embeddings(request: Request) -> Response:
+            received = _received(await request.json(), request)
+            self.embedding_requests.append(received)
+            texts = received.inputs
+            data = [
+                {"object": "embedding", "index": index, "embedding": hashed_words(text, self.embedding_dimensions)}
+                for index, text in enumerate(texts)
+            ]
+            tokens = sum(_words(text) for text in texts)
+            usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+            return JSONResponse({"object": "list", "data": data, "model": received.body["model"], "usage": usage})
 
         return app
 
@@ -167,3 +205,9 @@ class FakeOpenAI:
                 },
             }
         )
+
+
+def _received(body: dict[str, Any], request: Request) -> ReceivedRequest:
+    peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    return ReceivedRequest(body=body, headers=headers, peer=peer)

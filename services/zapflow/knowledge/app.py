@@ -57,8 +57,9 @@ class EmbeddingParts:
 class Requests:
     """Answers knowledge requests, each in a task of its own so that an ingest never holds up a search."""
 
-    def __init__(self, knowledge: Knowledge) -> None:
+    def __init__(self, knowledge: Knowledge, max_payload: int) -> None:
         self._knowledge = knowledge
+        self._max_payload = max_payload
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
         self._running: set[asyncio.Task[None]] = set()
 
@@ -97,10 +98,19 @@ class Requests:
         except Exception as error:
             log.exception("knowledge request failed", operation=operation, tenant=tenant)
             outcome, reply = "failed", ErrorReply(code="failed", error=f"internal error: {type(error).__name__}")
+        body = reply.model_dump_json().encode()
+        if len(body) > self._max_payload:
+            # NATS would refuse it, and the asker would wait out its timeout for nothing.
+            hint = "ask for fewer hits (a lower limit)" if operation == "search" else "raise the server's max_payload"
+            too_large = (
+                f"the answer is {len(body):,} bytes; the NATS server takes at most {self._max_payload:,} "
+                f"(its max_payload): {hint}"
+            )
+            outcome, body = "failed", ErrorReply(code="failed", error=too_large).model_dump_json().encode()
         metrics.KNOWLEDGE_REQUESTS.labels(tenant, operation, outcome).inc()
         if msg.reply:
             with contextlib.suppress(Exception):  # the asker gave up or the connection dropped
-                await msg.respond(reply.model_dump_json().encode())
+                await msg.respond(body)
 
     async def _dispatch(self, operation: str, tenant: str, data: bytes) -> BaseModel:
         knowledge = self._knowledge
@@ -175,7 +185,7 @@ async def build(settings: EmbeddingSettings, connections: Connections) -> AsyncI
     changes = await _follow_changes(connections, knowledge, datetime.now(UTC) - CLOCK_MARGIN)
     await knowledge.load()
     tasks = [asyncio.create_task(_apply_changes(changes, knowledge), name="knowledge-changes")]
-    requests = Requests(knowledge)
+    requests = Requests(knowledge, connections.nc.max_payload)
     subscriptions = [
         await connections.nc.subscribe(
             catalogue.knowledge_requests(tenant), queue=catalogue.KNOWLEDGE_QUEUE, cb=requests.receive

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -77,6 +78,8 @@ class RemoteEncoder:
         self.dimensions = settings.remote_dimensions
         self.model = f"remote/{settings.remote_model}/{self.dimensions}"
         self._name = settings.remote_model
+        self._url = _without_credentials(settings.remote_url)
+        self._timeout_s = settings.remote_timeout_s
         key = settings.remote_api_key.get_secret_value() if settings.remote_api_key is not None else NO_API_KEY
         self._client = openai.AsyncOpenAI(
             base_url=settings.remote_url, api_key=key, max_retries=2, timeout=settings.remote_timeout_s
@@ -90,23 +93,37 @@ class RemoteEncoder:
         return np.asarray(vectors[0], dtype=np.float32)
 
     async def _embed(self, texts: list[str]) -> Matrix:
+        endpoint = f"the embedding endpoint {self._url}"
         try:
             response = await self._client.embeddings.create(model=self._name, input=texts, encoding_format="float")
+        except openai.APITimeoutError:
+            raise EmbeddingFailed(f"{endpoint} did not answer within {self._timeout_s:g}s") from None
+        except openai.APIConnectionError:
+            raise EmbeddingFailed(f"{endpoint} cannot be reached") from None
         except openai.APIStatusError as error:
             # The body may echo the input: only the status is kept.
-            raise EmbeddingFailed(f"the embedding endpoint answered HTTP {error.status_code}") from None
+            raise EmbeddingFailed(f"{endpoint} answered HTTP {error.status_code}") from None
         except openai.APIError as error:
-            raise EmbeddingFailed(f"the embedding endpoint failed: {type(error).__name__}") from None
+            raise EmbeddingFailed(f"{endpoint} failed: {type(error).__name__}") from None
         data = sorted(response.data, key=lambda item: item.index)
-        if len(data) != len(texts) or any(len(item.embedding) != self.dimensions for item in data):
+        if len(data) != len(texts):
+            raise EmbeddingFailed(f"{endpoint} gave {len(data)} vectors for {len(texts)} texts")
+        wrong = sorted({len(item.embedding) for item in data} - {self.dimensions})
+        if wrong:
             raise EmbeddingFailed(
-                f"the embedding endpoint gave {len(data)} vectors for {len(texts)} texts, "
-                f"or vectors that do not have {self.dimensions} dimensions"
+                f"{endpoint} gave vectors of {', '.join(map(str, wrong))} dimensions for model {self._name}; "
+                f"ZAPFLOW_EMBEDDING_REMOTE_DIMENSIONS says {self.dimensions}"
             )
         return np.asarray([item.embedding for item in data], dtype=np.float32)
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _without_credentials(url: str) -> str:
+    """The URL as errors may show it: no user, password or query string (where keys sometimes go)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 class QueryCache:

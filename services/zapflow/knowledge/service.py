@@ -9,7 +9,9 @@ reads them from SQL: applying a change twice, or after a newer one, gives the sa
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,6 +83,7 @@ class Knowledge:
         self._indexes: dict[str, TenantIndex] = {}
         self._dimensions = encoder.dimensions if encoder is not None else 1
         self._served = frozenset(settings.tenants)
+        self._reloading: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @property
     def model(self) -> str | None:
@@ -201,7 +204,6 @@ class Knowledge:
         )
         if not replaced.unchanged:
             await self._document_changed(tenant, request.name, replaced.document.updated_at)
-        metrics.KNOWLEDGE_CHUNKS_EMBEDDED.labels(tenant, "knowledge").inc(embedded)
         return CommitReply(
             document=replaced.document,
             unchanged=replaced.unchanged,
@@ -296,7 +298,10 @@ class Knowledge:
         available = collection.languages
         if len(available) < 2:
             return None
-        return (self._detector.detect(request.text, available),)
+        try:
+            return (self._detector.detect(request.text, available),)
+        except ValueError:  # a passage's language the detector does not know (a CSV may name any code)
+            return None
 
     async def _embed_missing(self, tenant: str, passages: Sequence[Passage]) -> int:
         """Embed and store the passages with no vector of this model yet; how many were embedded."""
@@ -310,6 +315,8 @@ class Knowledge:
             part = missing[start : start + batch]
             vectors = await self._encoder.passages([p.text for _, p in part])
             await self._store.save_vectors(tenant, self._encoder.model, [h for h, _ in part], vectors)
+            # Counted here, not per request: an embed request, a commit and the backfill all run the model.
+            metrics.KNOWLEDGE_CHUNKS_EMBEDDED.labels(tenant, "knowledge").inc(len(part))
         return len(missing)
 
     async def _document_changed(self, tenant: str, name: str, at: datetime) -> None:
@@ -318,11 +325,16 @@ class Knowledge:
         await self._announce(tenant, catalogue.DOCUMENT_CHANGED, change, f"document:{tenant}:{name}:{at.isoformat()}")
 
     async def _reload_document(self, tenant: str, name: str) -> None:
-        index = self.index_of(tenant)
-        for key in index.documents.pop(name, set()):
-            index.knowledge.remove(key)
-        async for chunk in self._store.chunks(tenant, self.model, document=name):
-            self._put_chunk(index, ChunkEntry(chunk.document, chunk.position, chunk.passage), chunk.vector)
+        # Read all, then swap with no await between: a search never sees the document half loaded.
+        # Reloads of a tenant take turns (a replica's own change and its echo from ZF_KNOWLEDGE come
+        # together), so the one that read SQL last is the one that stays.
+        async with self._reloading[tenant]:
+            chunks = [chunk async for chunk in self._store.chunks(tenant, self.model, document=name)]
+            index = self.index_of(tenant)
+            for key in index.documents.pop(name, set()):
+                index.knowledge.remove(key)
+            for chunk in chunks:
+                self._put_chunk(index, ChunkEntry(chunk.document, chunk.position, chunk.passage), chunk.vector)
 
     def _put_chunk(self, index: TenantIndex, entry: ChunkEntry, vector: Vector | None) -> None:
         key = chunk_key(entry.document, entry.position)

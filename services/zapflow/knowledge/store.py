@@ -130,7 +130,8 @@ class KnowledgeStore:
             existing = await _document_row(conn, tenant, name)
             old_hashes = await _document_hashes(conn, tenant, name)
             if existing is not None and existing.content_hash == content_hash and old_hashes == hashes:
-                return Replaced(_info(existing, []), 0, 0, len(hashes), unchanged=True)
+                languages = sorted({p.language for p in passages})
+                return Replaced(_info(existing, languages), 0, 0, len(set(hashes)), unchanged=True)
             others = await _chunk_count(conn, tenant, excluding=name)
             if others + len(passages) > quota:
                 raise QuotaExceeded(

@@ -11,7 +11,6 @@ last good version. One replica syncs a tenant at a time (a Redis lease), the oth
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,18 +77,27 @@ class SpecSync:
         self._redis = redis
         self._knowledge_dir = Path(settings.knowledge_dir)
         self._interval_s = settings.spec_sync_interval_s
-        self._detector = LanguageDetector()
+        # Made on the first spec that declares knowledge, in the reading thread: loading it takes about a
+        # second, which would otherwise hold up the event loop at every start.
+        self._detector: LanguageDetector | None = None
         self._pending: asyncio.Queue[str] = asyncio.Queue()
         registry.on_change(lambda name, _tenant: self._pending.put_nowait(name))
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             for tenant in self._registry.all():
                 await self.sync(tenant.name)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval_s):
-                    while True:
-                        await self.sync(await self._pending.get())
+            # Only the wait for a change is timed: a sync cut off halfway could leave a document
+            # written to SQL but never announced to the other replicas.
+            due = loop.time() + self._interval_s
+            while (left := due - loop.time()) > 0:
+                try:
+                    async with asyncio.timeout(left):
+                        name = await self._pending.get()
+                except TimeoutError:
+                    break
+                await self.sync(name)
 
     async def sync(self, name: str) -> None:
         tenant = self._registry.by_name(name)
@@ -106,8 +114,11 @@ class SpecSync:
             await self._redis.delete(lease)
 
     async def _sync(self, tenant: BotTenant) -> None:
-        # Reading files (and PDFs) blocks: off the event loop.
-        documents, problems = await asyncio.to_thread(spec_documents, tenant, self._knowledge_dir, self._detector)
+        documents: list[ParsedDocument] = []
+        problems: list[Problem] = []
+        if tenant.spec.knowledge.faq or tenant.spec.knowledge.folders or tenant.spec.knowledge.config_maps:
+            # Reading files (and PDFs) blocks: off the event loop.
+            documents, problems = await asyncio.to_thread(self._read, tenant)
         for problem in problems:
             log.warning("spec knowledge source not ingested", tenant=tenant.name, problem=problem.reason)
         for document in documents:
@@ -131,3 +142,9 @@ class SpecSync:
         ]
         if stale:
             await self._knowledge.remove_documents(tenant.name, RemoveRequest(names=stale))
+
+    def _read(self, tenant: BotTenant) -> tuple[list[ParsedDocument], list[Problem]]:
+        """The spec's documents (in a thread; one sync at a time, so the detector is never shared)."""
+        if self._detector is None:
+            self._detector = LanguageDetector()
+        return spec_documents(tenant, self._knowledge_dir, self._detector)

@@ -1,0 +1,125 @@
+"""Two replicas on one database and one NATS: each keeps its in-memory index equal to SQL, whichever
+replica wrote (a replica that starts loads from SQL; a running one applies the changes others publish)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from tests.knowledge.test_service import (
+    RETURNS,
+    SHIPPING,
+    STORES,
+    TENANT,
+    WARRANTY,
+    bodies,
+    document,
+    passage,
+    remote_embeddings,
+)
+from tests.support.http import serve
+from tests.support.platform import eventually
+from zapflow.knowledge.app import EMBEDDING, EmbeddingParts
+from zapflow.knowledge.client import KnowledgeClient
+from zapflow.knowledge.messages import RemoveRequest, SearchRequest
+from zapflow.knowledge.service import Knowledge
+from zapflow.knowledge.settings import EmbeddingSettings
+from zapflow.platform import catalogue
+from zapflow.platform.service import Runtime, create_app
+from zapflow.platform.settings import CoreSettings
+from zapflow.v1 import knowledge_pb2
+
+
+@asynccontextmanager
+async def replica(core: CoreSettings, **settings: Any) -> AsyncIterator[Knowledge]:
+    """A replica of the embedding service; yields its Knowledge, whose index the test inspects."""
+    app = create_app(EMBEDDING, EmbeddingSettings(core=core, **settings))
+    async with serve(app):
+        runtime = app.state.runtime
+        assert isinstance(runtime, Runtime) and isinstance(runtime.parts, EmbeddingParts)
+        yield runtime.parts.knowledge
+
+
+def indexed(knowledge: Knowledge) -> dict[str, int]:
+    """The documents in a replica's memory and how many chunks each has there."""
+    index = knowledge.index_of(TENANT)
+    return {name: len(keys) for name, keys in index.documents.items() if keys}
+
+
+async def test_a_replica_started_later_loads_what_another_ingested(
+    core: CoreSettings, knowledge: KnowledgeClient
+) -> None:
+    async with remote_embeddings() as remote:
+        settings = remote.settings()
+        async with replica(core, **settings) as first:
+            await knowledge.commit(TENANT, document("faq.md", [SHIPPING, RETURNS]))
+            async with replica(core, **settings) as second:
+                assert indexed(second) == {"faq.md": 2}
+                assert second.index_of(TENANT).knowledge.has_vectors
+                found = await second.search(TENANT, SearchRequest(text="can I return a product?"))
+                assert (found.mode, found.hits[0].body) == ("hybrid", RETURNS.body)
+            assert indexed(first) == {"faq.md": 2}
+
+
+async def test_a_commit_through_one_replica_reaches_the_other(core: CoreSettings) -> None:
+    async with remote_embeddings() as remote:
+        settings = remote.settings()
+        async with replica(core, **settings) as first, replica(core, **settings) as second:
+            await first.commit(TENANT, document("faq.md", [SHIPPING, RETURNS]))
+
+            async def second_has(expected: dict[str, int]) -> bool:
+                return indexed(second) == expected
+
+            await eventually(lambda: second_has({"faq.md": 2}), what="the other replica to load the document")
+            found = await second.search(TENANT, SearchRequest(text="how long is the warranty?", limit=10))
+            assert WARRANTY.body not in bodies(found)
+            # A replaced document is replaced there too.
+            await first.commit(TENANT, document("faq.md", [WARRANTY, STORES, SHIPPING]))
+            await eventually(lambda: second_has({"faq.md": 3}), what="the replaced document")
+            found = await second.search(TENANT, SearchRequest(text="how long is the warranty?", limit=10))
+            assert found.hits[0].body == WARRANTY.body
+            assert RETURNS.body not in bodies(found)
+            # And the other way round.
+            await second.commit(TENANT, document("more.md", [RETURNS]))
+            await eventually(lambda: second_has({"faq.md": 3, "more.md": 1}), what="the second replica's own commit")
+
+            async def first_has_both() -> bool:
+                return indexed(first) == {"faq.md": 3, "more.md": 1}
+
+            await eventually(first_has_both, what="the first replica to load the other's commit")
+
+
+async def test_a_removal_through_one_replica_reaches_the_other(core: CoreSettings) -> None:
+    async with replica(core, backend="none") as first:
+        await first.commit(TENANT, document("faq.md", [SHIPPING, RETURNS]))
+        await first.commit(TENANT, document("stores.md", [STORES]))
+        async with replica(core, backend="none") as second:
+            assert indexed(second) == {"faq.md": 2, "stores.md": 1}
+            await first.remove_documents(TENANT, RemoveRequest(names=["faq.md"]))
+
+            async def removed_there() -> bool:
+                return indexed(second) == {"stores.md": 1}
+
+            await eventually(removed_there, what="the other replica to drop the document")
+            found = await second.search(TENANT, SearchRequest(text="shipping costs", limit=10))
+            assert "faq.md" not in {hit.document for hit in found.hits}
+
+
+async def test_a_document_being_reloaded_is_never_searched_half_loaded(core: CoreSettings) -> None:
+    # A replica reloads what it committed twice: once itself, once when its own change comes back.
+    passages = [passage(f"Answer number {number} about shipping.", f"Question {number}") for number in range(40)]
+    async with replica(core, backend="none") as knowledge:
+        await knowledge.commit(TENANT, document("faq.md", passages))
+        change = knowledge_pb2.KnowledgeChange(tenant=TENANT, document="faq.md")
+        reloads = [asyncio.create_task(knowledge.apply(catalogue.DOCUMENT_CHANGED, change)) for _ in range(2)]
+        seen = []
+        while not all(reload.done() for reload in reloads):
+            seen.append(indexed(knowledge))
+            found = await knowledge.search(TENANT, SearchRequest(text="shipping", limit=50))
+            seen.append({"faq.md": len(found.hits)})
+            await asyncio.sleep(0)  # a search without a model never waits: let the reloads run
+        await asyncio.gather(*reloads)
+        assert seen and all(state == {"faq.md": 40} for state in seen), seen
+        assert indexed(knowledge) == {"faq.md": 40}
