@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.knowledge.conftest import Embedding
-from tests.knowledge.test_service import (
+from tests.support.knowledge import (
     DIMENSIONS,
     RETURNS,
     SHIPPING,

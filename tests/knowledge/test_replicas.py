@@ -4,11 +4,8 @@ replica wrote (a replica that starts loads from SQL; a running one applies the c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
-from tests.knowledge.test_service import (
+from tests.support.knowledge import (
     RETURNS,
     SHIPPING,
     STORES,
@@ -16,36 +13,17 @@ from tests.knowledge.test_service import (
     WARRANTY,
     bodies,
     document,
+    indexed,
     passage,
     remote_embeddings,
+    replica,
 )
-from tests.support.http import serve
 from tests.support.platform import eventually
-from zapflow.knowledge.app import EMBEDDING, EmbeddingParts
 from zapflow.knowledge.client import KnowledgeClient
 from zapflow.knowledge.messages import RemoveRequest, SearchRequest
-from zapflow.knowledge.service import Knowledge
-from zapflow.knowledge.settings import EmbeddingSettings
 from zapflow.platform import catalogue
-from zapflow.platform.service import Runtime, create_app
 from zapflow.platform.settings import CoreSettings
 from zapflow.v1 import knowledge_pb2
-
-
-@asynccontextmanager
-async def replica(core: CoreSettings, **settings: Any) -> AsyncIterator[Knowledge]:
-    """A replica of the embedding service; yields its Knowledge, whose index the test inspects."""
-    app = create_app(EMBEDDING, EmbeddingSettings(core=core, **settings))
-    async with serve(app):
-        runtime = app.state.runtime
-        assert isinstance(runtime, Runtime) and isinstance(runtime.parts, EmbeddingParts)
-        yield runtime.parts.knowledge
-
-
-def indexed(knowledge: Knowledge) -> dict[str, int]:
-    """The documents in a replica's memory and how many chunks each has there."""
-    index = knowledge.index_of(TENANT)
-    return {name: len(keys) for name, keys in index.documents.items() if keys}
 
 
 async def test_a_replica_started_later_loads_what_another_ingested(

@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.knowledge.conftest import Embedding
-from tests.knowledge.test_service import document, passage
+from tests.support.knowledge import document, passage
 from tests.support.platform import eventually
 from tests.support.tenants import tenant_document
 from zapflow.knowledge.client import KnowledgeClient

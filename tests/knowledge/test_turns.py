@@ -11,8 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
 from sqlalchemy import delete, func, select
 
-from tests.knowledge.test_replicas import replica
-from tests.knowledge.test_service import TENANT, run_sql
+from tests.support.knowledge import TENANT, replica, run_sql
 from tests.support.platform import eventually
 from zapflow.knowledge.client import KnowledgeClient
 from zapflow.knowledge.messages import SearchRequest
