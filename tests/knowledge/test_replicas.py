@@ -21,8 +21,11 @@ from tests.support.knowledge import (
 from tests.support.platform import eventually
 from zapflow.knowledge.client import KnowledgeClient
 from zapflow.knowledge.messages import RemoveRequest, SearchRequest
+from zapflow.knowledge.service import Knowledge
+from zapflow.knowledge.store import KnowledgeStore
 from zapflow.platform import catalogue
 from zapflow.platform.settings import CoreSettings
+from zapflow.store.engine import create_engine
 from zapflow.v1 import knowledge_pb2
 
 
@@ -101,3 +104,30 @@ async def test_a_document_being_reloaded_is_never_searched_half_loaded(core: Cor
         await asyncio.gather(*reloads)
         assert seen and all(state == {"faq.md": 40} for state in seen), seen
         assert indexed(knowledge) == {"faq.md": 40}
+
+
+async def test_a_change_whose_notice_was_lost_is_repaired_from_sql(core: CoreSettings) -> None:
+    async with replica(core, backend="none") as first, replica(core, backend="none") as second:
+        await first.commit(TENANT, document("faq.md", [SHIPPING]))
+        await first.commit(TENANT, document("old.md", [WARRANTY]))
+        await eventually(lambda: _has(second, {"faq.md": 1, "old.md": 1}), what="the other replica to load them")
+        # Written to SQL with no notice on ZF_KNOWLEDGE, as when NATS fails right after the write.
+        engine = create_engine(core.database_url)
+        store = KnowledgeStore(engine)
+        try:
+            await store.replace_document(TENANT, "faq.md", "markdown", "cli", "0" * 64, [SHIPPING, RETURNS], 100)
+            await store.replace_document(TENANT, "new.md", "markdown", "cli", "1" * 64, [STORES], 100)
+            await store.remove_document(TENANT, "old.md")
+        finally:
+            await engine.dispose()
+        assert indexed(second) == {"faq.md": 1, "old.md": 1}
+
+        repaired = await second.repair()
+
+        assert sorted(repaired) == [(TENANT, "faq.md"), (TENANT, "new.md"), (TENANT, "old.md")]
+        assert indexed(second) == {"faq.md": 2, "new.md": 1}
+        assert await second.repair() == []
+
+
+async def _has(knowledge: Knowledge, expected: dict[str, int]) -> bool:
+    return indexed(knowledge) == expected

@@ -307,3 +307,13 @@ async def test_an_answer_too_large_for_nats_is_refused_with_a_reason(
         assert "max_payload" in str(refused.value) and "limit" in str(refused.value), str(refused.value)
         found = await knowledge.search(TENANT, SearchRequest(text="shipping", limit=5))
         assert len(found.hits) == 5
+
+
+async def test_an_ingested_document_cannot_take_a_name_of_the_specs(embedding_service: Embedding, nc: NATS) -> None:
+    request = document("faq.md", [SHIPPING]).model_dump(mode="json") | {"name": "spec:faq"}
+    async with embedding_service(backend="none"):
+        refused = await error_reply(
+            nc, catalogue.knowledge_request_subject("commit", TENANT), json.dumps(request).encode()
+        )
+    assert refused.code == "invalid"
+    assert "belong to the tenant spec" in refused.error

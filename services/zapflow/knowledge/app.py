@@ -107,7 +107,10 @@ class Requests:
                 f"(its max_payload): {hint}"
             )
             outcome, body = "failed", ErrorReply(code="failed", error=too_large).model_dump_json().encode()
-        metrics.KNOWLEDGE_REQUESTS.labels(tenant, operation, outcome).inc()
+        # Labels only from what was recognised: any token can be sent, and each would be a series.
+        named = outcome != "invalid" or re.fullmatch(TENANT_NAME_PATTERN, tenant)
+        known = operation if operation in catalogue.KNOWLEDGE_OPERATIONS else "unknown"
+        metrics.KNOWLEDGE_REQUESTS.labels(tenant if named else catalogue.UNATTRIBUTED, known, outcome).inc()
         if msg.reply:
             with contextlib.suppress(Exception):  # the asker gave up or the connection dropped
                 await msg.respond(body)
@@ -195,6 +198,7 @@ async def build(settings: EmbeddingSettings, connections: Connections) -> AsyncI
     sync = SpecSync(knowledge, connections.registry, connections.redis, settings)
     tasks.append(asyncio.create_task(sync.run(), name="knowledge-spec-sync"))
     tasks.append(asyncio.create_task(_backfill(knowledge), name="knowledge-backfill"))
+    tasks.append(asyncio.create_task(_repair(knowledge, settings.repair_interval_s), name="knowledge-repair"))
     try:
         if settings.embed_turns:
 
@@ -224,6 +228,19 @@ async def _backfill(knowledge: Knowledge) -> None:
         return
     if embedded:
         log.info("knowledge backfilled", embedded=embedded)
+
+
+async def _repair(knowledge: Knowledge, interval_s: float) -> None:
+    """Now and then, compare the index's document versions with SQL's (a lost change notice heals here)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            repaired = await knowledge.repair()
+        except Exception:
+            log.exception("knowledge repair failed; the next one tries again")
+            continue
+        if repaired:
+            log.warning("knowledge index repaired: a change notice was missed", documents=len(repaired))
 
 
 def turn_consumer(settings: EmbeddingSettings) -> catalogue.ConsumerSpec:

@@ -8,14 +8,15 @@ reason a person can read (pydantic's), not as a decode error.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 LANGUAGE_PATTERN = r"^[a-z]{2,3}$"
 # A document is named by its path relative to what was ingested: printable, no control characters.
 DOCUMENT_NAME_PATTERN = r"^[^\x00-\x1f\x7f]{1,255}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+SPEC_PREFIX = "spec:"
 MAX_PASSAGES_PER_EMBED = 256
 MAX_PASSAGES_PER_DOCUMENT = 20_000
 MAX_QUESTION_CHARS = 4_000
@@ -104,6 +105,13 @@ class CommitRequest(Message):
     origin: Origin = "cli"
     content_hash: str = Field(pattern=SHA256_PATTERN)
     passages: list[Passage] = Field(max_length=MAX_PASSAGES_PER_DOCUMENT)
+
+    @model_validator(mode="after")
+    def _spec_names_are_the_specs(self) -> Self:
+        # The spec sync replaces and removes `spec:` documents as the spec says: an ingested one would be lost.
+        if self.origin != "spec" and self.name.startswith(SPEC_PREFIX):
+            raise ValueError(f"document names starting with {SPEC_PREFIX!r} belong to the tenant spec")
+        return self
 
 
 class CommitReply(Message):

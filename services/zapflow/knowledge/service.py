@@ -63,6 +63,7 @@ class TenantIndex:
     knowledge: Collection[ChunkEntry]
     turns: Collection[int]  # turn_vectors row ids: hits are read back from SQL
     documents: dict[str, set[str]] = field(default_factory=dict)  # document: its keys in `knowledge`
+    versions: dict[str, datetime] = field(default_factory=dict)  # document: its updated_at when loaded
 
 
 def chunk_key(document: str, position: int) -> str:
@@ -131,8 +132,28 @@ class Knowledge:
                 await self._reload_document(tenant, document)
         return embedded
 
+    async def repair(self) -> list[tuple[str, str]]:
+        """Reload every document whose version in SQL differs from the one in memory: a change whose
+        notice was lost (NATS failed after the SQL write) is applied here. Returns (tenant, document)."""
+        repaired = []
+        for tenant in await self._store.tenants():
+            if not self.serves(tenant):
+                continue
+            index = self.index_of(tenant)
+            versions = await self._store.document_versions(tenant)
+            stale = {name for name, at in versions.items() if index.versions.get(name) != at}
+            stale |= set(index.versions) - set(versions)
+            for name in sorted(stale):
+                await self._reload_document(tenant, name)
+                repaired.append((tenant, name))
+            if stale:
+                self._observe_size(tenant)
+        return repaired
+
     async def _reload_tenant(self, tenant: str) -> None:
         index = self._indexes[tenant] = TenantIndex(Collection(self._dimensions), Collection(self._dimensions))
+        # Versions first: a document changed while the chunks load looks stale to the next repair.
+        index.versions = await self._store.document_versions(tenant)
         async for chunk in self._store.chunks(tenant, self.model):
             self._put_chunk(index, ChunkEntry(chunk.document, chunk.position, chunk.passage), chunk.vector)
         for turn in await self._store.turns(tenant, self.model):
@@ -295,13 +316,11 @@ class Knowledge:
         """The question's language when the knowledge base has more than one; else every language."""
         if request.language is not None:
             return (request.language,)
-        available = collection.languages
+        # A CSV may tag passages with any code; the detector chooses only among those it knows.
+        available = tuple(language for language in collection.languages if language in self._detector.known)
         if len(available) < 2:
             return None
-        try:
-            return (self._detector.detect(request.text, available),)
-        except ValueError:  # a passage's language the detector does not know (a CSV may name any code)
-            return None
+        return (self._detector.detect(request.text, available),)
 
     async def _embed_missing(self, tenant: str, passages: Sequence[Passage]) -> int:
         """Embed and store the passages with no vector of this model yet; how many were embedded."""
@@ -329,10 +348,15 @@ class Knowledge:
         # Reloads of a tenant take turns (a replica's own change and its echo from ZF_KNOWLEDGE come
         # together), so the one that read SQL last is the one that stays.
         async with self._reloading[tenant]:
+            version = (await self._store.document_versions(tenant, name)).get(name)
             chunks = [chunk async for chunk in self._store.chunks(tenant, self.model, document=name)]
             index = self.index_of(tenant)
             for key in index.documents.pop(name, set()):
                 index.knowledge.remove(key)
+            if version is None:
+                index.versions.pop(name, None)
+            else:
+                index.versions[name] = version
             for chunk in chunks:
                 self._put_chunk(index, ChunkEntry(chunk.document, chunk.position, chunk.passage), chunk.vector)
 

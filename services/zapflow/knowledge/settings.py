@@ -46,6 +46,8 @@ class EmbeddingSettings(ServiceSettings):
     """Name of this replica's shard of tenants: names its turn consumer, so each shard embeds its own turns."""
     embed_turns: bool = True
     """Embed finished turns so that past conversations can be searched (`zapflow search`)."""
+    repair_interval_s: float = Field(default=600.0, gt=0)
+    """How often a replica compares its index's documents with SQL's, to apply a change whose notice it missed."""
     spec_sync_interval_s: float = Field(default=300.0, gt=0)
     """How often the knowledge bases tenant specs name are re-read (folders change without the registry knowing)."""
     knowledge_dir: str = "/etc/zapflow/knowledge"

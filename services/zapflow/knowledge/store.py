@@ -246,6 +246,14 @@ class KnowledgeStore:
                 passage = Passage(title=title, body=body, language=language)
                 yield StoredChunk(name, position, passage, content_hash, from_bytes(vector or b""))
 
+    async def document_versions(self, tenant: str, name: str | None = None) -> dict[str, datetime]:
+        """When each of a tenant's documents (or this one) last changed."""
+        query = select(KnowledgeDocument.name, KnowledgeDocument.updated_at).where(KnowledgeDocument.tenant == tenant)
+        if name is not None:
+            query = query.where(KnowledgeDocument.name == name)
+        async with self._engine.connect() as conn:
+            return {row.name: row.updated_at for row in await conn.execute(query)}
+
     async def tenants(self) -> list[str]:
         """Every tenant with a knowledge base or turn vectors."""
         async with self._engine.connect() as conn:

@@ -17,7 +17,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from zapflow.knowledge.documents import ParsedDocument, UnreadableDocument, expand, inline_document, read_document
-from zapflow.knowledge.messages import CommitRequest, ListRequest, RemoveRequest
+from zapflow.knowledge.messages import SPEC_PREFIX, CommitRequest, ListRequest, RemoveRequest
 from zapflow.knowledge.service import Knowledge
 from zapflow.knowledge.settings import EmbeddingSettings
 from zapflow.knowledge.text import LanguageDetector
@@ -28,7 +28,7 @@ from zapflow.tenants.registry import TenantRegistry
 
 log = get_logger(__name__)
 
-FAQ_DOCUMENT = "spec:faq"
+FAQ_DOCUMENT = f"{SPEC_PREFIX}faq"
 LEASE_S = 600
 
 
@@ -52,8 +52,8 @@ def spec_documents(
     problems: list[Problem] = []
     if spec.faq:
         documents.append(inline_document(FAQ_DOCUMENT, spec.faq, spec.language, detector))
-    sources = [(Path(folder), f"spec:folder:{folder.rstrip('/')}") for folder in spec.folders]
-    sources += [(knowledge_dir / name, f"spec:configmap:{name}") for name in spec.config_maps]
+    sources = [(Path(folder), f"{SPEC_PREFIX}folder:{folder.rstrip('/')}") for folder in spec.folders]
+    sources += [(knowledge_dir / name, f"{SPEC_PREFIX}configmap:{name}") for name in spec.config_maps]
     for folder, prefix in sources:
         try:
             files = expand([folder])

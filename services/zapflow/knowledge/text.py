@@ -52,9 +52,10 @@ class LanguageDetector:
     def __init__(self) -> None:
         self._identifier = langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE)
         self._restricted: tuple[str, ...] | None = None
+        self.known = frozenset(str(language) for language in self._identifier.nb_classes)
 
     def detect(self, text: str, languages: tuple[str, ...] | None = None) -> str:
-        """The most likely of `languages` (sorted; None: any the model knows) for the text."""
+        """The most likely of `languages` (sorted, all in `known`; None: any the model knows) for the text."""
         if self._restricted != languages:
             self._identifier.set_languages(list(languages) if languages is not None else None)
             self._restricted = languages
