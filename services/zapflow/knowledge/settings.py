@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from zapflow.platform.settings import DEFAULT_SECRET, Port, ServiceSettings
@@ -42,8 +43,9 @@ class EmbeddingSettings(ServiceSettings):
     tenants: list[str] = Field(default_factory=list)
     """The tenants this replica serves (empty: all). Replicas of one shard share a list; each list is a
     deployment of its own (docs/knowledge.md, scaling)."""
-    shard: str = Field(default="all", pattern=TENANT_NAME_PATTERN)
-    """Name of this replica's shard of tenants: names its turn consumer, so each shard embeds its own turns."""
+    shard: str = "all"
+    """Name of this replica's shard of tenants (a DNS label): names its turn consumer, so each shard embeds its own
+    turns."""
     embed_turns: bool = True
     """Embed finished turns so that past conversations can be searched (`zapflow search`)."""
     repair_interval_s: float = Field(default=600.0, gt=0)
@@ -52,6 +54,15 @@ class EmbeddingSettings(ServiceSettings):
     """How often the knowledge bases tenant specs name are re-read (folders change without the registry knowing)."""
     knowledge_dir: str = "/etc/zapflow/knowledge"
     """Where ConfigMaps a tenant spec names are mounted: `<knowledge_dir>/<configmap name>/`."""
+
+    @field_validator("shard", "tenants")
+    @classmethod
+    def _dns_labels(cls, value: str | list[str]) -> str | list[str]:
+        # Each becomes a NATS subject token or part of a consumer's name.
+        for name in [value] if isinstance(value, str) else value:
+            if not re.fullmatch(TENANT_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a DNS label (lower-case letters, digits and '-')")
+        return value
 
     @model_validator(mode="after")
     def _remote_settings(self) -> Self:
