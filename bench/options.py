@@ -75,7 +75,8 @@ def parse_options(argv: list[str] | None = None, description: str | None = None)
         choices=PHASES,
         default="performance",
         help="performance: raw JetStream, ingress, capacity, end to end (default); hostile: signed hostile "
-        "webhook bodies, then a real customer; all: both on one stack",
+        "webhook bodies, then a real customer; all: both on one stack; knowledge: the embedding service "
+        "(options of its own: --phase knowledge --help)",
     )
     parser.add_argument("--hostile-bodies", type=int, default=10_000, help="hostile bodies to post (default 10000)")
     parser.add_argument("--hostile-concurrency", type=int, default=16, help="hostile bodies in flight (default 16)")

@@ -2,6 +2,7 @@
 
     uv run python bench/run.py            # full run (about 3 minutes)
     uv run python bench/run.py --quick    # 5-second smoke version
+    uv run python bench/run.py --phase knowledge   # the embedding service (bench/phases/knowledge.py)
 
 Starts its own nats-server, redis-server, sandbox, gateway and conversation service(s) on free
 loopback ports, in a temporary directory, and stops every one of them on exit (Ctrl-C too).
@@ -11,6 +12,7 @@ bench/results/latest.json. bench/README.md explains the method; docs/benchmark.m
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -31,6 +33,7 @@ import psutil  # noqa: E402
 from bench import machine, render, targets  # noqa: E402
 from bench.harness import Harness, Profiler  # noqa: E402
 from bench.options import Options, parse_options  # noqa: E402
+from bench.phases import knowledge  # noqa: E402
 from bench.results import BenchReport  # noqa: E402
 from bench.session import run_phases  # noqa: E402
 from bench.stack import BenchError, Ports, ResourceMonitor, Stack  # noqa: E402
@@ -62,12 +65,21 @@ def measure(options: Options, harness: Harness) -> BenchReport:
     )
 
 
+def requested_phase(argv: list[str] | None) -> str | None:
+    """The --phase asked for, read before the options: the knowledge phase has options of its own."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--phase")
+    return parser.parse_known_args(argv)[0].phase
+
+
 def main(argv: list[str] | None = None) -> int:
-    options = parse_options(argv, description=__doc__)
     # Ctrl-C must stop the run and clean up even when started from a shell that ignores SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
+    if requested_phase(argv) == knowledge.NAME:  # its own stack, options and report
+        return knowledge.main(argv)
+    options = parse_options(argv, description=__doc__)
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="zapflow-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     stack: Stack | None = None
