@@ -178,3 +178,20 @@ def test_collection_grows_past_its_first_capacity_and_limits_hits() -> None:
     scores = [hit.score for hit in hits]
     assert scores == sorted(scores, reverse=True)
     assert collection.vector_bytes >= 300 * 4 * 4
+
+
+def test_without_vectors_an_entry_sharing_no_term_is_not_a_hit() -> None:
+    collection: Collection[str] = Collection(4)
+    collection.put("a", "a", "en", ["ship", "cost"], None)
+    collection.put("b", "b", "en", ["warranti"], None)
+
+    assert [hit.payload for hit in collection.search(["warranti"], None, None, 5, 0.8)] == ["b"]
+    assert collection.search(["garantia"], None, None, 5, 0.8) == []
+
+
+def test_a_single_match_scores_as_the_best_there_is() -> None:
+    collection: Collection[str] = Collection(4)
+    collection.put("a", "a", "en", ["ship", "cost"], None)
+
+    [hit] = collection.search(["ship"], None, None, 5, 0.8)
+    assert hit.score == 1.0

@@ -123,9 +123,17 @@ class Collection(Generic[P]):
         if query is not None and self._has_vector[positions].any():
             norm = float(np.linalg.norm(query))
             unit = (query / norm if norm else query).astype(np.float32)
-            similarity = (self._vectors[:used] @ unit)[positions]
+            # numpy's own single-threaded loop: OpenBLAS's sgemv splits the scan over both cores and waits
+            # for the slower, so it took up to twice as long whenever the other core was busy embedding a
+            # question (docs/benchmark.md, Knowledge). Same scores within float32 rounding.
+            similarity = np.einsum("ij,j->i", self._vectors[:used], unit)[positions]
             fused = dense_weight * _minmax(similarity) + (1 - dense_weight) * _minmax(lexical)
         else:
+            # Without vectors, an entry that shares no term with the question is no answer at all.
+            matched = lexical > 0
+            positions, lexical = positions[matched], lexical[matched]
+            if not len(positions):
+                return []
             fused = _minmax(lexical)
         best = _top(fused, limit)
         return [
@@ -159,7 +167,8 @@ class Collection(Generic[P]):
 def _minmax(scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     low, high = float(scores.min()), float(scores.max())
     if high <= low:
-        return np.zeros_like(scores)
+        # One candidate, or all alike: each is as good as the best there is (if any is good at all).
+        return np.ones_like(scores) if high > 0 else np.zeros_like(scores)
     return (scores - low) / (high - low)
 
 
