@@ -128,11 +128,11 @@ class FaqSpec(Model):
     """The `faq` responder: the best-matching passage of the knowledge base, or the fallback."""
 
     min_similarity: float = Field(
-        default=0.86,
+        default=0.87,
         ge=0,
         le=1,
         description="Answer only when the best passage's cosine similarity to the question reaches this (with an "
-        "embedding model; docs/knowledge.md gives the measured distribution).",
+        "embedding model; docs/knowledge-quality.md gives the measured trade-off).",
     )
     min_lexical: float = Field(
         default=4.0,
