@@ -1,8 +1,10 @@
-"""Turn events as the conversation engine publishes them, read back from JetStream."""
+"""Turn events as the conversation engine publishes them, read back from JetStream; what a responder
+reports through its error hook."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
@@ -22,3 +24,13 @@ async def turns_covering(
     finally:
         await subscription.unsubscribe()
     return turns
+
+
+@dataclass
+class ErrorLog:
+    """A responder's `on_error(tenant, kind)` hook that keeps every call."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, tenant: str, kind: str) -> None:
+        self.calls.append((tenant, kind))

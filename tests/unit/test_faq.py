@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pytest
@@ -11,6 +10,7 @@ from prometheus_client import REGISTRY
 
 from tests.support.platform import knowledge_stand_in
 from tests.support.tenants import tenant_document
+from tests.support.turns import ErrorLog
 from zapflow.conversation.faq import RULE_MAX_CHARS, FaqResponder
 from zapflow.conversation.llm import WHATSAPP_TEXT_LIMIT
 from zapflow.conversation.responder import Answer, TurnInput
@@ -23,14 +23,6 @@ from zapflow.v1 import inbound_pb2
 GREETING = "Olá! Sou o assistente da loja."
 FALLBACK = "Não encontrei essa resposta; um atendente vai falar com você."
 SHIPPING = "O frete é grátis acima de R$ 299,00."
-
-
-@dataclass
-class ErrorLog:
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    def __call__(self, tenant: str, kind: str) -> None:
-        self.calls.append((tenant, kind))
 
 
 @pytest.fixture

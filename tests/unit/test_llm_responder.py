@@ -28,6 +28,7 @@ from tests.support.openai_server import (
     ToolCall,
 )
 from tests.support.tenants import tenant_document
+from tests.support.turns import ErrorLog
 from zapflow.conversation.llm import MAX_RETRIES, MAX_TOOL_ROUNDS, RETRY_WAIT_ALLOWANCE_S, OpenAIResponder
 from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.conversation.tools import Tool, ToolError, ToolRegistry, ToolResult, default_tools
@@ -44,14 +45,6 @@ FALLBACK = "Our assistant is unavailable, a person will answer soon."
 class LocalOpenAI:
     fake: FakeOpenAI
     base_url: str
-
-
-@dataclass
-class ErrorLog:
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    def __call__(self, tenant: str, kind: str) -> None:
-        self.calls.append((tenant, kind))
 
 
 @pytest.fixture
