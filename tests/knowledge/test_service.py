@@ -317,3 +317,15 @@ async def test_an_ingested_document_cannot_take_a_name_of_the_specs(embedding_se
         )
     assert refused.code == "invalid"
     assert "belong to the tenant spec" in refused.error
+
+
+async def test_a_question_taken_for_another_language_is_searched_in_all_when_its_own_has_nothing(
+    embedding_service: Embedding, knowledge: KnowledgeClient
+) -> None:
+    async with embedding_service(backend="none"):
+        await knowledge.commit(TENANT, document("pt.md", [passage("O frete é grátis acima de R$ 299.", "Frete", "pt")]))
+        await knowledge.commit(TENANT, document("en.md", [RETURNS]))
+        # One word: the detector cannot tell, and nothing English shares it.
+        found = await knowledge.search(TENANT, SearchRequest(text="frete"))
+    assert [hit.document for hit in found.hits] == ["pt.md"]
+    assert found.language is None

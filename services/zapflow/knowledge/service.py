@@ -168,6 +168,11 @@ class Knowledge:
         if request.collection == "knowledge":
             languages = self._languages_to_search(index.knowledge, request)
             chunks = await self._ranked(index.knowledge, request, languages)
+            if not chunks and languages is not None and request.language is None:
+                # Nothing in the detected language shares a word with the question (lexical mode;
+                # a word or two are easily taken for another language): every language, then.
+                languages = None
+                chunks = await self._ranked(index.knowledge, request, languages)
             hits = [
                 Hit(
                     score=hit.score,
