@@ -30,9 +30,10 @@ from zapflow.knowledge.messages import (
     SearchRequest,
     ShowRequest,
 )
+from zapflow.knowledge.quota import QuotaExceeded
 from zapflow.knowledge.service import Knowledge, NotFound
 from zapflow.knowledge.settings import EmbeddingSettings
-from zapflow.knowledge.store import KnowledgeStore, QuotaExceeded
+from zapflow.knowledge.store import KnowledgeStore
 from zapflow.knowledge.sync import SpecSync
 from zapflow.platform import bus, catalogue, metrics
 from zapflow.platform.connections import Connections, Needs

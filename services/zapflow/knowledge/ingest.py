@@ -14,6 +14,7 @@ from pathlib import Path
 from zapflow.knowledge.client import KnowledgeClient, KnowledgeError
 from zapflow.knowledge.documents import expand, read_document
 from zapflow.knowledge.messages import CommitReply, CommitRequest, EmbedRequest, ListReply
+from zapflow.knowledge.quota import QuotaExceeded, require_quota
 from zapflow.knowledge.text import LanguageDetector
 
 # Passages per embed request: small enough for the progress bar to move every second or so.
@@ -67,13 +68,10 @@ def check_fits(tenant: str, sources: Sequence[Source], listing: ListReply, max_p
             )
     replaced = {source.request.name for source in sources}
     kept = listing.chunks - sum(document.chunks for document in listing.documents if document.name in replaced)
-    after = kept + sum(source.passage_count for source in sources)
-    if after > listing.quota:
-        raise KnowledgeError(
-            "quota",
-            f"tenant {tenant} would hold {after:,} chunks; its quota is {listing.quota:,} "
-            "(ZAPFLOW_EMBEDDING_MAX_CHUNKS_PER_TENANT): nothing was ingested",
-        )
+    try:
+        require_quota(tenant, kept + sum(source.passage_count for source in sources), listing.quota)
+    except QuotaExceeded as refused:
+        raise KnowledgeError("quota", f"{refused}: nothing was ingested") from None
 
 
 async def ingest(

@@ -34,8 +34,9 @@ from zapflow.knowledge.messages import (
     ShowReply,
     ShowRequest,
 )
+from zapflow.knowledge.quota import require_quota
 from zapflow.knowledge.settings import EmbeddingSettings
-from zapflow.knowledge.store import KnowledgeStore, QuotaExceeded, StoredTurn, passage_hash
+from zapflow.knowledge.store import KnowledgeStore, StoredTurn, passage_hash
 from zapflow.knowledge.text import Analyzer, LanguageDetector
 from zapflow.platform import catalogue, metrics
 from zapflow.platform.logging import get_logger
@@ -213,11 +214,7 @@ class Knowledge:
     async def commit(self, tenant: str, request: CommitRequest) -> CommitReply:
         # The quota is checked again inside the transaction; this refuses before any embedding.
         others = await self._store.chunk_count(tenant, excluding=request.name)
-        if others + len(request.passages) > self._settings.max_chunks_per_tenant:
-            raise QuotaExceeded(
-                f"tenant {tenant} would hold {others + len(request.passages)} chunks; its quota is "
-                f"{self._settings.max_chunks_per_tenant} (ZAPFLOW_EMBEDDING_MAX_CHUNKS_PER_TENANT)"
-            )
+        require_quota(tenant, others + len(request.passages), self._settings.max_chunks_per_tenant)
         embedded = await self._embed_missing(tenant, request.passages)
         replaced = await self._store.replace_document(
             tenant,

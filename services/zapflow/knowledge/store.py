@@ -13,15 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zapflow.knowledge.encoders import Matrix, Vector
 from zapflow.knowledge.messages import DocumentInfo, DocumentKind, Origin, Passage
+from zapflow.knowledge.quota import require_quota
 from zapflow.store.models import KnowledgeChunk, KnowledgeDocument, KnowledgeVector, TurnVector
 from zapflow.store.repository import UPSERTS
 
 # Rows read per round trip when the index is rebuilt at start.
 LOAD_BATCH = 2_000
-
-
-class QuotaExceeded(Exception):
-    """The tenant would hold more chunks than its quota; the message gives both numbers."""
 
 
 def passage_hash(passage: Passage) -> str:
@@ -132,12 +129,7 @@ class KnowledgeStore:
             if existing is not None and existing.content_hash == content_hash and old_hashes == hashes:
                 languages = sorted({p.language for p in passages})
                 return Replaced(_info(existing, languages), 0, 0, len(set(hashes)), unchanged=True)
-            others = await _chunk_count(conn, tenant, excluding=name)
-            if others + len(passages) > quota:
-                raise QuotaExceeded(
-                    f"tenant {tenant} would hold {others + len(passages)} chunks; its quota is {quota} "
-                    "(ZAPFLOW_EMBEDDING_MAX_CHUNKS_PER_TENANT)"
-                )
+            require_quota(tenant, await _chunk_count(conn, tenant, excluding=name) + len(passages), quota)
             await conn.execute(
                 delete(KnowledgeChunk).where(KnowledgeChunk.tenant == tenant, KnowledgeChunk.document == name)
             )
