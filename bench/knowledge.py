@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from bench.accounting import percentile
 from zapflow.knowledge.messages import Passage
@@ -155,32 +157,26 @@ class Percentiles:
         )
 
 
-METRIC_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+def _samples(exposition: str, name: str, labels: Mapping[str, str]) -> Iterator[Sample]:
+    """The samples of that name whose labels include `labels`, parsed by prometheus_client."""
+    for family in text_string_to_metric_families(exposition):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(key) == value for key, value in labels.items()):
+                yield found
 
 
 def histogram(exposition: str, name: str, labels: Mapping[str, str]) -> dict[float, float]:
     """The cumulative buckets (upper bound in s -> count) of one labelled histogram in Prometheus text."""
     buckets: dict[float, float] = {}
-    for line in exposition.splitlines():
-        match = METRIC_LINE.match(line)
-        if match is None or match["name"] != f"{name}_bucket":
-            continue
-        found = dict(LABEL.findall(match["labels"] or ""))
-        if all(found.get(key) == value for key, value in labels.items()):
-            buckets[float(found["le"])] = buckets.get(float(found["le"]), 0.0) + float(match["value"])
+    for bucket in _samples(exposition, f"{name}_bucket", labels):
+        bound = float(bucket.labels["le"])
+        buckets[bound] = buckets.get(bound, 0.0) + bucket.value
     return buckets
 
 
 def sample(exposition: str, name: str, labels: Mapping[str, str]) -> float | None:
     """The value of one labelled sample (a counter, a histogram's _sum or _count) in Prometheus text."""
-    for line in exposition.splitlines():
-        match = METRIC_LINE.match(line)
-        if match is not None and match["name"] == name:
-            found = dict(LABEL.findall(match["labels"] or ""))
-            if all(found.get(key) == value for key, value in labels.items()):
-                return float(match["value"])
-    return None
+    return next((found.value for found in _samples(exposition, name, labels)), None)
 
 
 def bucket_delta(before: Mapping[float, float], after: Mapping[float, float]) -> dict[float, float]:
