@@ -50,7 +50,7 @@ GLOBAL_KEYS = (
     (keys.DUE, "conversation", "sorted set of the contacts with a pending turn, scored by their debounce deadline"),
     (keys.SCHEDULER_LEADER, "scheduler", "the lease of the replica that runs the jobs, renewed while they run"),
 )
-IDENTIFIERS = {"contact": "<contact>", "fact": "<id>", "tenant": "<id>"}
+IDENTIFIERS = {"contact": "<contact>", "fact": "<id>", "tenant": "<id>", "agent": "<session>"}
 
 
 def settings_classes() -> list[tuple[str, type[BaseSettings]]]:

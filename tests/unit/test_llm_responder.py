@@ -142,7 +142,8 @@ async def test_the_request_carries_system_prompt_history_in_order_then_the_burst
     assert request.body["model"] == "test-model"
     assert request.body["temperature"] == 0.2
     assert request.body["max_tokens"] == 300
-    assert "tools" not in request.body  # no tool is registered by default
+    # The one tool every model is offered; the model answered without calling it.
+    assert [tool["function"]["name"] for tool in request.body["tools"]] == ["handoff_to_human"]
     assert "tool_choice" not in request.body
     assert answer.outcome == "llm"
     assert reply_text(answer) == f"You said: {current}"
@@ -591,6 +592,7 @@ def test_tool_names_are_unique_and_valid() -> None:
     assert json.loads(json.dumps(registry.definitions()))[0]["function"]["name"] == "lookup_order"
 
 
-def test_no_tool_is_registered_by_default() -> None:
-    assert len(default_tools()) == 0
-    assert default_tools().definitions() == []
+def test_every_model_may_hand_the_conversation_to_a_person() -> None:
+    definitions = json.loads(json.dumps(default_tools().definitions()))
+    assert [d["function"]["name"] for d in definitions] == ["handoff_to_human"]
+    assert definitions[0]["function"]["parameters"]["required"] == ["reason"]

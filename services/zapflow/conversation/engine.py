@@ -34,7 +34,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from redis.asyncio import Redis
 
-from zapflow.conversation import planning
+from zapflow.conversation import handoff, planning
 from zapflow.conversation.closer import Closer
 from zapflow.conversation.history import HistoryCache, HistorySource
 from zapflow.conversation.ledger import HeldMessages
@@ -150,15 +150,37 @@ class Engine:
             return None
         subject = catalogue.outbound_subject(keys.tenant, keys.contact)
         messages = planning.to_answer(pending)
-        answer = planning.SILENT
+        answer, streaks, event = planning.SILENT, None, None
         if messages:
-            receipt = planning.read_receipt(pending, tenant, keys.contact, bus.now_timestamp())
-            if receipt is not None:
-                await bus.publish(self._js, subject, receipt, receipt.command_id)
-            answer = await self._respond(tenant, keys, pending)
+            owner, streaks = await self._state.handling(keys)
+            ask = None
+            if owner is None:
+                ask = handoff.asked_by_customer(tenant.spec.handoff, messages)
+            if owner is None and ask is None:
+                receipt = planning.read_receipt(pending, tenant, keys.contact, bus.now_timestamp())
+                if receipt is not None:
+                    await bus.publish(self._js, subject, receipt, receipt.command_id)
+                answer = await self._respond(tenant, keys, pending)
+                ask, streaks = handoff.after_answer(tenant.spec.handoff, tenant.spec.bot.responder, answer, streaks)
+                if ask is None:
+                    # An agent may have taken the conversation while the responder worked: humans win.
+                    owner = await self._state.owner(keys)
+            if ask is not None:
+                owner = await self._state.hand_over(keys, pending.turn_id)
+                if owner == pending.turn_id:
+                    answer = Answer(planning.HANDOFF_OUTCOME, (), rule=answer.rule, actions=answer.actions)
+                else:
+                    ask = None  # someone had it already: the messages go to them
+            if owner is not None:
+                if ask is None:
+                    answer, streaks = planning.FORWARDED, None
+                event = planning.handoff_event(pending, keys.tenant, keys.contact, owner, ask, bus.now_timestamp())
         plan = planning.plan_turn(pending, tenant, keys.contact, answer, closed_stamp, bus.now_timestamp())
         for command in plan.commands:
             await bus.publish(self._js, subject, command, command.command_id)
+        if event is not None:
+            handoff_subject = catalogue.handoff_subject(keys.tenant, keys.contact)
+            await bus.publish(self._js, handoff_subject, event, f"{pending.turn_id}:handoff")
         # Answered means published: the time after the replies went out.
         plan.turn.answered_at.GetCurrentTime()
         await bus.publish(self._js, catalogue.turn_subject(keys.tenant, keys.contact), plan.turn, pending.turn_id)
@@ -167,7 +189,7 @@ class Engine:
             metrics.TURN_MESSAGES.labels(keys.tenant).observe(len(messages))
             metrics.TURNS.labels(keys.tenant, answer.outcome).inc()
         log.info("turn answered", tenant=keys.tenant, turn_id=pending.turn_id, outcome=answer.outcome)
-        return Answered(pending.turn_id, self._turn_ttl(tenant), plan.exchange)
+        return Answered(pending.turn_id, self._turn_ttl(tenant), plan.exchange, streaks)
 
     async def _respond(self, tenant: BotTenant, keys: ContactKeys, pending: PendingTurn) -> Answer:
         bot = tenant.spec.bot

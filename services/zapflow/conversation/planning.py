@@ -10,14 +10,21 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from zapflow.conversation.handoff import HandoffAsk
 from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.conversation.rules import reply_command
 from zapflow.tenants.model import BotTenant
-from zapflow.v1 import inbound_pb2, outbound_pb2, turn_pb2
+from zapflow.v1 import handoff_pb2, inbound_pb2, outbound_pb2, turn_pb2
 from zapflow.whatsapp.messages import CHAT_EVENT_TYPES, HistoryEntry, describe
 
 # The outcome of a turn with nothing to answer: no command, no history.
 SILENT = Answer("silent", ())
+# A person has the conversation: the turn's messages go to them, the bot says nothing.
+FORWARDED = Answer("forwarded", ())
+# The turn asked for a person: the handoff service tells the customer, the bot says nothing.
+HANDOFF_OUTCOME = "handoff"
+REQUESTED = "requested"
+FORWARDED_KIND = "forwarded"
 
 
 @dataclass
@@ -111,15 +118,31 @@ def plan_turn(
         customer_text=customer_text,
         answer_text=answer_text,
     )
-    exchange = (
-        (
-            HistoryEntry("customer", customer_text),
-            HistoryEntry("bot", answer_text),
-        )
-        if messages
-        else ()
-    )
+    exchange: tuple[HistoryEntry, ...] = ()
+    if messages:
+        exchange = (HistoryEntry("customer", customer_text),)
+        if answer_text:
+            exchange += (HistoryEntry("bot", answer_text),)
     return TurnPlan(tuple(commands), turn, exchange)
+
+
+def handoff_event(
+    pending: PendingTurn, tenant: str, contact: str, owner: str, ask: HandoffAsk | None, now: Timestamp
+) -> handoff_pb2.HandoffEvent:
+    """What the handoff service gets from a turn: a request for a person (`ask`), or messages for one."""
+    answered = [(seq, message) for seq, message in pending.messages if message.type not in CHAT_EVENT_TYPES]
+    return handoff_pb2.HandoffEvent(
+        tenant=tenant,
+        contact=contact,
+        turn_id=pending.turn_id,
+        kind=REQUESTED if ask is not None else FORWARDED_KIND,
+        reason=ask.reason if ask is not None else "",
+        detail=ask.detail if ask is not None else "",
+        messages=[message for _, message in answered],
+        inbound_seqs=[seq for seq, _ in answered],
+        at=now,
+        owner=owner,
+    )
 
 
 def _command(

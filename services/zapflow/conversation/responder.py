@@ -35,6 +35,26 @@ class Answer:
     actions: tuple[str, ...] = field(default_factory=tuple)
 
 
+# The action a responder adds to hand the conversation to a person: "handoff:<reason>:<detail>".
+HANDOFF_ACTION = "handoff"
+# The engine keeps this much of a model's or rule's own words about why.
+HANDOFF_DETAIL_CHARS = 200
+
+
+def handoff_action(reason: str, detail: str = "") -> str:
+    return f"{HANDOFF_ACTION}:{reason}:{detail[:HANDOFF_DETAIL_CHARS]}"
+
+
+def handoff_asked(actions: tuple[str, ...]) -> tuple[str, str] | None:
+    """The (reason, detail) of the first handoff action, if the responder asked for one."""
+    for action in actions:
+        kind, _, rest = action.partition(":")
+        if kind == HANDOFF_ACTION:
+            reason, _, detail = rest.partition(":")
+            return reason or "llm", detail
+    return None
+
+
 class Responder(Protocol):
     name: str
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from zapflow.conversation.responder import Answer, TurnInput
+from zapflow.conversation.responder import Answer, TurnInput, handoff_action
 from zapflow.tenants.model import BotSpec, ReplySpec, RuleSpec
 from zapflow.v1 import inbound_pb2, outbound_pb2
 from zapflow.whatsapp.messages import message_text
@@ -17,8 +17,9 @@ def normalise(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
-def _keyword_hit(keyword: str, text: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(normalise(keyword))}(?!\w)", text) is not None
+def keyword_hit(keyword: str, folded_text: str) -> bool:
+    """The keyword (a word or a phrase) appears whole in text already `normalise`d."""
+    return re.search(rf"(?<!\w){re.escape(normalise(keyword))}(?!\w)", folded_text) is not None
 
 
 def rule_matches(rule: RuleSpec, message: inbound_pb2.InboundMessage) -> bool:
@@ -28,7 +29,7 @@ def rule_matches(rule: RuleSpec, message: inbound_pb2.InboundMessage) -> bool:
     if not text:
         return False
     folded = normalise(text)
-    if any(_keyword_hit(k, folded) for k in rule.match.keywords):
+    if any(keyword_hit(k, folded) for k in rule.match.keywords):
         return True
     return rule.match.regex is not None and re.search(rule.match.regex, text, re.IGNORECASE) is not None
 
@@ -42,6 +43,10 @@ def answer(bot: BotSpec, messages: tuple[inbound_pb2.InboundMessage, ...], first
     for message in reversed(messages):
         for rule in bot.rules:
             if rule_matches(rule, message):
+                if rule.handoff:
+                    # The handoff service tells the customer; the rule's own reply is not sent.
+                    return Answer("rule", (), rule=rule.name, actions=(handoff_action("rule", rule.name),))
+                assert rule.reply is not None  # the spec requires one without handoff
                 return Answer("rule", (*greeting, rule.reply), rule=rule.name)
     if greeting:
         return Answer("greeting", greeting)

@@ -20,7 +20,7 @@ from typing import Any
 
 from openai.types.chat import ChatCompletionFunctionToolParam
 
-from zapflow.conversation.responder import TurnInput
+from zapflow.conversation.responder import TurnInput, handoff_action
 from zapflow.platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -122,6 +122,37 @@ class ToolRegistry:
         return ToolResult(content=f"error: {explanation}")
 
 
+HANDOFF_TOOL = "handoff_to_human"
+
+
+async def _hand_to_human(turn: TurnInput, arguments: dict[str, Any]) -> ToolResult:
+    reason = arguments.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ToolError("give the reason in `reason`, in a few words")
+    # The engine replaces the turn's reply with the tenant's handoff notice, unless handoff is off
+    # for the tenant: then the model's next words are the answer.
+    return ToolResult(
+        content="A person from the team will take over. Tell the customer so, in one short sentence.",
+        action=handoff_action("llm", " ".join(reason.split())),
+    )
+
+
+def handoff_tool() -> Tool:
+    return Tool(
+        name=HANDOFF_TOOL,
+        description=(
+            "Hand the conversation to a person from the business. Call it when the customer asks for a "
+            "person, is upset, or needs something you cannot do."
+        ),
+        parameters={
+            "type": "object",
+            "properties": {"reason": {"type": "string", "description": "Why, in a few words, for the agent."}},
+            "required": ["reason"],
+        },
+        handler=_hand_to_human,
+    )
+
+
 def default_tools() -> ToolRegistry:
-    """The tools every tenant's model may call; none yet (handoff and follow-up come later)."""
-    return ToolRegistry()
+    """The tools every tenant's model may call."""
+    return ToolRegistry([handoff_tool()])

@@ -16,6 +16,7 @@ from typing import Literal, cast
 
 from redis.asyncio import Redis
 
+from zapflow.conversation.handoff import Streaks
 from zapflow.conversation.history import HistoryCache
 from zapflow.conversation.planning import PendingTurn
 from zapflow.platform.keys import DUE, ContactKeys, parse_due_member
@@ -135,11 +136,18 @@ class Position:
 
 @dataclass(frozen=True)
 class Answered:
-    """What settling an answered turn records: its idempotency key and the exchange for the history."""
+    """What settling an answered turn records: its idempotency key, the exchange for the history, the streaks."""
 
     turn_id: str
     turn_key_ttl_s: int
     exchange: tuple[HistoryEntry, ...]
+    # None: the turn did not change them (it was forwarded to a person).
+    streaks: Streaks | None = None
+
+
+# The conversation hash's fields of the handoff streaks.
+FAQ_MISSES_FIELD = "faq_misses"
+FAILURES_FIELD = "failures"
 
 
 class TurnState:
@@ -216,6 +224,28 @@ class TurnState:
         """The stream sequence that owns a wamid: this one, unless an earlier copy claimed it."""
         return int(await self._claim(keys=[keys.message(wamid)], args=[seq, ttl_s]))
 
+    # --- who has the conversation: the bot, or a person (the owner key) ---
+
+    async def handling(self, keys: ContactKeys) -> tuple[str | None, Streaks]:
+        """The owner key (None: the bot answers) and the handoff streaks, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.owner)
+            pipe.hmget(keys.conversation, [FAQ_MISSES_FIELD, FAILURES_FIELD])
+            owner, (misses, failures) = await pipe.execute()
+        return (str(owner) if owner is not None else None), Streaks(int(misses or 0), int(failures or 0))
+
+    async def owner(self, keys: ContactKeys) -> str | None:
+        owner = await self._redis.get(keys.owner)
+        return str(owner) if owner is not None else None
+
+    async def hand_over(self, keys: ContactKeys, request_id: str) -> str:
+        """Give the conversation to a person unless someone has it already; returns the owner that holds."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.owner, request_id, nx=True)
+            pipe.get(keys.owner)
+            _, owner = await pipe.execute()
+        return str(owner)
+
     async def begin(self, keys: ContactKeys, turn: PendingTurn, ttl_s: int) -> None:
         await self._redis.set(keys.inflight, InFlight.of(turn).dump(), ex=ttl_s)
 
@@ -242,6 +272,14 @@ class TurnState:
             if answered is not None:
                 pipe.set(keys.turn(answered.turn_id), "answered", ex=answered.turn_key_ttl_s)
                 self._history.queue_append(pipe, keys, answered.exchange)
+                if answered.streaks is not None:
+                    pipe.hset(
+                        keys.conversation,
+                        mapping={
+                            FAQ_MISSES_FIELD: answered.streaks.faq_misses,
+                            FAILURES_FIELD: answered.streaks.failures,
+                        },
+                    )
             # EVAL, not the registered script: in a pipeline, redis-py would first ask SCRIPT
             # EXISTS, a round trip more; Redis caches the compiled script by its hash anyway.
             finish_keys = (keys.conversation, DUE, keys.inflight, keys.lock)

@@ -54,6 +54,8 @@ MAX_SETTLED_SKIPS = 20
 QUICK_ORDER_WAITS = 20
 SLOW_ORDER_WAIT_S = 2.0
 ACK_FLOOR_CACHE_S = 1.0
+# The result of a bot command not sent because a person had the conversation.
+SKIPPED = "skipped"
 
 
 class Egress:
@@ -81,14 +83,33 @@ class Egress:
         if tenant is None:
             raise bus.RetryLater(f"tenant {command.tenant} is not in the registry (yet)")
         key = keys.command_key(command.tenant, command.command_id)
-        # Both reads every send starts with, in one round trip.
-        values = await self._redis.mget(keys.ContactKeys(command.tenant, command.contact).outbound_cursor, key)
-        cursor_value, state = (None if value is None else str(value) for value in values)
+        contact = keys.ContactKeys(command.tenant, command.contact)
+        # The reads every send starts with, in one round trip.
+        values = await self._redis.mget(contact.outbound_cursor, key, contact.owner)
+        cursor_value, state, owner = (None if value is None else str(value) for value in values)
         await self._wait_for_earlier(command, msg, cursor_value)
         # A command dead-lettered on the way (bus.Reject) is moved past by `settled`, the
         # consumer's dead-letter hook.
-        await self._deliver(tenant, command, msg, key, state)
+        if owner is not None and not command.sender and state is None:
+            await self._hold_for_human(command)
+        else:
+            await self._deliver(tenant, command, msg, key, state)
         await self._move_past(command, msg)
+
+    async def _hold_for_human(self, command: pb.OutboundCommand) -> None:
+        """A person has the conversation: the bot's command is not sent (humans win), and says why."""
+        metrics.OUTBOUND_REQUESTS.labels(command.tenant, "held_for_human").inc()
+        report = pb.OutboundResult(
+            command_id=command.command_id,
+            tenant=command.tenant,
+            contact=command.contact,
+            turn_id=command.turn_id,
+            result=SKIPPED,
+            error_title="a person has the conversation",
+            at=bus.now_timestamp(),
+        )
+        subject = catalogue.result_subject(command.tenant, command.contact)
+        await bus.publish(self._js, subject, report, f"{command.command_id}:result")
 
     async def _wait_for_earlier(self, command: pb.OutboundCommand, msg: Msg, cursor_value: str | None) -> None:
         """Per-contact order: send only after every earlier command to this contact is settled.

@@ -12,6 +12,7 @@ customer:
     zf.dlq.<service>.<original subject>      dead letters              ZF_DLQ
     zf.knowledge.<tenant>.<kind>             knowledge changes         ZF_KNOWLEDGE
     zf.kb.<operation>.<tenant>               knowledge requests        (core NATS request/reply)
+    zf.inbox.<tenant>                        inbox activity            (core NATS, to every handoff replica)
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ CONVERSATION_SERVICE = "conversation"
 GATEWAY_SERVICE = "gateway"
 RECORDER_SERVICE = "recorder"
 EMBEDDING_SERVICE = "embedding"
+HANDOFF_SERVICE = "handoff"
 
 # --- subjects ---
 
@@ -108,10 +110,13 @@ EVENTS_PREFIX = f"{ROOT}.evt"
 DEAD_LETTER_PREFIX = f"{ROOT}.dlq"
 KNOWLEDGE_PREFIX = f"{ROOT}.knowledge"
 KNOWLEDGE_REQUEST_PREFIX = f"{ROOT}.kb"
+INBOX_PREFIX = f"{ROOT}.inbox"
 
 # Event kinds: the token after zf.evt.
 TURN = "turn"  # a turn was answered (turn_pb2.Turn)
 SENT = "sent"  # the outcome of one Graph API call (outbound_pb2.SendResult)
+HANDOFF = "handoff"  # a turn asked for a person, or forwarded to one (handoff_pb2.HandoffEvent)
+NOTIFY = "notify"  # a notification owed to a tenant's agents (handoff_pb2.AgentNotification)
 
 
 def every(prefix: str) -> str:
@@ -142,6 +147,22 @@ def turn_subject(tenant: str, contact: str) -> str:
 
 def result_subject(tenant: str, contact: str) -> str:
     return event_subject(SENT, tenant, contact)
+
+
+def handoff_subject(tenant: str, contact: str) -> str:
+    return event_subject(HANDOFF, tenant, contact)
+
+
+def notification_subject(tenant: str, contact: str) -> str:
+    return event_subject(NOTIFY, tenant, contact)
+
+
+def inbox_subject(tenant: str = "*") -> str:
+    """Inbox activity of a tenant (or every tenant): what each handoff replica relays to its open inboxes.
+
+    Core NATS, not a stream: an inbox that misses a change re-reads the queue when it reconnects.
+    """
+    return f"{INBOX_PREFIX}.{tenant}"
 
 
 def events_of(kind: str, tenant: str = "*") -> str:
@@ -321,6 +342,27 @@ EMBED_TURNS = ConsumerSpec(
 )
 
 
+# Turns that asked for a person, and customer messages forwarded to one, in each contact's order.
+HANDOFF_EVENTS = ConsumerSpec(
+    stream=EVENTS,
+    durable="handoff-events",
+    filter_subject=events_of(HANDOFF),
+    service=HANDOFF_SERVICE,
+)
+
+# Notifications to the tenants' agent webhooks: retried with backoff, then dead-lettered (never
+# retried forever). The delays add up to about 40 minutes before a notification is given up.
+HANDOFF_NOTIFY = ConsumerSpec(
+    stream=EVENTS,
+    durable="handoff-notify",
+    filter_subject=events_of(NOTIFY),
+    service=HANDOFF_SERVICE,
+    ack_wait_s=30.0,
+    max_attempts=8,
+    backoff_s=(2.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1200.0),
+)
+
+
 def turns_of(tenants: Sequence[str]) -> tuple[str, ...]:
     """The turn events of these tenants, one filter each."""
     return tuple(events_of(TURN, tenant) for tenant in tenants)
@@ -340,4 +382,6 @@ ALL_CONSUMERS = (
     RECORD_TURNS,
     RECORD_RESULTS,
     EMBED_TURNS,
+    HANDOFF_EVENTS,
+    HANDOFF_NOTIFY,
 )

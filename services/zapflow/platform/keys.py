@@ -7,7 +7,8 @@ kind says whose it is:
   every kind of this scope (`ContactKeys.all()`), plus its entry in the due set.
 - fact: an idempotency key of one message, turn or command. It holds a sequence number or a
   state word, never personal data, and expires on its own.
-- tenant: shared by a tenant's contacts (the per-number rate limit).
+- tenant: shared by a tenant's contacts (the per-number rate limit, agents' presence).
+- agent: an agent's sign-in session; deleted when the agent is removed.
 
 Two keys span tenants: the due set (the debounce deadlines every replica reads) and the
 scheduler's lease. Nothing outside this module spells a key (a test scans for literals).
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 PREFIX = "zf"
-Scope = Literal["contact", "fact", "tenant"]
+Scope = Literal["contact", "fact", "tenant", "agent"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ HISTORY = KeyKind("hist", "contact", "list: the last turns as JSON, a write-thro
 OUTBOUND_CURSOR = KeyKind(
     "outcursor", "contact", "the outbound stream sequence settled for this contact (egress order)"
 )
+OWNER = KeyKind(
+    "owner",
+    "contact",
+    "the request id of the handoff that gave the conversation to a person; absent: the bot answers",
+)
 MESSAGE = KeyKind("msg", "fact", "the stream sequence of the first copy of a wamid (24 h by default)")
 TURN = KeyKind("turn", "fact", "'answered' once a turn's replies are published (1 h by default)")
 COMMAND = KeyKind("out", "fact", "calling:<epoch>, sent:<wamid> or failed:<code>: a Graph API call's state (8 days)")
@@ -51,8 +57,28 @@ RATE = KeyKind("rate", "tenant", "GCRA theoretical arrival time of a WhatsApp nu
 KNOWLEDGE_SYNC = KeyKind(
     "kbsync", "tenant", "the embedding replica syncing this tenant's spec knowledge base; expires if it dies"
 )
+AGENTS_ONLINE = KeyKind(
+    "agents", "tenant", "sorted set: the agents with an inbox open, scored by their last heartbeat (ms epoch)"
+)
+ROUND_ROBIN = KeyKind("rr", "tenant", "the email of the agent assigned last, so the next assignment goes to another")
+SESSION = KeyKind("session", "agent", "hash: an agent's inbox session (email, CSRF token); expires when idle")
 
-KINDS = (CONVERSATION, LOCK, INFLIGHT, HISTORY, OUTBOUND_CURSOR, MESSAGE, TURN, COMMAND, RATE, KNOWLEDGE_SYNC)
+KINDS = (
+    CONVERSATION,
+    LOCK,
+    INFLIGHT,
+    HISTORY,
+    OUTBOUND_CURSOR,
+    OWNER,
+    MESSAGE,
+    TURN,
+    COMMAND,
+    RATE,
+    KNOWLEDGE_SYNC,
+    AGENTS_ONLINE,
+    ROUND_ROBIN,
+    SESSION,
+)
 
 # Sorted set of every contact with a pending turn, scored by its debounce deadline (ms epoch).
 DUE = f"{PREFIX}:due"
@@ -97,6 +123,10 @@ class ContactKeys:
         return OUTBOUND_CURSOR.key(self.tenant, self.contact)
 
     @property
+    def owner(self) -> str:
+        return OWNER.key(self.tenant, self.contact)
+
+    @property
     def due_member(self) -> str:
         return due_member(self.tenant, self.contact)
 
@@ -117,6 +147,18 @@ def command_key(tenant: str, command_id: str) -> str:
 
 def knowledge_sync_key(tenant: str) -> str:
     return KNOWLEDGE_SYNC.key(tenant, "spec")
+
+
+def agents_online_key(tenant: str) -> str:
+    return AGENTS_ONLINE.key(tenant, "online")
+
+
+def round_robin_key(tenant: str) -> str:
+    return ROUND_ROBIN.key(tenant, "last")
+
+
+def session_key(tenant: str, session_id: str) -> str:
+    return SESSION.key(tenant, session_id)
 
 
 def rate_key(tenant: str, phone_number_id: str) -> str:

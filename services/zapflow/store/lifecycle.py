@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from zapflow.store.models import (
     CONVERSATION_CLOSED,
     CONVERSATION_OPEN,
-    HANDOFF_CLOSED,
+    HANDOFF_RESOLVED,
     Contact,
     Conversation,
     Handoff,
@@ -94,7 +94,7 @@ async def close_idle_conversations(engine: AsyncEngine, data_of: DataSpecOf, now
                         Conversation.status == CONVERSATION_OPEN,
                         last_activity < cutoff,
                         ~exists().where(
-                            Handoff.tenant == tenant, Handoff.contact == contact, Handoff.status != HANDOFF_CLOSED
+                            Handoff.tenant == tenant, Handoff.contact == contact, Handoff.status != HANDOFF_RESOLVED
                         ),
                     )
                     .values(status=CONVERSATION_CLOSED, closed_at=last_activity)

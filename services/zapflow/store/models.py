@@ -1,4 +1,4 @@
-"""The relational schema: contacts, conversations, messages, delivery statuses, turns, handoffs.
+"""The relational schema: contacts, conversations, messages, delivery statuses, turns, handoffs and agents.
 
 Tenant isolation is built into the keys: every table carries `tenant`, every key and index starts
 with it, and every foreign key includes it, so a row can only ever point at a row of its own
@@ -48,13 +48,17 @@ CONVERSATION_CLOSED = "closed"
 # Delivery statuses in the order they can only move forward; "failed" is terminal.
 STATUS_ORDER = ("sent", "delivered", "read", "failed")
 
-HANDOFF_REQUESTED = "requested"
-HANDOFF_ACCEPTED = "accepted"
-HANDOFF_CLOSED = "closed"
+# A handoff waits in its tenant's queue, is assigned to an agent, and is resolved (back to the bot).
+HANDOFF_WAITING = "waiting"
+HANDOFF_ASSIGNED = "assigned"
+HANDOFF_RESOLVED = "resolved"
+HANDOFF_STATES = (HANDOFF_WAITING, HANDOFF_ASSIGNED, HANDOFF_RESOLVED)
+EMAIL_LENGTH = 254
 
 TENANT_LENGTH = 63  # a tenant name is a DNS label
 WA_ID_LENGTH = 32
 ID_LENGTH = 128  # wamids, command ids, turn ids
+HASH_LENGTH_SHA256 = 64  # hex
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -276,41 +280,118 @@ class Turn(Base):
 
 
 class Handoff(Base):
-    """A conversation handed to a human agent (written by the handoff service)."""
+    """A conversation with a person: queued, assigned to an agent, resolved (written by the handoff service).
+
+    Not tied to the contacts and conversations tables by foreign keys: a handoff can be asked for
+    before the recorder has written the contact. `conversation_id` is the conversation open when
+    it was asked for, when the store knew it.
+    """
 
     __tablename__ = "handoffs"
     __table_args__ = (
-        _contact_key("handoffs"),
-        _conversation_key("handoffs"),
-        CheckConstraint(
-            f"status IN ('{HANDOFF_REQUESTED}', '{HANDOFF_ACCEPTED}', '{HANDOFF_CLOSED}')",
-            name="status",
-        ),
-        # A contact is with at most one human at a time.
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in HANDOFF_STATES)})", name="status"),
+        # The turn (or the agent's take) that asked for it: a redelivered request opens nothing twice.
+        UniqueConstraint("tenant", "request_id", name="uq_handoffs_tenant_request_id"),
+        # A contact is with at most one person at a time.
         Index(
             "uq_handoffs_active_per_contact",
             "tenant",
             "contact",
             unique=True,
-            postgresql_where=text(f"status <> '{HANDOFF_CLOSED}'"),
-            sqlite_where=text(f"status <> '{HANDOFF_CLOSED}'"),
+            postgresql_where=text(f"status <> '{HANDOFF_RESOLVED}'"),
+            sqlite_where=text(f"status <> '{HANDOFF_RESOLVED}'"),
         ),
-        # The agents' queue.
-        Index("ix_handoffs_tenant_status_requested_at", "tenant", "status", "requested_at"),
+        # The agents' queue: by state, the highest priority and the longest wait first.
+        Index("ix_handoffs_tenant_status_priority_requested_at", "tenant", "status", "priority", "requested_at"),
         Index("ix_handoffs_tenant_contact_requested_at", "tenant", "contact", "requested_at"),
-        Index("ix_handoffs_tenant_requested_at", "tenant", "requested_at"),
+        Index("ix_handoffs_tenant_agent_status", "tenant", "agent", "status"),
+        Index("ix_handoffs_status_last_activity_at", "status", "last_activity_at"),
     )
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
     contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH))
-    conversation_id: Mapped[int] = mapped_column(BigInteger)
-    requested_at: Mapped[datetime]
-    accepted_at: Mapped[datetime | None]
-    closed_at: Mapped[datetime | None]
-    agent: Mapped[str | None] = mapped_column(String(128))
-    reason: Mapped[str | None] = mapped_column(Text)
+    conversation_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The owner key's value while the handoff is open: the asking turn's id, or "take:<uuid>".
+    request_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     status: Mapped[str] = mapped_column(String(16))
+    # customer_asked | rule | llm | faq_misses | responder_failures | agent_took
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer)
+    customer_name: Mapped[str | None] = mapped_column(Text)
+    agent: Mapped[str | None] = mapped_column(String(EMAIL_LENGTH))
+    labels: Mapped[list[str]] = mapped_column(Document)
+    requested_at: Mapped[datetime]
+    assigned_at: Mapped[datetime | None]
+    first_reply_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    # agent | timeout | erased ...: how it ended; and who ended it.
+    resolution: Mapped[str | None] = mapped_column(String(32))
+    resolved_by: Mapped[str | None] = mapped_column(String(EMAIL_LENGTH))
+    # Meta's time of the customer's latest message: their 24-hour window runs from it.
+    last_customer_at: Mapped[datetime | None]
+    # The latest message either way: the inactivity timeout counts from it.
+    last_activity_at: Mapped[datetime]
+
+
+class HandoffEvent(Base):
+    """What happened in a handoff, in order: the timeline the inbox shows and the figures are computed from.
+
+    Kinds: requested, forwarded (customer messages: their wamids), assigned, transferred, reply,
+    template, note (a private note's text), labels, priority, requeued, timeout, resolved.
+    """
+
+    __tablename__ = "handoff_events"
+    __table_args__ = (
+        ForeignKeyConstraint(["handoff_id"], ["handoffs.id"], name="fk_handoff_events_handoff", ondelete="CASCADE"),
+        Index("ix_handoff_events_handoff_id_id", "handoff_id", "id"),
+        Index("ix_handoff_events_tenant_contact", "tenant", "contact"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    handoff_id: Mapped[int] = mapped_column(BigInteger)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH))
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32))
+    # The agent who acted, "bot" or "system".
+    actor: Mapped[str] = mapped_column(String(EMAIL_LENGTH))
+    # A note's text; what was sent lives in `messages`.
+    text: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]]
+
+
+class Agent(Base):
+    """A person who answers a tenant's customers in the inbox."""
+
+    __tablename__ = "agents"
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    email: Mapped[str] = mapped_column(String(EMAIL_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    # pwdlib's Argon2 hash (the parameters are in the hash).
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class AgentToken(Base):
+    """A bearer token of the inbox's JSON API, acting as one agent; only its SHA-256 is kept."""
+
+    __tablename__ = "agent_tokens"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant", "email"], ["agents.tenant", "agents.email"], name="fk_agent_tokens_agent", ondelete="CASCADE"
+        ),
+        UniqueConstraint("token_hash", name="uq_agent_tokens_token_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    email: Mapped[str] = mapped_column(String(EMAIL_LENGTH))
+    token_hash: Mapped[str] = mapped_column(String(HASH_LENGTH_SHA256))
+    label: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
 
 
 class Erasure(Base):
@@ -331,7 +412,7 @@ class Erasure(Base):
 
 # --- knowledge (written by the embedding service) ---
 
-HASH_LENGTH = 64  # sha256, hex
+HASH_LENGTH = HASH_LENGTH_SHA256
 MODEL_LENGTH = 128
 DOCUMENT_NAME_LENGTH = 255
 

@@ -97,7 +97,17 @@ class MatchSpec(Model):
 class RuleSpec(Model):
     name: str = Field(description="Name reported in metrics and turn events.", min_length=1, max_length=64)
     match: MatchSpec = Field(description="When the rule fires.")
-    reply: ReplySpec = Field(description="What the bot answers.")
+    reply: ReplySpec | None = Field(default=None, description="What the bot answers (unset only with handoff).")
+    handoff: bool = Field(
+        default=False,
+        description="Hand the conversation to a person instead of answering (e.g. a 'Talk to us' button).",
+    )
+
+    @model_validator(mode="after")
+    def _reply_or_handoff(self) -> Self:
+        if self.reply is None and not self.handoff:
+            raise ValueError("a rule needs a reply, or handoff: true")
+        return self
 
 
 class OpenAISpec(Model):
@@ -263,6 +273,172 @@ class KnowledgeSpec(Model):
     )
 
 
+# What customers write when they want a person, in the languages zapflow's demo tenants speak.
+# Matched as whole words or phrases, case- and accent-insensitive, like rule keywords.
+DEFAULT_HANDOFF_KEYWORDS = [
+    "atendente",
+    "humano",
+    "falar com uma pessoa",
+    "falar com alguem",
+    "pessoa de verdade",
+    "agente",
+    "hablar con una persona",
+    "hablar con alguien",
+    "asesor",
+    "operador",
+    "human",
+    "agent",
+    "talk to a person",
+    "speak to a person",
+    "real person",
+    "representative",
+]
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
+
+
+class OpeningHoursSpec(Model):
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        description="Days these hours apply to.", min_length=1
+    )
+    opens: str = Field(description="Local time agents start, HH:MM.", pattern=_CLOCK)
+    closes: str = Field(
+        description="Local time agents stop, HH:MM (24:00 for midnight); after `opens`.", pattern=_CLOCK
+    )
+
+    @model_validator(mode="after")
+    def _opens_before_closes(self) -> Self:
+        if self.closes <= self.opens:
+            raise ValueError(f"closes ({self.closes}) must be after opens ({self.opens})")
+        return self
+
+
+class BusinessHoursSpec(Model):
+    """When agents work; outside these hours a handoff is still queued, and the customer is told."""
+
+    timezone: str = Field(default="UTC", description="IANA time zone of the hours, e.g. America/Sao_Paulo.")
+    hours: list[OpeningHoursSpec] = Field(
+        default_factory=list, description="Opening hours; empty: always open.", max_length=50
+    )
+
+    @model_validator(mode="after")
+    def _known_zone(self) -> Self:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {self.timezone!r}") from error
+        return self
+
+
+class TemplateChoiceSpec(Model):
+    """An approved message template agents may send once the customer's 24-hour window has closed."""
+
+    name: str = Field(description="The template's name in WhatsApp Manager.", pattern=r"^[a-z0-9_]{1,512}$")
+    language: str = Field(default="en_US", description="The template's language code, e.g. pt_BR.", min_length=2)
+    text: str = Field(
+        description="The body as approved, with {{1}}, {{2}} ... for its parameters (shown to the agent).",
+        min_length=1,
+        max_length=1024,
+    )
+
+    @property
+    def parameters(self) -> int:
+        """How many body parameters the template takes."""
+        return len(set(re.findall(r"\{\{(\d+)\}\}", self.text)))
+
+
+class CannedResponseSpec(Model):
+    shortcut: str = Field(description="What the agent types after '/' to pick it.", pattern=r"^[a-z0-9_-]{1,32}$")
+    text: str = Field(description="The reply inserted into the reply box.", min_length=1, max_length=4096)
+
+
+NotifiedEvent = Literal["requested", "message", "assigned", "transferred", "resolved", "timeout"]
+
+
+class NotifySpec(Model):
+    """An outgoing webhook that tells the tenant's agents about handoffs (Slack-compatible JSON)."""
+
+    url: str = Field(
+        description="Where notifications are POSTed (a Slack incoming webhook works).", pattern=r"^https?://"
+    )
+    secret: SecretRef | None = Field(
+        default=None,
+        description="Key of the X-Zapflow-Signature-256 header (HMAC-SHA256 of the body); unset: unsigned.",
+    )
+    events: list[NotifiedEvent] = Field(
+        default_factory=lambda: list[NotifiedEvent](["requested", "timeout"]),
+        description="Which handoff events are notified.",
+    )
+
+
+class HandoffSpec(Model):
+    """When a conversation goes to a person, what the customer is told, and how agents work."""
+
+    enabled: bool = Field(default=True, description="Customers and the bot can ask for a person.")
+    keywords: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_HANDOFF_KEYWORDS),
+        description="Words or phrases that ask for a person (case- and accent-insensitive).",
+    )
+    after_faq_misses: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Hand over after this many turns in a row the faq responder could not answer (0: never).",
+    )
+    after_failures: int = Field(
+        default=2, ge=0, le=100, description="Hand over after this many turns in a row the responder failed (0: never)."
+    )
+    notice: str = Field(
+        default="I'm passing you to a person from our team. They will answer here.",
+        description="Told to the customer when the conversation goes to the queue.",
+        min_length=1,
+        max_length=1024,
+    )
+    wait_notice: str = Field(
+        default="Expected wait: about {minutes} min.",
+        description="Added to the notice when agents are online; {minutes} is the expected wait.",
+        max_length=1024,
+    )
+    closed_notice: str = Field(
+        default="We are closed right now; a person will answer when we open.",
+        description="Told instead of the notice outside the business hours.",
+        min_length=1,
+        max_length=1024,
+    )
+    closing_message: str | None = Field(
+        default=None, description="Sent when an agent resolves without a message of their own (unset: nothing)."
+    )
+    business_hours: BusinessHoursSpec = Field(default_factory=BusinessHoursSpec, description="When agents work.")
+    auto_assign: bool = Field(default=True, description="Give waiting conversations to online agents in turn.")
+    max_open_per_agent: int = Field(
+        default=5, ge=1, le=1000, description="Conversations one agent holds at most (auto-assignment and claims)."
+    )
+    inactivity_minutes: int = Field(
+        default=60, ge=1, le=7 * 24 * 60, description="A conversation with nobody writing for this long times out."
+    )
+    on_inactivity: Literal["queue", "bot"] = Field(
+        default="bot",
+        description="What a timed-out assigned conversation does: back to the queue, or back to the bot.",
+    )
+    priorities: dict[str, int] = Field(
+        default_factory=lambda: {"responder_failures": 2, "customer_asked": 1, "rule": 1, "llm": 1},
+        description="Queue priority by reason (higher first; reasons not named: 0).",
+    )
+    templates: list[TemplateChoiceSpec] = Field(
+        default_factory=list, description="Approved templates agents may send outside the 24-hour window."
+    )
+    canned_responses: list[CannedResponseSpec] = Field(
+        default_factory=list, description="Prepared replies agents insert with /shortcut.", max_length=500
+    )
+    labels: list[str] = Field(
+        default_factory=list, description="Labels agents may put on conversations.", max_length=100
+    )
+    notify: NotifySpec | None = Field(default=None, description="A webhook that tells agents about handoffs.")
+
+
 class TenantSpec(Model):
     whatsapp: WhatsAppSpec = Field(description="The WhatsApp Cloud API number and its credentials.")
     bot: BotSpec = Field(default_factory=BotSpec, description="The responder and its settings.")
@@ -271,6 +447,7 @@ class TenantSpec(Model):
     idempotency: IdempotencySpec = Field(default_factory=IdempotencySpec, description="Idempotency key lifetimes.")
     data: DataSpec = Field(default_factory=DataSpec, description="Session closing and data retention.")
     knowledge: KnowledgeSpec = Field(default_factory=KnowledgeSpec, description="The knowledge base the spec declares.")
+    handoff: HandoffSpec = Field(default_factory=HandoffSpec, description="Human handoff and the agent inbox.")
 
 
 class TenantMetadata(BaseModel):

@@ -33,6 +33,8 @@ class OutboundCommand(_message.Message):
     TURN_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REPLY_TO_WAMID_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     INTERACTIVE_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
@@ -43,6 +45,12 @@ class OutboundCommand(_message.Message):
     turn_id: _builtins.str
     reply_to_wamid: _builtins.str
     """sent as context.message_id to quote the customer"""
+    sender: _builtins.str
+    """Who speaks: "" the bot; "agent" a person in the inbox; "handoff" the handoff service's notices.
+    While a person has the conversation, egress skips the bot's commands (humans win).
+    """
+    agent: _builtins.str
+    """the agent's email, when sender is "agent" """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -62,6 +70,8 @@ class OutboundCommand(_message.Message):
         turn_id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         reply_to_wamid: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        agent: _builtins.str = ...,
         text: Global___OutText | None = ...,
         interactive: Global___OutInteractive | None = ...,
         template: Global___OutTemplate | None = ...,
@@ -69,7 +79,7 @@ class OutboundCommand(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "created_at", b"created_at", "interactive", b"interactive", "mark_read", b"mark_read", "template", b"template", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_id", b"command_id", "contact", b"contact", "created_at", b"created_at", "interactive", b"interactive", "mark_read", b"mark_read", "reply_to_wamid", b"reply_to_wamid", "template", b"template", "tenant", b"tenant", "text", b"text", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "body", b"body", "command_id", b"command_id", "contact", b"contact", "created_at", b"created_at", "interactive", b"interactive", "mark_read", b"mark_read", "reply_to_wamid", b"reply_to_wamid", "sender", b"sender", "template", b"template", "tenant", b"tenant", "text", b"text", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["text", "interactive", "template", "mark_read"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
