@@ -223,3 +223,55 @@ FAQ_ANSWERS = Counter(
     "Turns the faq responder handled, by outcome (answered, below_threshold, no_knowledge, no_text, unavailable).",
     ["tenant", "outcome"],
 )
+
+# Handoff service: conversations with a person, and the agents' inbox.
+WAIT_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+HANDOFFS = Counter(
+    "zapflow_handoffs_total",
+    "Conversations handed to a person, by reason (customer_asked, rule, llm, faq_misses, responder_failures,"
+    " agent_took).",
+    ["tenant", "reason"],
+)
+HANDOFF_QUEUE = Gauge(
+    "zapflow_handoff_queue_length",
+    "Conversations waiting in the tenant's queue for an agent.",
+    ["tenant"],
+)
+HANDOFF_OLDEST_WAIT = Gauge(
+    "zapflow_handoff_oldest_wait_seconds",
+    "How long the oldest conversation in the tenant's queue has waited (0: none waits).",
+    ["tenant"],
+)
+HANDOFF_FIRST_REPLY_SECONDS = Histogram(
+    "zapflow_handoff_first_reply_seconds",
+    "From the handoff to the first agent reply.",
+    ["tenant"],
+    buckets=WAIT_BUCKETS,
+)
+HANDOFF_RESOLVE_SECONDS = Histogram(
+    "zapflow_handoff_resolve_seconds",
+    "From the handoff to its end (resolved by an agent, or timed out back to the bot).",
+    ["tenant", "resolution"],
+    buckets=WAIT_BUCKETS,
+)
+HANDOFF_FORWARDED = Counter(
+    "zapflow_handoff_forwarded_messages_total",
+    "Customer messages forwarded to a person instead of being answered by the bot.",
+    ["tenant"],
+)
+HANDOFF_AGENT_MESSAGES = Counter(
+    "zapflow_handoff_agent_messages_total",
+    "Messages agents sent, by kind (text, template) and outcome (queued, refused_window).",
+    ["tenant", "kind", "outcome"],
+)
+HANDOFF_NOTIFICATIONS = Counter(
+    "zapflow_handoff_notifications_total",
+    "Deliveries to the tenants' agent webhooks, by result (delivered, failed: retried later, dead_lettered:"
+    " given up after the last attempt).",
+    ["tenant", "result"],
+)
+AGENTS_ONLINE = Gauge(
+    "zapflow_handoff_agents_online",
+    "Agents with an inbox open (a heartbeat within the presence window).",
+    ["tenant"],
+)
