@@ -23,6 +23,8 @@ from zapflow.conversation.responder import Responder
 from zapflow.conversation.settings import ConversationSettings
 from zapflow.gateway.app import GATEWAY
 from zapflow.gateway.settings import GatewaySettings
+from zapflow.handoff.app import HANDOFF
+from zapflow.handoff.settings import HandoffSettings
 from zapflow.knowledge.app import EMBEDDING
 from zapflow.knowledge.messages import ErrorReply, SearchReply, SearchRequest
 from zapflow.knowledge.settings import EmbeddingSettings
@@ -57,6 +59,8 @@ class Platform:
     gateway: httpx.AsyncClient
     registry: TenantRegistry
     tenant: BotTenant
+    # The handoff service's base URL, when the test asked for it (`handoff=`).
+    handoff_url: str = ""
 
     @property
     def number(self) -> str:
@@ -142,9 +146,14 @@ async def running_platform(
     spec: dict[str, Any] | None = None,
     record: bool = False,
     embedding: dict[str, Any] | None = None,
+    handoff: dict[str, Any] | None = None,
     **bot: Any,
 ) -> AsyncIterator[Platform]:
-    """`embedding`: run the embedding service too, with these EmbeddingSettings (`{}`: the defaults)."""
+    """`embedding`, `handoff`: run that service too, with these settings (`{}`: the defaults).
+
+    The handoff service needs a migrated database (`core.database_url`) and records nothing itself:
+    run it with `record=True` so that the recorder writes the messages its transcripts show.
+    """
     gateway_port = free_port()
     sandbox = SandboxSettings(webhook_url=f"http://127.0.0.1:{gateway_port}/webhook/whatsapp", statuses="delivered")
     async with serve(create_app(sandbox_service(sandbox), sandbox)) as sandbox_url:
@@ -161,5 +170,8 @@ async def running_platform(
                 serve(create_app(EMBEDDING, EmbeddingSettings(core=core, **embedding)))
                 if embedding is not None
                 else contextlib.nullcontext(""),
+                serve(create_app(HANDOFF, HandoffSettings(core=core, **handoff)))
+                if handoff is not None
+                else contextlib.nullcontext("") as handoff_url,
             ):
-                yield Platform(sandbox_client, gateway_client, registry, tenant)
+                yield Platform(sandbox_client, gateway_client, registry, tenant, handoff_url)

@@ -145,14 +145,15 @@ class Engine:
         self, tenant: BotTenant, keys: ContactKeys, pending: PendingTurn, closed_at: float, closed_stamp: Timestamp
     ) -> Answered | None:
         """Publish the turn's replies and its event; None when the turn was answered before."""
-        if await self._state.was_answered(keys, pending.turn_id):
+        prior = await self._state.before_answering(keys, pending.turn_id)
+        if prior.answered:
             metrics.DUPLICATES_DROPPED.labels(keys.tenant, "turn_key").inc()
             return None
         subject = catalogue.outbound_subject(keys.tenant, keys.contact)
         messages = planning.to_answer(pending)
         answer, streaks, event = planning.SILENT, None, None
         if messages:
-            owner, streaks = await self._state.handling(keys)
+            owner, streaks = prior.owner, prior.streaks
             ask = None
             if owner is None:
                 ask = handoff.asked_by_customer(tenant.spec.handoff, messages)

@@ -145,6 +145,15 @@ class Answered:
     streaks: Streaks | None = None
 
 
+@dataclass(frozen=True)
+class Prior:
+    """What a turn reads before it answers."""
+
+    answered: bool
+    owner: str | None  # None: the bot answers
+    streaks: Streaks
+
+
 # The conversation hash's fields of the handoff streaks.
 FAQ_MISSES_FIELD = "faq_misses"
 FAILURES_FIELD = "failures"
@@ -226,13 +235,16 @@ class TurnState:
 
     # --- who has the conversation: the bot, or a person (the owner key) ---
 
-    async def handling(self, keys: ContactKeys) -> tuple[str | None, Streaks]:
-        """The owner key (None: the bot answers) and the handoff streaks, in one round trip."""
+    async def before_answering(self, keys: ContactKeys, turn_id: str) -> Prior:
+        """Whether the turn was answered already, who has the conversation, and the handoff streaks: one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.turn(turn_id))
             pipe.get(keys.owner)
             pipe.hmget(keys.conversation, [FAQ_MISSES_FIELD, FAILURES_FIELD])
-            owner, (misses, failures) = await pipe.execute()
-        return (str(owner) if owner is not None else None), Streaks(int(misses or 0), int(failures or 0))
+            answered, owner, (misses, failures) = await pipe.execute()
+        return Prior(
+            bool(answered), str(owner) if owner is not None else None, Streaks(int(misses or 0), int(failures or 0))
+        )
 
     async def owner(self, keys: ContactKeys) -> str | None:
         owner = await self._redis.get(keys.owner)
@@ -248,9 +260,6 @@ class TurnState:
 
     async def begin(self, keys: ContactKeys, turn: PendingTurn, ttl_s: int) -> None:
         await self._redis.set(keys.inflight, InFlight.of(turn).dump(), ex=ttl_s)
-
-    async def was_answered(self, keys: ContactKeys, turn_id: str) -> bool:
-        return bool(await self._redis.exists(keys.turn(turn_id)))
 
     async def settle(
         self,

@@ -302,7 +302,7 @@ async def chat_events(
     async def stream() -> AsyncIterator[ServerSentEvent]:
         # Subscribed inside the generator so that the subscription ends with the stream,
         # and "ready" tells the client nothing sent from now on can be missed.
-        with services.hub.subscribe(number.phone_number_id, wa_id) as queue:
+        with services.hub.subscribe((number.phone_number_id, wa_id)) as queue:
             yield ServerSentEvent(event="ready", data=json.dumps({"wa_id": wa_id, **number.public()}))
             while True:
                 event = await queue.get()

@@ -110,7 +110,7 @@ class GraphEmulator:
             timestamp=time.time(),
         )
         self._recorder.record_message(message)
-        self._hub.publish(number.phone_number_id, message.to, ChatEvent("message", message.as_dict()))
+        self._hub.publish((number.phone_number_id, message.to), ChatEvent("message", message.as_dict()))
         self._statuses.start(number, message, request.biz_opaque_callback_data)
         log.info(
             "message accepted",
@@ -135,8 +135,8 @@ class GraphEmulator:
         origin = self._recorder.inbound_origin(request.message_id)
         if origin is not None and origin.phone_number_id == number.phone_number_id:
             data = {"message_id": request.message_id}
-            self._hub.publish(origin.phone_number_id, origin.wa_id, ChatEvent("read", data))
+            self._hub.publish((origin.phone_number_id, origin.wa_id), ChatEvent("read", data))
             if request.typing_indicator is not None:
-                self._hub.publish(origin.phone_number_id, origin.wa_id, ChatEvent("typing", data))
+                self._hub.publish((origin.phone_number_id, origin.wa_id), ChatEvent("typing", data))
         log.info("marked as read", tenant=number.tenant, typing=request.typing_indicator is not None)
         return {"success": True}

@@ -1,0 +1,1 @@
+"""The handoff service: conversations with a person, the agents\x27 queue and inbox (docs/handoff.md)."""
