@@ -679,9 +679,13 @@ class Desk:
         async with self._redis.pipeline(transaction=False) as pipe:
             for row in rows:
                 pipe.set(keys.ContactKeys(row.tenant, row.contact).owner, row.request_id, nx=True)
-            restored = sum(1 for result in await pipe.execute() if result)
+            restored = [row for row, result in zip(rows, await pipe.execute(), strict=True) if result]
+        for row in restored:
+            # Resolved or erased between the read and the write: the key must not outlive the handoff.
+            if await self.current(row.tenant, row.contact) is None:
+                await self._redis.delete(keys.ContactKeys(row.tenant, row.contact).owner)
         if restored:
-            log.warning("owner keys restored from the store (Redis lost them)", count=restored)
+            log.warning("owner keys restored from the store (Redis lost them)", count=len(restored))
 
     async def _time_out(self, tenant: BotTenant, now: datetime) -> None:
         spec = tenant.spec.handoff
@@ -712,7 +716,10 @@ class Desk:
                     await self._activity(after, "timeout")
                     await self._notify(tenant, after, "timeout", f"{summary.id}:timeout:{now.timestamp():.0f}")
             elif spec.on_inactivity == "bot":
-                await self._close(tenant, summary, SYSTEM, "timeout", None, idle_before=cutoff)
+                try:
+                    await self._close(tenant, summary, SYSTEM, "timeout", None, idle_before=cutoff)
+                except DeskError:
+                    continue  # someone wrote or resolved it meanwhile
                 await self._notify(tenant, summary, "timeout", f"{summary.id}:timeout")
 
     async def _refresh_gauges(self, now: datetime) -> None:

@@ -69,7 +69,8 @@ class Jobs:
             return 0
         deleted = 0
         with open_warehouse(self._warehouse) as warehouse:
-            tenants = [row[0] for row in warehouse.execute("SELECT DISTINCT tenant FROM sessions").fetchall()]
+            known = warehouse.execute("SELECT tenant FROM sessions UNION SELECT tenant FROM handoffs").fetchall()
+            tenants = [row[0] for row in known]
             for tenant in tenants:
                 cutoff = now - timedelta(days=self._data_of(tenant).analytics_retention_days)
                 deleted += delete_sessions_opened_before(warehouse, tenant, cutoff.replace(tzinfo=None))

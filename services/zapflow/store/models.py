@@ -306,6 +306,8 @@ class Handoff(Base):
         Index("ix_handoffs_tenant_contact_requested_at", "tenant", "contact", "requested_at"),
         Index("ix_handoffs_tenant_agent_status", "tenant", "agent", "status"),
         Index("ix_handoffs_status_last_activity_at", "status", "last_activity_at"),
+        # Retention and the analytics archive: resolved handoffs by when they were resolved.
+        Index("ix_handoffs_status_resolved_at", "status", "resolved_at"),
     )
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)

@@ -73,6 +73,7 @@ def upgrade() -> None:
     op.create_index("ix_handoffs_tenant_contact_requested_at", "handoffs", ["tenant", "contact", "requested_at"])
     op.create_index("ix_handoffs_tenant_agent_status", "handoffs", ["tenant", "agent", "status"])
     op.create_index("ix_handoffs_status_last_activity_at", "handoffs", ["status", "last_activity_at"])
+    op.create_index("ix_handoffs_status_resolved_at", "handoffs", ["status", "resolved_at"])
 
     op.create_table(
         "handoff_events",
