@@ -158,7 +158,7 @@ class Accounts:
         redis = self._sessions()
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(key)
-            pipe.expire(key, self._session_idle_s, xx=True)
+            pipe.expire(key, self._session_idle_s)  # a missing key stays missing (XX is Redis 7+)
             fields, _ = await pipe.execute()
         if not fields or "email" not in fields:
             return None
