@@ -15,10 +15,17 @@ report of those three days must leave out:
   turn without a latency.
 - outside: acme session 4 opened 02-28 23:00 with a message and a prices turn (5 ms) that day
   (its reply at 03-01 00:10 and a turn at 00:09 belong to 03-01); acme session 5 on 03-04.
+
+Handoffs (seconds from the request to an agent, to the first agent message, to resolved):
+- acme 03-01: customer_asked 60 / 120 / 1080 (asked at 23:52, resolved the next day: it counts on
+  03-01), llm 30 / 300 / 600, customer_asked never given to an agent and timed out at 1800.
+- bolt 03-02: agent_took 0 / 20 / 100.
+- outside: acme rule 02-28 23:10 (10 / 40 / 400), acme customer_asked 03-04.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -73,6 +80,28 @@ def turn(
     tenant: str, session_id: int, turn_id: str, at: str, outcome: str, rule: str | None, latency_ms: int | None
 ) -> tuple[object, ...]:
     return (tenant, session_id, turn_id, f"contact-{session_id}", "rules", outcome, rule, latency_ms, 0, 0, 1, at, at)
+
+
+def handoff(
+    tenant: str,
+    handoff_id: int,
+    session_id: int | None,
+    reason: str,
+    requested_at: str,
+    to_agent_s: float | None,
+    first_reply_s: float | None,
+    resolve_s: float,
+) -> tuple[object, ...]:
+    asked = dt.datetime.fromisoformat(requested_at)
+
+    def after(seconds: float | None) -> dt.datetime | None:
+        return None if seconds is None else asked + dt.timedelta(seconds=seconds)
+
+    resolution = "agent" if first_reply_s is not None else "timeout"
+    contact = f"contact-{session_id}"
+    times = (asked, after(to_agent_s), after(first_reply_s), after(resolve_s))
+    seconds = (to_agent_s, first_reply_s, resolve_s)
+    return (tenant, handoff_id, session_id, contact, reason, 0, ["billing"], *times, resolution, *seconds, CLOSED_AT)
 
 
 SESSIONS = [
@@ -142,13 +171,23 @@ TURNS = [
 ]
 
 
+HANDOFFS = [
+    handoff("acme", 40, 4, "rule", "2026-02-28 23:10:00", 10, 40, 400),
+    handoff("acme", 1, 2, "customer_asked", "2026-03-01 23:52:00", 60, 120, 1080),
+    handoff("acme", 2, 1, "llm", "2026-03-01 09:05:00", 30, 300, 600),
+    handoff("acme", 3, 1, "customer_asked", "2026-03-01 10:30:00", None, None, 1800),
+    handoff("acme", 50, 5, "customer_asked", "2026-03-04 08:01:00", 5, 10, 50),
+    handoff("bolt", 101, 101, "agent_took", "2026-03-02 12:00:30", 0, 20, 100),
+]
+
+
 @pytest.fixture(scope="session")
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The analytics file above; reports only read it, so the tests share one."""
     path = tmp_path_factory.mktemp("analytics") / "analytics.duckdb"
     connection = open_warehouse(path)
     try:
-        for table, rows in (("sessions", SESSIONS), ("messages", MESSAGES), ("turns", TURNS)):
+        for table, rows in (("sessions", SESSIONS), ("messages", MESSAGES), ("turns", TURNS), ("handoffs", HANDOFFS)):
             placeholders = ", ".join("?" * len(rows[0]))
             connection.executemany(f"INSERT INTO {table} VALUES ({placeholders})", rows)  # noqa: S608 - our tables
     finally:

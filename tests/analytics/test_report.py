@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
+from tests.analytics.conftest import SESSIONS
 from zapflow.analytics.plot import plot_report
-from zapflow.analytics.report import Period, ReportError, ReportRow, RuleCount, build_report, report_period
+from zapflow.analytics.report import (
+    Period,
+    ReasonCount,
+    ReportError,
+    ReportRow,
+    RuleCount,
+    build_report,
+    report_period,
+)
 from zapflow.analytics.warehouse import WarehouseError, open_warehouse
 
 MARCH_1, MARCH_2, MARCH_3 = dt.date(2026, 3, 1), dt.date(2026, 3, 2), dt.date(2026, 3, 3)
@@ -29,6 +38,12 @@ ACME_MARCH_1 = ReportRow(
     delivery_rate=0.75,
     read_rate=0.5,
     top_rules=(RuleCount("menu", 2), RuleCount("prices", 2), RuleCount("hours", 1)),  # zebra 1 loses on its name
+    handoffs=3,
+    handoff_reasons=(ReasonCount("customer_asked", 2), ReasonCount("llm", 1)),
+    handoff_to_agent_p50_s=45.0,  # between 30 and 60; the third was never given to an agent
+    handoff_first_reply_p50_s=210.0,  # between 120 and 300
+    handoff_resolve_p50_s=1080.0,  # of 600, 1080, 1800
+    handoffs_unanswered=1,
 )
 ACME_MARCH_2 = ReportRow(
     tenant="acme",
@@ -44,6 +59,12 @@ ACME_MARCH_2 = ReportRow(
     delivery_rate=0.5,
     read_rate=0.0,
     top_rules=(RuleCount("prices", 1),),
+    handoffs=0,
+    handoff_reasons=(),
+    handoff_to_agent_p50_s=None,
+    handoff_first_reply_p50_s=None,
+    handoff_resolve_p50_s=None,
+    handoffs_unanswered=0,
 )
 ACME_MARCH_3 = ReportRow(
     tenant="acme",
@@ -59,6 +80,12 @@ ACME_MARCH_3 = ReportRow(
     delivery_rate=None,
     read_rate=None,
     top_rules=(),
+    handoffs=0,
+    handoff_reasons=(),
+    handoff_to_agent_p50_s=None,
+    handoff_first_reply_p50_s=None,
+    handoff_resolve_p50_s=None,
+    handoffs_unanswered=0,
 )
 BOLT_MARCH_1 = ReportRow(
     tenant="bolt",
@@ -74,6 +101,12 @@ BOLT_MARCH_1 = ReportRow(
     delivery_rate=None,
     read_rate=None,
     top_rules=(),
+    handoffs=0,
+    handoff_reasons=(),
+    handoff_to_agent_p50_s=None,
+    handoff_first_reply_p50_s=None,
+    handoff_resolve_p50_s=None,
+    handoffs_unanswered=0,
 )
 BOLT_MARCH_2 = ReportRow(
     tenant="bolt",
@@ -89,6 +122,12 @@ BOLT_MARCH_2 = ReportRow(
     delivery_rate=1.0,
     read_rate=1.0,
     top_rules=(),
+    handoffs=1,
+    handoff_reasons=(ReasonCount("agent_took", 1),),
+    handoff_to_agent_p50_s=0.0,
+    handoff_first_reply_p50_s=20.0,
+    handoff_resolve_p50_s=100.0,
+    handoffs_unanswered=0,
 )
 BOLT_MARCH_3 = ReportRow(
     tenant="bolt",
@@ -104,6 +143,12 @@ BOLT_MARCH_3 = ReportRow(
     delivery_rate=0.0,
     read_rate=0.0,
     top_rules=(RuleCount("prices", 1),),
+    handoffs=0,
+    handoff_reasons=(),
+    handoff_to_agent_p50_s=None,
+    handoff_first_reply_p50_s=None,
+    handoff_resolve_p50_s=None,
+    handoffs_unanswered=0,
 )
 
 
@@ -151,6 +196,12 @@ def test_a_tenant_without_activity_in_the_range_has_no_rows(warehouse: Path) -> 
             delivery_rate=None,
             read_rate=None,
             top_rules=(RuleCount("prices", 1),),
+            handoffs=1,
+            handoff_reasons=(ReasonCount("rule", 1),),
+            handoff_to_agent_p50_s=10.0,
+            handoff_first_reply_p50_s=40.0,
+            handoff_resolve_p50_s=400.0,
+            handoffs_unanswered=0,
         )
     ]
 
@@ -162,6 +213,20 @@ def test_a_file_without_the_tables_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(WarehouseError, match=r"^cannot read the analytics tables: .*turns[^\n]*$"):
         build_report(connection, THREE_DAYS)
     connection.close()
+
+
+def test_a_file_written_before_handoffs_were_archived_reports_none(tmp_path: Path) -> None:
+    path = tmp_path / "older.duckdb"
+    with open_warehouse(path) as older:  # as an older zapflow left it: no handoffs table
+        older.execute("DROP TABLE handoffs")
+        older.execute("DROP TABLE archive_progress")
+        older.executemany(f"INSERT INTO sessions VALUES ({', '.join('?' * len(SESSIONS[0]))})", SESSIONS)  # noqa: S608
+
+    rows = report(path, Period(MARCH_2, MARCH_2), "bolt")
+
+    assert [(row.conversations, row.handoff_rate, row.handoffs) for row in rows] == [(1, 1.0, 0)]
+    with open_warehouse(path) as writer:  # the next job that writes adds the table
+        assert writer.execute("SELECT count(*) FROM handoffs").fetchone() == (0,)
 
 
 TODAY = dt.date(2026, 3, 31)

@@ -28,10 +28,12 @@ def test_csv(warehouse: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
         "tenant,day,conversations,messages_in,messages_out,turns,response_p50_ms,response_p95_ms,"
-        "fallback_rate,handoff_rate,delivery_rate,read_rate,top_rules\n"
-        "bolt,2026-03-01,0,0,0,0,,,,,,,\n"
-        "bolt,2026-03-02,1,1,1,1,40.0,40.0,0.0,1.0,1.0,1.0,\n"
-        "bolt,2026-03-03,1,2,1,2,70.0,70.0,0.5,0.0,0.0,0.0,prices:1\n"
+        "fallback_rate,handoff_rate,delivery_rate,read_rate,top_rules,"
+        "handoffs,handoff_reasons,handoff_to_agent_p50_s,handoff_first_reply_p50_s,handoff_resolve_p50_s,"
+        "handoffs_unanswered\n"
+        "bolt,2026-03-01,0,0,0,0,,,,,,,,0,,,,,0\n"
+        "bolt,2026-03-02,1,1,1,1,40.0,40.0,0.0,1.0,1.0,1.0,,1,agent_took:1,0.0,20.0,100.0,0\n"
+        "bolt,2026-03-03,1,2,1,2,70.0,70.0,0.5,0.0,0.0,0.0,prices:1,0,,,,,0\n"
     )
 
 
@@ -61,6 +63,12 @@ def test_json(warehouse: Path) -> None:
         "delivery_rate": 0.75,
         "read_rate": 0.5,
         "top_rules": [{"rule": "menu", "count": 2}, {"rule": "prices", "count": 2}, {"rule": "hours", "count": 1}],
+        "handoffs": 3,
+        "handoff_reasons": [{"reason": "customer_asked", "count": 2}, {"reason": "llm", "count": 1}],
+        "handoff_to_agent_p50_s": 45.0,
+        "handoff_first_reply_p50_s": 210.0,
+        "handoff_resolve_p50_s": 1080.0,
+        "handoffs_unanswered": 1,
     }
     assert rows[2] == {
         "tenant": "acme",
@@ -76,6 +84,12 @@ def test_json(warehouse: Path) -> None:
         "delivery_rate": None,
         "read_rate": None,
         "top_rules": [],
+        "handoffs": 0,
+        "handoff_reasons": [],
+        "handoff_to_agent_p50_s": None,
+        "handoff_first_reply_p50_s": None,
+        "handoff_resolve_p50_s": None,
+        "handoffs_unanswered": 0,
     }
 
 
@@ -88,6 +102,21 @@ def test_table_is_the_default_and_the_path_comes_from_the_environment(warehouse:
                      "menu 2, prices 2, hours 1"]  # fmt: skip
     bolt_march_1 = next(line for line in result.stdout.splitlines() if "bolt" in line and "2026-03-01" in line)
     assert [cell.strip() for cell in bolt_march_1.strip("│ ").split("│")][2:12] == ["0"] * 4 + ["-"] * 6
+
+
+def test_the_handoffs_table_lists_the_days_with_handoffs_and_fits_100_columns(warehouse: Path) -> None:
+    result = run_zapflow({**os.environ, "COLUMNS": "100"}, "report", "--analytics", str(warehouse), *THREE_DAYS)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    handoffs = lines[next(i for i, line in enumerate(lines) if line.strip().startswith("handoffs by the day")) :]
+    rows = [[cell.strip() for cell in line.strip()[1:-1].split("│")] for line in handoffs if line.startswith("│")]
+    # Each row's cells, a reasons cell that wraps continuing on the next line.
+    assert rows == [
+        ["acme", "2026-03-01", "3", "45s", "3m30s", "18m00s", "1", "customer_asked 2,"],
+        ["", "", "", "", "", "", "", "llm 1"],
+        ["bolt", "2026-03-02", "1", "0s", "20s", "1m40s", "0", "agent_took 1"],
+    ]
 
 
 def test_no_data_is_said_not_an_empty_table(warehouse: Path) -> None:

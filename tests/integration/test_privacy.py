@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.analytics.handoffs import add_handoff
 from tests.support import meta
 from tests.support.cli import declare_streams, run_zapflow
 from tests.support.dead_letters import file_webhook_part
@@ -26,6 +27,8 @@ from tests.support.http import serve
 from tests.support.platform import Platform, eventually, running_platform
 from tests.support.servers import ManagedServer, free_port
 from tests.support.tenants import secret
+from zapflow.analytics.archive import Archiver
+from zapflow.analytics.warehouse import open_warehouse
 from zapflow.platform import bus, catalogue
 from zapflow.platform.keys import ContactKeys
 from zapflow.platform.service import create_app
@@ -37,7 +40,7 @@ from zapflow.scheduler.jobs import Jobs
 from zapflow.scheduler.leader import Scheduler
 from zapflow.scheduler.settings import SchedulerSettings
 from zapflow.store.engine import create_engine
-from zapflow.store.models import Erasure, Message
+from zapflow.store.models import Erasure, Handoff, HandoffEvent, Message
 from zapflow.tenants.registry import TenantRegistry
 
 FORGOTTEN = "5511966660001"
@@ -324,3 +327,42 @@ async def test_an_erasure_erases_the_unattributed_dead_letters_that_name_the_con
 
     assert [await stored(seq) for seq in erased] == [False] * len(erased)
     assert [await stored(seq) for seq in kept] == [True] * len(kept)
+
+
+async def test_an_erasure_removes_the_contacts_handoffs_and_notes_and_unlinks_their_figures(
+    core: CoreSettings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    await bus.ensure_streams(js, catalogue.ALL_STREAMS)
+    redis = Redis.from_url(core.redis_url, decode_responses=True)
+    engine = create_engine(core.database_url)
+    warehouse = tmp_path / "analytics.duckdb"
+    try:
+        await add_handoff(engine, FORGOTTEN, requested=0, assigned=5, first_reply=9, resolved=60, note="owes 300")
+        await add_handoff(engine, FORGOTTEN, requested=120, assigned=125, note="call back at five")  # still open
+        await add_handoff(engine, KEPT, requested=0, assigned=5, resolved=60, note="prefers Spanish")
+        await redis.set(ContactKeys("acme", FORGOTTEN).owner, "turn-1")  # the open handoff's owner key
+        assert await Archiver(engine, warehouse, "secret").archive_resolved_handoffs() == 2
+
+        record = await Eraser(engine, redis, js, warehouse, "secret").erase("acme", FORGOTTEN, "cli")
+
+        async with engine.connect() as conn:
+            handoffs = list(await conn.scalars(select(Handoff.contact)))
+            events = (await conn.execute(select(HandoffEvent.contact, HandoffEvent.text))).all()
+        assert await redis.exists(ContactKeys("acme", FORGOTTEN).owner) == 0
+    finally:
+        await engine.dispose()
+        await redis.aclose()
+
+    # Both handoffs, open or not, with their timelines: requested, assigned, reply, note, resolved;
+    # requested, assigned, note.
+    assert {table: record.summary["sql"]["rows"][table] for table in ("handoffs", "handoff_events")} == {
+        "handoffs": 2,
+        "handoff_events": 5 + 3,
+    }
+    assert handoffs == [KEPT]
+    assert {contact for contact, _ in events} == {KEPT}
+    assert [text for _, text in events if text] == ["prefers Spanish"]
+    assert record.summary["analytics"]["handoffs"] == 1
+    with open_warehouse(warehouse, read_only=True) as analytics:
+        keys = [row[0] for row in analytics.execute("SELECT contact_key FROM handoffs ORDER BY contact_key").fetchall()]
+    assert keys[0] == f"erased:{record.id}" and not keys[1].startswith("erased:")

@@ -7,14 +7,17 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.analytics.handoffs import add_handoff
 from tests.store.conversations import ALICE, BOB, exchange
 from tests.store.events import T0, at, status
 from zapflow.store.lifecycle import close_idle_conversations, delete_expired_conversations, erase_contact
 from zapflow.store.models import (
+    HANDOFF_RESOLVED,
     Base,
     Contact,
     Conversation,
     Handoff,
+    HandoffEvent,
     Message,
     MessageStatus,
     Turn,
@@ -69,18 +72,24 @@ async def test_idle_conversations_close_at_their_last_message_each_tenant_on_its
     assert closed_at == at(2)  # the bot's answer; the delivery status at +4 s is not a message
 
 
-async def test_a_conversation_with_a_human_on_it_stays_open(store: ConversationStore, engine: AsyncEngine) -> None:
+async def test_a_conversation_with_a_human_on_it_stays_open_until_the_handoff_is_resolved(
+    store: ConversationStore, engine: AsyncEngine
+) -> None:
     await exchange(store, "a", 0)
-    async with engine.begin() as conn:
-        conversation_id = await conn.scalar(select(Conversation.id))
-        await conn.execute(
-            Handoff.__table__.insert().values(
-                tenant="acme", contact=ALICE, conversation_id=conversation_id, requested_at=at(1), status="accepted"
-            )
-        )
+    await exchange(store, "b", 0, contact=BOB)
+    # Neither knows its conversation (asked for before the store had it): the contact is what counts.
+    waiting = await add_handoff(engine, ALICE, requested=1)
+    await add_handoff(engine, BOB, requested=1, assigned=5)
 
     assert await close_idle_conversations(engine, lambda _: data(), at(3600)) == 0
-    assert await conversations(engine) == [("acme", ALICE, "open")]
+    assert await conversations(engine) == [("acme", ALICE, "open"), ("acme", BOB, "open")]
+
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(Handoff).where(Handoff.id == waiting).values(status=HANDOFF_RESOLVED, resolved_at=at(60))
+        )
+    assert await close_idle_conversations(engine, lambda _: data(), at(3600)) == 1
+    assert await conversations(engine) == [("acme", ALICE, "closed"), ("acme", BOB, "open")]
 
 
 async def test_the_next_message_after_closing_opens_a_new_conversation(
@@ -110,6 +119,7 @@ async def test_retention_deletes_archived_conversations_past_their_tenants_days(
         "message_statuses": 1,
         "messages": 2,
         "turns": 1,
+        "handoff_events": 0,
         "handoffs": 0,
         "conversations": 1,
         "contacts": 1,
@@ -126,8 +136,35 @@ async def test_retention_drops_statuses_of_messages_never_recorded(
 
     deleted = await delete_expired_conversations(engine, lambda _: data(retention_days=1), T0 + timedelta(days=2))
 
-    assert deleted.rows == {"message_statuses": 1, "contacts": 1}
+    assert deleted.rows == {"handoff_events": 0, "handoffs": 0, "message_statuses": 1, "contacts": 1}
     assert await count(engine, MessageStatus) == 0
+
+
+async def test_retention_deletes_handoffs_resolved_past_their_tenants_days_and_never_an_open_one(
+    store: ConversationStore, engine: AsyncEngine
+) -> None:
+    day = 24 * 3600
+    expired = await add_handoff(engine, ALICE, requested=0, assigned=60, first_reply=90, resolved=600, note="VIP")
+    await add_handoff(engine, ALICE, requested=0, resolved=29 * day)  # resolved within the 30 days: stays
+    await add_handoff(engine, BOB, requested=0, assigned=60)  # open (assigned) for a month: stays
+    await add_handoff(engine, "5511900000003", requested=0)  # waiting for a month: stays
+    await add_handoff(engine, ALICE, tenant="globex", requested=0, resolved=600)  # globex keeps a year
+    retention = {"acme": data(retention_days=30), "globex": data(retention_days=365)}
+
+    deleted = await delete_expired_conversations(engine, retention.__getitem__, T0 + timedelta(days=31))
+
+    # Its whole timeline: requested, assigned, reply, note, resolved.
+    assert (deleted.rows["handoffs"], deleted.rows["handoff_events"]) == (1, 5)
+    async with engine.connect() as conn:
+        left = await conn.execute(select(Handoff.tenant, Handoff.contact, Handoff.status).order_by(Handoff.id))
+        assert [tuple(row) for row in left] == [
+            ("acme", ALICE, "resolved"),
+            ("acme", BOB, "assigned"),
+            ("acme", "5511900000003", "waiting"),
+            ("globex", ALICE, "resolved"),
+        ]
+        assert await conn.scalar(select(func.count()).where(HandoffEvent.handoff_id == expired)) == 0
+    assert await count(engine, HandoffEvent) == 2 + 2 + 1 + 2
 
 
 async def test_erasing_a_contact_deletes_its_rows_and_nobody_elses(
@@ -139,6 +176,10 @@ async def test_erasing_a_contact_deletes_its_rows_and_nobody_elses(
     await store.record_status(status("wamid.never-sent", "failed", seconds=1, contact=ALICE))
     await exchange(store, "b", 0, contact=BOB)
     await exchange(store, "g", 0, tenant="globex", contact=ALICE)
+    await add_handoff(engine, ALICE, requested=0, assigned=5, first_reply=9, resolved=60, note="angry about billing")
+    await add_handoff(engine, ALICE, requested=7200, assigned=7205, note="call back tomorrow")  # open: goes too
+    await add_handoff(engine, BOB, requested=0, assigned=5, note="Bob's note")
+    await add_handoff(engine, ALICE, tenant="globex", requested=0, note="another tenant's")
 
     deleted = await erase_contact(engine, "acme", ALICE)
 
@@ -146,11 +187,12 @@ async def test_erasing_a_contact_deletes_its_rows_and_nobody_elses(
         "message_statuses": 3,
         "messages": 4,
         "turns": 2,
-        "handoffs": 0,
         "conversations": 2,
+        "handoff_events": 5 + 3,
+        "handoffs": 2,
         "contacts": 1,
     }
-    for model in (Contact, Conversation, Message, MessageStatus, Turn):
+    for model in (Contact, Conversation, Message, MessageStatus, Turn, Handoff, HandoffEvent):
         column = "wa_id" if model is Contact else "contact"
         assert await count(engine, model, tenant="acme", **{column: ALICE}) == 0
         assert await count(engine, model, tenant="acme", **{column: BOB}) > 0

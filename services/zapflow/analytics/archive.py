@@ -1,6 +1,6 @@
-"""Archives closed conversations from the relational store into the analytics file.
+"""Archives closed conversations and resolved handoffs from the relational store into the analytics file.
 
-The job is idempotent and all-or-nothing per batch of sessions:
+Sessions: the job is idempotent and all-or-nothing per batch of sessions:
 
 1. it reads a batch of closed, unarchived conversations and their messages and turns from SQL;
 2. in ONE DuckDB transaction it deletes whatever rows those sessions already have in the
@@ -9,8 +9,16 @@ The job is idempotent and all-or-nothing per batch of sessions:
 3. it then marks the conversations archived in SQL.
 
 A job killed between 2 and 3 archives the same sessions again next time, and the delete-then-
-insert leaves one row set, not two. Only figures cross over: types, statuses, times, outcomes
-and pseudonyms, never a message's text or a phone number.
+insert leaves one row set, not two.
+
+Handoffs have no archived mark in SQL: the warehouse keeps how far it has got instead (the latest
+`resolved_at` copied, in `archive_progress`, committed with the rows). Each run reads the handoffs
+resolved since then, less a margin for resolutions committed late, and replaces them by
+(tenant, handoff id): one row per handoff however often it is read. A handoff is archived once
+resolved, and only then (a resolved handoff no longer changes).
+
+Only figures cross over: types, statuses, times, outcomes and pseudonyms, never a message's
+text, a note, a phone number or an agent.
 """
 
 from __future__ import annotations
@@ -19,22 +27,41 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
-from sqlalchemy import select, update
+from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zapflow.analytics import pseudonym
-from zapflow.analytics.warehouse import TABLES, open_warehouse, transaction
-from zapflow.store.models import CONVERSATION_CLOSED, INBOUND, OUTBOUND, Conversation, Handoff, Message, Turn
+from zapflow.analytics.warehouse import SESSION_TABLES, open_warehouse, transaction
+from zapflow.store.models import (
+    CONVERSATION_CLOSED,
+    HANDOFF_RESOLVED,
+    INBOUND,
+    OUTBOUND,
+    Conversation,
+    Handoff,
+    HandoffEvent,
+    Message,
+    Turn,
+)
 
 # Sessions per DuckDB transaction: big enough that a commit is rare, small enough that a batch
 # of long conversations stays a few megabytes in memory.
 BATCH_SESSIONS = 500
+# Handoffs per DuckDB transaction: a row each, and no messages to carry.
+BATCH_HANDOFFS = 2000
 HANDOFF_OUTCOME = "handoff"
+# A resolution's time is taken before its transaction commits (and by another host's clock): each
+# run reads again this far behind the latest resolution it copied, so one committed late is not
+# skipped. Those read twice are replaced, not duplicated.
+LATE_RESOLUTION = timedelta(minutes=10)
+HANDOFF_PROGRESS = "handoffs"
+# The timeline events that give a handoff to an agent (HandoffEvent's kinds): the first one ends its wait.
+TO_AN_AGENT = ("assigned", "transferred")
 
 MESSAGE_COLUMNS = (
     "tenant",
@@ -79,6 +106,24 @@ SESSION_COLUMNS = (
     "handed_off",
     "archived_at",
 )
+HANDOFF_COLUMNS = (
+    "tenant",
+    "handoff_id",
+    "session_id",
+    "contact_key",
+    "reason",
+    "priority",
+    "labels",
+    "requested_at",
+    "assigned_at",
+    "first_reply_at",
+    "resolved_at",
+    "resolution",
+    "wait_s",
+    "first_reply_s",
+    "resolve_s",
+    "archived_at",
+)
 
 
 @dataclass
@@ -92,7 +137,7 @@ class ArchiveBatch:
 
 
 class Archiver:
-    """Copies closed conversations into the analytics file."""
+    """Copies closed conversations and resolved handoffs into the analytics file."""
 
     def __init__(self, engine: AsyncEngine, warehouse: Path, pseudonym_secret: str) -> None:
         self._engine = engine
@@ -100,17 +145,36 @@ class Archiver:
         self._secret = pseudonym_secret
 
     async def archive_closed(self, now: datetime | None = None, batch_sessions: int = BATCH_SESSIONS) -> int:
-        """Archive every closed conversation not archived yet; returns how many were archived."""
+        """Archive every closed conversation not archived yet, then the resolved handoffs; returns how many sessions."""
         archived = 0
         while True:
             # One archival time per batch: the warehouse's archived_at and SQL's agree.
             at = now or datetime.now(UTC)
             batch = await self._read_batch(batch_sessions, at)
             if batch is None:
-                return archived
+                break
             await asyncio.to_thread(self._write, batch)
             await self._mark_archived(batch.session_ids, at)
             archived += sum(len(ids) for ids in batch.session_ids.values())
+        await self.archive_resolved_handoffs(now)
+        return archived
+
+    async def archive_resolved_handoffs(self, now: datetime | None = None, batch_handoffs: int = BATCH_HANDOFFS) -> int:
+        """Copy the handoffs resolved since the last run (and a margin before it); returns how many were copied."""
+        archived_to = await asyncio.to_thread(self._handoffs_archived_to)
+        since = archived_to.replace(tzinfo=UTC) - LATE_RESOLUTION if archived_to is not None else None
+        after: tuple[datetime, int] | None = None
+        copied = 0
+        while True:
+            at = now or datetime.now(UTC)
+            handoffs = await self._read_resolved_handoffs(since, after, batch_handoffs)
+            if not handoffs:
+                return copied
+            await asyncio.to_thread(self._write_handoffs, self._handoff_columns(handoffs, at))
+            copied += len(handoffs)
+            if len(handoffs) < batch_handoffs:
+                return copied
+            after = (handoffs[-1].resolved_at, handoffs[-1].id)
 
     async def _read_batch(self, limit: int, now: datetime) -> ArchiveBatch | None:
         async with self._engine.connect() as conn:
@@ -135,15 +199,7 @@ class Archiver:
                 by_tenant[row.tenant].append(row.id)
             messages = await _rows_of(conn, Message, by_tenant, Message.type.is_not(None))
             turns = await _rows_of(conn, Turn, by_tenant)
-            handoffs = {
-                (row.tenant, row.conversation_id)
-                for tenant, ids in by_tenant.items()
-                for row in await conn.execute(
-                    select(Handoff.tenant, Handoff.conversation_id)
-                    .where(Handoff.tenant == tenant, Handoff.conversation_id.in_(ids))
-                    .group_by(Handoff.tenant, Handoff.conversation_id)
-                )
-            }
+            handoffs = await _handed_off(conn, conversations)
         contact_of = {
             (row.tenant, row.id): pseudonym.contact_pseudonym(self._secret, row.tenant, row.contact)
             for row in conversations
@@ -217,7 +273,7 @@ class Archiver:
         """Replace the batch's sessions in the warehouse, in one transaction."""
         with open_warehouse(self._warehouse) as warehouse, transaction(warehouse):
             for tenant, ids in batch.session_ids.items():
-                for table in TABLES:
+                for table in SESSION_TABLES:
                     warehouse.execute(
                         f"DELETE FROM {table} WHERE tenant = ? AND list_contains(?, session_id)",  # noqa: S608
                         [tenant, ids],
@@ -234,6 +290,130 @@ class Archiver:
                     .where(Conversation.tenant == tenant, Conversation.id.in_(ids))
                     .values(archived_at=now)
                 )
+
+    async def _read_resolved_handoffs(
+        self, since: datetime | None, after: tuple[datetime, int] | None, limit: int
+    ) -> list[Row[Any]]:
+        """Resolved handoffs in order of resolution: from `since`, then past `after` (the last one of a batch)."""
+        first_assigned = (
+            select(func.min(HandoffEvent.at))
+            .where(HandoffEvent.handoff_id == Handoff.id, HandoffEvent.kind.in_(TO_AN_AGENT))
+            .scalar_subquery()
+        )
+        # Without the store's conversation id: the contact's conversation open when it was asked for.
+        during = (
+            select(Conversation.id)
+            .where(
+                Conversation.tenant == Handoff.tenant,
+                Conversation.contact == Handoff.contact,
+                Conversation.opened_at <= Handoff.requested_at,
+                or_(Conversation.closed_at.is_(None), Conversation.closed_at >= Handoff.requested_at),
+            )
+            .order_by(Conversation.opened_at.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = select(
+            Handoff.id,
+            Handoff.tenant,
+            Handoff.contact,
+            func.coalesce(Handoff.conversation_id, during).label("session_id"),
+            Handoff.reason,
+            Handoff.priority,
+            Handoff.labels,
+            Handoff.requested_at,
+            func.coalesce(first_assigned, Handoff.assigned_at).label("assigned_at"),
+            Handoff.first_reply_at,
+            Handoff.resolved_at,
+            Handoff.resolution,
+        ).where(Handoff.status == HANDOFF_RESOLVED, Handoff.resolved_at.is_not(None))
+        if after is not None:
+            last_at, last_id = after
+            query = query.where(
+                or_(Handoff.resolved_at > last_at, and_(Handoff.resolved_at == last_at, Handoff.id > last_id))
+            )
+        elif since is not None:
+            query = query.where(Handoff.resolved_at >= since)
+        async with self._engine.connect() as conn:
+            return list(await conn.execute(query.order_by(Handoff.resolved_at, Handoff.id).limit(limit)))
+
+    def _handoff_columns(self, handoffs: list[Row[Any]], now: datetime) -> dict[str, list[Any]]:
+        columns: dict[str, list[Any]] = {name: [] for name in HANDOFF_COLUMNS}
+        for handoff in handoffs:
+            _append(
+                columns,
+                tenant=handoff.tenant,
+                handoff_id=handoff.id,
+                session_id=handoff.session_id,
+                contact_key=pseudonym.contact_pseudonym(self._secret, handoff.tenant, handoff.contact),
+                reason=handoff.reason,
+                priority=handoff.priority,
+                labels=list(handoff.labels),
+                requested_at=_naive(handoff.requested_at),
+                assigned_at=_naive(handoff.assigned_at),
+                first_reply_at=_naive(handoff.first_reply_at),
+                resolved_at=_naive(handoff.resolved_at),
+                resolution=handoff.resolution,
+                wait_s=_seconds(handoff.requested_at, handoff.assigned_at),
+                first_reply_s=_seconds(handoff.requested_at, handoff.first_reply_at),
+                resolve_s=_seconds(handoff.requested_at, handoff.resolved_at),
+                archived_at=_naive(now),
+            )
+        return columns
+
+    def _handoffs_archived_to(self) -> datetime | None:
+        """The latest resolution copied (naive UTC); None before the first."""
+        if not self._warehouse.exists():
+            return None
+        with open_warehouse(self._warehouse) as warehouse:
+            row = warehouse.execute(
+                "SELECT archived_to FROM archive_progress WHERE source = ?", [HANDOFF_PROGRESS]
+            ).fetchone()
+        return row[0] if row else None
+
+    def _write_handoffs(self, columns: dict[str, list[Any]]) -> None:
+        """Replace the handoffs in the warehouse and move the progress on, in one transaction."""
+        by_tenant: dict[str, list[int]] = defaultdict(list)
+        for tenant, handoff_id in zip(columns["tenant"], columns["handoff_id"], strict=True):
+            by_tenant[tenant].append(handoff_id)
+        with open_warehouse(self._warehouse) as warehouse, transaction(warehouse):
+            for tenant, ids in by_tenant.items():
+                warehouse.execute(
+                    "DELETE FROM handoffs WHERE tenant = ? AND list_contains(?, handoff_id)", [tenant, ids]
+                )
+            _insert_columns(warehouse, "handoffs", columns)
+            # Never backwards: a run's first batch starts behind the progress, by the margin.
+            warehouse.execute(
+                "INSERT INTO archive_progress VALUES (?, ?) ON CONFLICT (source) DO UPDATE "
+                "SET archived_to = greatest(archived_to, excluded.archived_to)",
+                [HANDOFF_PROGRESS, max(columns["resolved_at"])],
+            )
+
+
+async def _handed_off(conn: AsyncConnection, conversations: Sequence[Any]) -> set[tuple[str, int]]:
+    """The sessions a handoff of their contact was asked for in (by the store's conversation id, or by time).
+
+    The conversation id is NULL when the handoff came before the store knew the conversation.
+    """
+    contacts: dict[str, set[str]] = defaultdict(set)
+    for row in conversations:
+        contacts[row.tenant].add(row.contact)
+    requests: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for tenant, of_tenant in contacts.items():
+        for handoff in await conn.execute(
+            select(Handoff.tenant, Handoff.contact, Handoff.conversation_id, Handoff.requested_at).where(
+                Handoff.tenant == tenant, Handoff.contact.in_(sorted(of_tenant))
+            )
+        ):
+            requests[(handoff.tenant, handoff.contact)].append(handoff)
+    return {
+        (row.tenant, row.id)
+        for row in conversations
+        if any(
+            handoff.conversation_id == row.id or row.opened_at <= handoff.requested_at <= row.closed_at
+            for handoff in requests[(row.tenant, row.contact)]
+        )
+    }
 
 
 async def _rows_of(
@@ -264,6 +444,10 @@ def _insert_columns(warehouse: duckdb.DuckDBPyConnection, table: str, columns: M
         f"INSERT INTO {table} ({', '.join(names)}) SELECT {selected}",
         [list(columns[name]) for name in names],
     )
+
+
+def _seconds(start: datetime, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if end is not None else None
 
 
 def _naive(value: datetime | None) -> datetime | None:

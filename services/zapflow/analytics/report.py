@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from rich.console import Group, RenderableType
 from rich.table import Column, Table
 from rich.text import Text
 
-from zapflow.analytics.warehouse import WarehouseError
+from zapflow.analytics.warehouse import WarehouseError, readable
 from zapflow.tenants.model import DataSpec
 
 DEFAULT_DAYS = 30
@@ -45,6 +46,12 @@ class RuleCount:
 
 
 @dataclass(frozen=True)
+class ReasonCount:
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True)
 class ReportRow:
     """One tenant's figures for one UTC day; a rate is None when nothing was there to count."""
 
@@ -61,6 +68,13 @@ class ReportRow:
     delivery_rate: float | None  # outbound messages delivered or read / outbound messages
     read_rate: float | None  # outbound messages read / outbound messages
     top_rules: tuple[RuleCount, ...]  # the most frequent rules of the day's turns, ties by name
+    # Handoffs asked for that day; the analytics file has a handoff once it is resolved.
+    handoffs: int
+    handoff_reasons: tuple[ReasonCount, ...]  # every reason of the day's handoffs, most first, ties by name
+    handoff_to_agent_p50_s: float | None  # median, asked for -> first given to an agent (over those that were)
+    handoff_first_reply_p50_s: float | None  # median, asked for -> first agent message (over those with one)
+    handoff_resolve_p50_s: float | None  # median, asked for -> resolved
+    handoffs_unanswered: int  # resolved without an agent message: timed out, or handed back unanswered
 
 
 COLUMNS = tuple(field.name for field in fields(ReportRow))
@@ -86,7 +100,8 @@ def _parse_day(option: str, value: str) -> dt.date:
 # zeros rather than a gap that a chart would draw a line across. Times are filtered as ranges
 # (not by casting each to a date) so DuckDB can skip whole row groups by their min/max.
 # Percentiles are quantile_cont: the linear interpolation between the two closest ranks (numpy's
-# default, Hyndman-Fan type 7), rounded to 0.1 ms.
+# default, Hyndman-Fan type 7), rounded to 0.1 ms (0.1 s for handoffs). A handoff counts on the day
+# it was asked for, like a session on the day it opened.
 REPORT_SQL = """
 WITH
 bounds AS (
@@ -136,8 +151,29 @@ top_rules AS (
     FROM rule_hits
     GROUP BY ALL
 ),
+day_handoffs AS (
+    SELECT tenant, requested_at::DATE AS day, reason, wait_s, first_reply_s, resolve_s
+    FROM handoffs, bounds
+    WHERE requested_at >= first_instant AND requested_at < end_instant AND ($tenant IS NULL OR tenant = $tenant)
+),
+asked AS (
+    SELECT tenant, day,
+           count(*) AS handoffs,
+           round(quantile_cont(wait_s, 0.5), 1) AS handoff_to_agent_p50_s,
+           round(quantile_cont(first_reply_s, 0.5), 1) AS handoff_first_reply_p50_s,
+           round(quantile_cont(resolve_s, 0.5), 1) AS handoff_resolve_p50_s,
+           count(*) FILTER (first_reply_s IS NULL) AS handoffs_unanswered
+    FROM day_handoffs
+    GROUP BY ALL
+),
+reasons AS (
+    SELECT tenant, day, list({'reason': reason, 'count': asked} ORDER BY asked DESC, reason) AS handoff_reasons
+    FROM (SELECT tenant, day, reason, count(*) AS asked FROM day_handoffs GROUP BY ALL)
+    GROUP BY ALL
+),
 active_tenants AS (
     SELECT tenant FROM opened UNION SELECT tenant FROM sent UNION SELECT tenant FROM answered
+    UNION SELECT tenant FROM asked
 ),
 days AS (
     SELECT unnest(range(first_instant, end_instant, INTERVAL 1 DAY))::DATE AS day FROM bounds
@@ -154,13 +190,21 @@ SELECT tenant,
        handed_off / nullif(conversations, 0),
        delivered / nullif(messages_out, 0),
        read / nullif(messages_out, 0),
-       coalesce(top_rules, [])
+       coalesce(top_rules, []),
+       coalesce(handoffs, 0),
+       coalesce(handoff_reasons, []),
+       handoff_to_agent_p50_s,
+       handoff_first_reply_p50_s,
+       handoff_resolve_p50_s,
+       coalesce(handoffs_unanswered, 0)
 FROM active_tenants
 CROSS JOIN days
 LEFT JOIN opened USING (tenant, day)
 LEFT JOIN sent USING (tenant, day)
 LEFT JOIN answered USING (tenant, day)
 LEFT JOIN top_rules USING (tenant, day)
+LEFT JOIN asked USING (tenant, day)
+LEFT JOIN reasons USING (tenant, day)
 ORDER BY tenant, day
 """
 
@@ -168,9 +212,13 @@ ORDER BY tenant, day
 def build_report(connection: duckdb.DuckDBPyConnection, period: Period, tenant: str | None = None) -> list[ReportRow]:
     """The report's rows, ordered by tenant then day; `tenant` None means every tenant."""
     try:
-        records = connection.execute(
-            REPORT_SQL, {"since": period.since, "until": period.until, "tenant": tenant, "top_rules": TOP_RULES}
-        ).fetchall()
+        records = (
+            readable(connection)
+            .execute(
+                REPORT_SQL, {"since": period.since, "until": period.until, "tenant": tenant, "top_rules": TOP_RULES}
+            )
+            .fetchall()
+        )
     except duckdb.Error as error:
         # DuckDB's messages go on with hints and the offending SQL: the first line says it.
         raise WarehouseError(f"cannot read the analytics tables: {str(error).splitlines()[0]}") from None
@@ -198,6 +246,7 @@ def nothing_archived(path: Path) -> str:
 def _report_row(record: tuple[Any, ...]) -> ReportRow:
     figures = dict(zip(COLUMNS, record, strict=True))
     figures["top_rules"] = tuple(RuleCount(**hit) for hit in figures["top_rules"])
+    figures["handoff_reasons"] = tuple(ReasonCount(**asked) for asked in figures["handoff_reasons"])
     return ReportRow(**figures)
 
 
@@ -210,16 +259,53 @@ def to_json(rows: list[ReportRow]) -> str:
 
 
 def to_csv(rows: list[ReportRow]) -> str:
-    """One line per tenant and day; an empty cell is a None; top rules as `name:count;name:count`."""
+    """One line per tenant and day; an empty cell is a None; top rules and reasons as `name:count;name:count`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(_plain(row) | {"top_rules": ";".join(f"{hit.rule}:{hit.count}" for hit in row.top_rules)})
+        writer.writerow(
+            _plain(row)
+            | {
+                "top_rules": ";".join(f"{hit.rule}:{hit.count}" for hit in row.top_rules),
+                "handoff_reasons": ";".join(f"{asked.reason}:{asked.count}" for asked in row.handoff_reasons),
+            }
+        )
     return buffer.getvalue()
 
 
-def to_table(rows: list[ReportRow], period: Period) -> Table:
+def to_table(rows: list[ReportRow], period: Period) -> RenderableType:
+    """The daily figures; below them, when there were any, the days with handoffs."""
+    daily = _daily_table(rows, period)
+    handed = [row for row in rows if row.handoffs]
+    return Group(daily, _handoffs_table(handed)) if handed else daily
+
+
+def _handoffs_table(rows: list[ReportRow]) -> Table:
+    figures = ("handoffs", "to agent", "1st reply", "resolved", "no reply")
+    table = Table(
+        "tenant",
+        "day",
+        *(Column(header, justify="right") for header in figures),
+        "reasons",
+        title="handoffs by the day asked for: medians from the request",
+    )
+    for row in rows:
+        cells = (
+            row.tenant,
+            row.day.isoformat(),
+            f"{row.handoffs:,}",
+            _duration(row.handoff_to_agent_p50_s),
+            _duration(row.handoff_first_reply_p50_s),
+            _duration(row.handoff_resolve_p50_s),
+            f"{row.handoffs_unanswered:,}",
+            ", ".join(f"{asked.reason} {asked.count}" for asked in row.handoff_reasons),
+        )
+        table.add_row(*map(Text, cells))
+    return table
+
+
+def _daily_table(rows: list[ReportRow], period: Period) -> Table:
     figures = ("conversations", "in", "out", "turns", "p50 ms", "p95 ms", "fallback", "handoff", "delivered", "read")
     table = Table(
         "tenant",
@@ -255,3 +341,14 @@ def _milliseconds(value: float | None) -> str:
 
 def _percent(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.1%}"
+
+
+def _duration(seconds: float | None) -> str:
+    """Two units at most, the larger first: 45s, 4m05s, 2h10m, 3d04h."""
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if whole >= size:
+            return f"{whole // size}{unit}{whole % size // smaller_size:02d}{smaller}"
+    return f"{whole}s"

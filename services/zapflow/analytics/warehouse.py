@@ -5,6 +5,9 @@ is a per-tenant pseudonym (`pseudonym.py`), so the file can be copied to an anal
 and an erasure only has to unlink rows, never to find words.
 
 Times are UTC (TIMESTAMP without zone); a report's day is the UTC date.
+Tables are created by whoever opens the file for writing (`CREATE TABLE IF NOT EXISTS`), so a
+file from an older zapflow gains the newer tables at the scheduler's next job; a reader of such a
+file sees empty ones in their place (`readable`).
 DuckDB lets one process open a file for writing at a time, so writers (the scheduler's jobs,
 an erasure) and readers (`zapflow report`) open it only for as long as one job runs and retry
 while another process holds it.
@@ -75,8 +78,46 @@ CREATE TABLE IF NOT EXISTS turns (
 )
 """
 
-TABLES = ("sessions", "messages", "turns")
-SCHEMA = (SESSIONS_DDL, MESSAGES_DDL, TURNS_DDL)
+# Every resolved handoff: why, how fast a person came and answered, how it ended. Neither the
+# agent nor any text (the customer's name, the reason's detail, notes): figures and the tenant's
+# own vocabulary (reasons, labels) only.
+HANDOFFS_DDL = """
+CREATE TABLE IF NOT EXISTS handoffs (
+    tenant          VARCHAR   NOT NULL,
+    handoff_id      BIGINT    NOT NULL,  -- handoffs.id in the relational store
+    session_id      BIGINT,              -- the conversation it happened in, when the store knew it
+    contact_key     VARCHAR   NOT NULL,
+    reason          VARCHAR   NOT NULL,  -- customer_asked | rule | llm | faq_misses | responder_failures | agent_took
+    priority        INTEGER   NOT NULL,
+    labels          VARCHAR[] NOT NULL,  -- of the tenant's handoff labels
+    requested_at    TIMESTAMP NOT NULL,
+    assigned_at     TIMESTAMP,           -- the first time an agent had it
+    first_reply_at  TIMESTAMP,           -- the first agent message
+    resolved_at     TIMESTAMP NOT NULL,
+    resolution      VARCHAR,             -- agent | timeout | ...
+    wait_s          DOUBLE,              -- requested -> first assigned
+    first_reply_s   DOUBLE,              -- requested -> first agent message
+    resolve_s       DOUBLE    NOT NULL,  -- requested -> resolved
+    archived_at     TIMESTAMP NOT NULL
+)
+"""
+
+# How far the incremental archives (handoffs: there is no archived mark in SQL to set) have got.
+ARCHIVE_PROGRESS_DDL = """
+CREATE TABLE IF NOT EXISTS archive_progress (
+    source       VARCHAR   PRIMARY KEY,  -- handoffs
+    archived_to  TIMESTAMP NOT NULL      -- the latest resolved_at copied
+)
+"""
+
+# The rows of a session, replaced together when the session is archived again.
+SESSION_TABLES = ("sessions", "messages", "turns")
+# Every table with a contact_key: what an erasure anonymises.
+TABLES = (*SESSION_TABLES, "handoffs")
+SCHEMA = (SESSIONS_DDL, MESSAGES_DDL, TURNS_DDL, HANDOFFS_DDL, ARCHIVE_PROGRESS_DDL)
+# Tables added after the first release: a file written before them lacks them until a writer
+# opens it, so a reader is given an empty stand-in instead of an error (`readable`).
+LATER_TABLES = {"handoffs": HANDOFFS_DDL}
 
 # How long to wait for another process (a job, a report) to let go of the file.
 LOCK_WAIT_S = 30.0
@@ -113,6 +154,16 @@ def open_warehouse(path: Path, *, read_only: bool = False, wait_s: float = LOCK_
     return connection
 
 
+def readable(connection: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A read-only connection that sees every table: empty temporary ones stand in for those the file predates."""
+    stored = connection.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()
+    present = {row[0] for row in stored}
+    for table, ddl in LATER_TABLES.items():
+        if table not in present:
+            connection.execute(ddl.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+    return connection
+
+
 @contextmanager
 def transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """All of the block's statements or none of them."""
@@ -132,7 +183,7 @@ def changed_rows(result: duckdb.DuckDBPyConnection) -> int:
 
 
 def delete_sessions_opened_before(connection: duckdb.DuckDBPyConnection, tenant: str, cutoff: datetime) -> int:
-    """Delete a tenant's sessions opened before `cutoff` (naive UTC) with their rows; rows deleted."""
+    """Delete a tenant's sessions opened (with their rows) and handoffs requested before `cutoff` (naive UTC)."""
     expired = "SELECT session_id FROM sessions WHERE tenant = $tenant AND opened_at < $cutoff"
     deleted = 0
     with transaction(connection):
@@ -144,4 +195,11 @@ def delete_sessions_opened_before(connection: duckdb.DuckDBPyConnection, tenant:
                     {"tenant": tenant, "cutoff": cutoff},
                 )
             )
+        # On their own clock: a handoff may belong to no archived session.
+        deleted += changed_rows(
+            connection.execute(
+                "DELETE FROM handoffs WHERE tenant = $tenant AND requested_at < $cutoff",
+                {"tenant": tenant, "cutoff": cutoff},
+            )
+        )
     return deleted

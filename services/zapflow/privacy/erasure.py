@@ -4,8 +4,8 @@ Redis and JetStream are reached first (JetStream must hold zapflow's streams), s
 is down, or a server that is not zapflow's, stops the erasure before anything is erased. Then,
 in order, so that nothing erased comes back from a store not erased yet:
 
-1. Redis: the contact's conversation state, locks, history and outbound cursor (every key
-   `zf:<tenant>:<kind>:<contact>`) and its debounce entry; then the append-only file is
+1. Redis: the contact's conversation state, locks, history, outbound cursor and handoff owner
+   (every key `zf:<tenant>:<kind>:<contact>`) and its debounce entry; then the append-only file is
    rewritten (and an RDB snapshot made where one is configured), because the old file still
    holds the deleted values.
 2. JetStream: every message on the contact's subjects in every stream, dead letters included,
@@ -17,12 +17,15 @@ in order, so that nothing erased comes back from a store not erased yet:
    compacted. The recorder cannot record them again once they are gone. The step reports what
    each stream gave up; `ZF_DLQ`'s count includes the unattributed letters.
 3. The relational store: every row about the contact (store/lifecycle.py), the embedded turns
-   (`turn_vectors`: their words and vectors) included, then SQLite's write-ahead log is
-   checkpointed and truncated (its rows are overwritten on delete). The embedding replicas are
-   told which turn rows went (by row id, never the contact) and drop them from memory; a replica
-   that missed it never shows them anyway, since every turn hit is read back from SQL.
-4. Analytics: rows hold a pseudonym and no text; the pseudonym is replaced by an id that leads
-   nowhere, so the day's figures stay right and nothing links them to the person.
+   (`turn_vectors`: their words and vectors) and the handoffs with their timelines (`handoffs`,
+   `handoff_events`: agents' private notes; open handoffs too) included, then SQLite's
+   write-ahead log is checkpointed and truncated (its rows are overwritten on delete). The
+   embedding replicas are told which turn rows went (by row id, never the contact) and drop them
+   from memory; a replica that missed it never shows them anyway, since every turn hit is read
+   back from SQL.
+4. Analytics: rows (sessions, messages, turns, handoffs) hold a pseudonym and no text; the
+   pseudonym is replaced by an id that leads nowhere, so the day's figures stay right and nothing
+   links them to the person.
 5. An `erasures` row records that an erasure happened, when, who asked and what each store gave
    up, and never the phone number.
 

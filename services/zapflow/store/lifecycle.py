@@ -22,6 +22,7 @@ from zapflow.store.models import (
     Contact,
     Conversation,
     Handoff,
+    HandoffEvent,
     Message,
     MessageStatus,
     Turn,
@@ -107,17 +108,26 @@ async def delete_expired_conversations(engine: AsyncEngine, data_of: DataSpecOf,
     """Delete archived conversations closed longer ago than their tenant's `retentionDays`.
 
     Unarchived ones wait for the archive job, so a report never loses a session to retention.
+    Handoffs resolved longer ago go too, with their timelines; an open one stays however old.
     Contacts left with nothing are deleted too.
     """
     deleted = Deleted()
     async with engine.connect() as conn:
         tenants = set(await conn.scalars(select(Contact.tenant).distinct()))
         tenants |= set(await conn.scalars(select(TurnVector.tenant).distinct()))
+        tenants |= set(await conn.scalars(select(Handoff.tenant).distinct()))
     for tenant in sorted(tenants):
         cutoff = now - timedelta(days=data_of(tenant).retention_days)
         async with engine.begin() as conn:
             # A turn's words, embedded for search, expire with the conversations they came from.
             await _delete_turn_vectors(conn, (TurnVector.tenant == tenant) & (TurnVector.at < cutoff), deleted)
+            # On their own clock: a handoff need not belong to a conversation. The archive job
+            # copies a handoff as soon as it is resolved, long before this.
+            await _delete_handoffs(
+                conn,
+                (Handoff.tenant == tenant) & (Handoff.status == HANDOFF_RESOLVED) & (Handoff.resolved_at < cutoff),
+                deleted,
+            )
         while True:
             async with engine.begin() as conn:
                 expired = list(
@@ -174,6 +184,8 @@ async def erase_contact(engine: AsyncEngine, tenant: str, contact: str) -> Delet
         )
         deleted.add("message_statuses", statuses.rowcount)
         await _delete_turn_vectors(conn, (TurnVector.tenant == tenant) & (TurnVector.contact == contact), deleted)
+        # Open ones too: their notes and timelines are about the customer.
+        await _delete_handoffs(conn, (Handoff.tenant == tenant) & (Handoff.contact == contact), deleted)
         contacts = await conn.execute(delete(Contact).where(Contact.tenant == tenant, Contact.wa_id == contact))
         deleted.add("contacts", contacts.rowcount)
     return deleted
@@ -189,11 +201,20 @@ async def _delete_conversations(conn: AsyncConnection, tenant: str, ids: list[in
         delete(MessageStatus).where(MessageStatus.tenant == tenant, MessageStatus.wamid.in_(wamids))
     )
     deleted.add("message_statuses", statuses.rowcount)
-    for model in (Message, Turn, Handoff):
+    for model in (Message, Turn):
         result = await conn.execute(delete(model).where(model.tenant == tenant, model.conversation_id.in_(ids)))
         deleted.add(model.__tablename__, result.rowcount)
     result = await conn.execute(delete(Conversation).where(Conversation.tenant == tenant, Conversation.id.in_(ids)))
     deleted.add(Conversation.__tablename__, result.rowcount)
+
+
+async def _delete_handoffs(conn: AsyncConnection, which: ColumnElement[bool], deleted: Deleted) -> None:
+    """Handoffs and their timelines (notes included), the timelines first and explicitly, so they are counted."""
+    ids = select(Handoff.id).where(which)
+    events = await conn.execute(delete(HandoffEvent).where(HandoffEvent.handoff_id.in_(ids)))
+    deleted.add(HandoffEvent.__tablename__, events.rowcount)
+    handoffs = await conn.execute(delete(Handoff).where(which))
+    deleted.add(Handoff.__tablename__, handoffs.rowcount)
 
 
 async def _delete_turn_vectors(conn: AsyncConnection, which: ColumnElement[bool], deleted: Deleted) -> None:
