@@ -84,9 +84,12 @@ class Platform:
         texts = []
         for message in await self.sent_to(customer):
             payload = message["payload"]
-            texts.append(
-                payload["text"]["body"] if payload["type"] == "text" else payload["interactive"]["body"]["text"]
-            )
+            if payload["type"] == "text":
+                texts.append(payload["text"]["body"])
+            elif payload["type"] == "interactive":
+                texts.append(payload["interactive"]["body"]["text"])
+            else:  # a template: its name stands for its words
+                texts.append(f"[{payload['type']} {payload.get(payload['type'], {}).get('name', '')}]")
         return texts
 
     async def wait_for_texts(self, customer: str, count: int, timeout: float = 15.0) -> list[str]:

@@ -192,7 +192,6 @@ class Desk:
                 await self._forwarded(tenant, event)
 
     async def _requested(self, tenant: BotTenant, event: handoff_pb2.HandoffEvent) -> None:
-        spec = tenant.spec.handoff
         at = _time(event.at)
         opened, summary = await self._open(
             tenant,
@@ -206,16 +205,24 @@ class Desk:
         await self._record_forwarded(summary, event)
         if summary.status == HANDOFF_RESOLVED:
             return
-        # Every delivery publishes the notice and the notification again: their ids make the copies vanish.
-        wait = await self._expected_wait(tenant)
-        online = len(await self.online_agents(tenant.name))
-        text = hours.notice_text(spec, datetime.now(UTC), online, wait)
-        await self._send(tenant, event.contact, f"{COMMAND_PREFIX}{event.turn_id}:notice", text, "handoff", "")
-        await self._notify(tenant, summary, "requested", f"{event.turn_id}:requested")
+        await self._announce(tenant, summary)
         if opened:
             metrics.HANDOFFS.labels(tenant.name, summary.reason).inc()
             await self._activity(summary, "requested")
             await self.assign_waiting(tenant)
+
+    async def _announce(self, tenant: BotTenant, summary: Summary) -> None:
+        """Tell the customer (inside their window only) and the agents' webhook that a person will answer.
+
+        Every delivery of a request announces again: the ids make the copies vanish.
+        """
+        if summary.window_open(datetime.now(UTC)):
+            wait = await self._expected_wait(tenant)
+            online = len(await self.online_agents(tenant.name))
+            text = hours.notice_text(tenant.spec.handoff, datetime.now(UTC), online, wait)
+            command_id = f"{COMMAND_PREFIX}{summary.request_id}:notice"
+            await self._send(tenant, summary.contact, command_id, text, "handoff", "")
+        await self._notify(tenant, summary, "requested", f"{summary.request_id}:requested")
 
     async def _forwarded(self, tenant: BotTenant, event: handoff_pb2.HandoffEvent) -> None:
         summary = await self.current(tenant.name, event.contact)
@@ -337,14 +344,18 @@ class Desk:
             return False, existing
         return True, summary
 
-    async def take(self, tenant_name: str, contact: str, agent: str) -> Summary:
-        """An agent takes the conversation: from the bot (a new handoff), or from the queue (a claim)."""
+    async def take(self, tenant_name: str, contact: str, agent: str | None) -> Summary:
+        """Take the conversation from the bot: for the agent, or (`agent` None) into the tenant's queue.
+
+        A conversation that waits already is claimed by the agent; without one, it stays as it is.
+        """
         tenant = self._tenant(tenant_name)
         async with self._locks.hold(tenant_name, contact):
             current = await self.current(tenant_name, contact)
             if current is not None:
-                return await self.claim(tenant_name, current.id, agent)
-            await self._check_capacity(tenant, agent)
+                return current if agent is None else await self.claim(tenant_name, current.id, agent)
+            if agent is not None:
+                await self._check_capacity(tenant, agent)
             opened, summary = await self._open(
                 tenant,
                 contact,
@@ -357,8 +368,13 @@ class Desk:
             )
         if opened:
             metrics.HANDOFFS.labels(tenant_name, AGENT_TOOK).inc()
-            await self._activity(summary, "assigned")
-            await self._notify(tenant, summary, "assigned", f"{summary.request_id}:assigned")
+            if agent is None:
+                await self._announce(tenant, summary)
+                await self._activity(summary, "requested")
+                await self.assign_waiting(tenant)
+            else:
+                await self._activity(summary, "assigned")
+                await self._notify(tenant, summary, "assigned", f"{summary.request_id}:assigned")
         return summary
 
     # --- agents' operations ---
@@ -453,7 +469,8 @@ class Desk:
         shown = template.text
         for index, value in enumerate(parameters, start=1):
             shown = shown.replace(f"{{{{{index}}}}}", value)
-        return await self._sent(summary, agent, command_id, "template", shown, "template", {"template": name})
+        extra = {"template": name, "text": shown}
+        return await self._sent(summary, agent, command_id, "template", shown, "template", extra)
 
     async def resolve(self, tenant_name: str, handoff_id: int, actor: str, message: str | None = None) -> Summary:
         """Hand the conversation back to the bot, with the agent's closing message or the tenant's."""
@@ -565,8 +582,11 @@ class Desk:
                     select(HandoffEvent).where(HandoffEvent.handoff_id == handoff_id).order_by(HandoffEvent.id)
                 )
             ).all()
-        authors = {e.data.get("command_id"): e.actor for e in events if e.kind in ("reply", "template")}
-        transcript = [_entry(row, authors) for row in reversed(messages)]
+        sent = [e for e in events if e.kind in ("reply", "template")]
+        authors = {e.data.get("command_id"): e.actor for e in sent}
+        # A template's row says only its name; the agent saw its words with the parameters filled in.
+        shown = {e.data["command_id"]: e.data["text"] for e in sent if "text" in e.data}
+        transcript = [_entry(row, authors, shown) for row in reversed(messages)]
         timeline = [
             Entry(f"event:{e.id}", e.at, "note" if e.kind == "note" else "event", _describe_event(e), author=e.actor)
             for e in events
@@ -1015,14 +1035,15 @@ def _summary(row: Row[Any], store_last_customer: datetime | None = None) -> Summ
     )
 
 
-def _entry(row: Row[Any], authors: dict[str, str]) -> Entry:
+def _entry(row: Row[Any], authors: dict[str, str], shown: dict[str, str]) -> Entry:
     if row.direction == INBOUND:
         return Entry(row.wamid or str(row.id), row.created_at, "customer", row.text or "", seq=row.stream_seq)
     command_id = row.command_id or ""
     role: Literal["bot", "agent", "system"] = "bot"
     if command_id.startswith(COMMAND_PREFIX):
         role = "system" if command_id.endswith(":notice") else "agent"
-    return Entry(command_id or str(row.id), row.created_at, role, row.text or "", authors.get(command_id), row.status)
+    text = shown.get(command_id, row.text or "")
+    return Entry(command_id or str(row.id), row.created_at, role, text, authors.get(command_id), row.status)
 
 
 def _describe_event(event: Row[Any]) -> str:
