@@ -12,6 +12,7 @@ refused) and as its rightful caller (admin token, metrics token, the number's Gr
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ from zapflow.conversation.app import conversation_service
 from zapflow.conversation.settings import ConversationSettings
 from zapflow.gateway.app import GATEWAY
 from zapflow.gateway.settings import GatewaySettings
+from zapflow.handoff.accounts import Accounts
+from zapflow.handoff.app import HANDOFF
+from zapflow.handoff.settings import HandoffSettings
 from zapflow.platform import servers
 from zapflow.platform.service import create_app
 from zapflow.platform.settings import CoreSettings
@@ -47,6 +51,7 @@ from zapflow.sandbox.app import sandbox_service
 from zapflow.sandbox.settings import SandboxSettings
 from zapflow.scheduler.app import SCHEDULER
 from zapflow.scheduler.settings import SchedulerSettings
+from zapflow.store.engine import create_engine
 
 ADMIN_TOKEN = "fuzz-admin-token"
 METRICS_TOKEN = "fuzz-metrics-token"
@@ -102,8 +107,15 @@ APPS = {
     "recorder": create_app(RECORDER, RecorderSettings()),
     "scheduler": create_app(SCHEDULER, SchedulerSettings()),
     "sandbox": create_app(sandbox_service(SandboxSettings()), SandboxSettings()),
+    "handoff": create_app(HANDOFF, HandoffSettings()),
 }
-GATEWAY_API, CONVERSATION_API, RECORDER_API, SCHEDULER_API, SANDBOX_API = (schema_of(app) for app in APPS.values())
+GATEWAY_API, CONVERSATION_API, RECORDER_API, SCHEDULER_API, SANDBOX_API, HANDOFF_API = (
+    schema_of(app) for app in APPS.values()
+)
+# The inbox API's rightful caller: an agent of the fuzzed tenant, by bearer token.
+AGENT_EMAIL = "fuzz-agent@example.com"
+AGENT_PASSWORD = "fuzz-agent-password"
+INBOX_API = "/api/v1/"
 # Every route whose schema declares a body, as (service, path): the hostile bodies go to each.
 ROUTES_TAKING_A_BODY = [
     (service, path)
@@ -127,8 +139,10 @@ HOSTILE_BODIES = {
 }
 
 
-def credential_for(path: str) -> dict[str, str]:
+def credential_for(path: str, agent_token: str) -> dict[str, str]:
     """The Authorization header of the caller a route is for (none for open routes)."""
+    if path.startswith(INBOX_API) and agent_token:
+        return {"Authorization": f"Bearer {agent_token}"}
     if path.startswith("/admin/"):
         return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     if path == "/metrics":
@@ -141,6 +155,7 @@ def credential_for(path: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class Stack:
     urls: dict[str, str]
+    agent_token: str
 
     def fuzz(self, case: OperationCase, service: str) -> None:
         """The case as generated; then, behind a credential, as the caller who holds it."""
@@ -159,7 +174,7 @@ class Stack:
             httpx.delete(f"{self.urls[service]}{FAULTS}").raise_for_status()
 
     def _as_rightful_caller(self, case: OperationCase) -> OperationCase | None:
-        credential = credential_for(case.path)
+        credential = credential_for(case.path, self.agent_token)
         if not credential:
             return None
         headers = case.headers.copy()
@@ -190,7 +205,7 @@ def stack(
     migrated_database: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    """Gateway, conversation, recorder, scheduler and sandbox, each its own process, with one tenant."""
+    """Gateway, conversation, recorder, scheduler, sandbox and handoff, each its own process, with one tenant."""
     nats, redis = infrastructure
     workdir = tmp_path_factory.mktemp("fuzz-stack")
     shutil.copyfile(migrated_database, workdir / "zapflow.db")
@@ -204,7 +219,8 @@ def stack(
     )
     # Sends are answered at once and no status webhooks follow: the fuzzer judges answers only.
     env = cli_environment(**settings_environment(core), ZAPFLOW_SANDBOX_STATUSES="off")
-    ports = {name: servers.free_port() for name in ("gateway", "conversation", "recorder", "scheduler", "sandbox")}
+    names = ("gateway", "conversation", "recorder", "scheduler", "sandbox", "handoff")
+    ports = {name: servers.free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     tenant = tenant_document(graph_api_url=urls["sandbox"])
     tenant["spec"]["whatsapp"].update(phoneNumberId=NUMBER, accessToken={"value": GRAPH_API_TOKEN})
@@ -212,6 +228,7 @@ def stack(
     tenant_file.write_text(yaml.safe_dump(tenant))
     applied = run_zapflow(env, "tenant", "apply", "-f", str(tenant_file), cwd=workdir)
     assert applied.returncode == 0, applied.stderr
+    agent_token = asyncio.run(_agent_token(core.database_url, tenant["metadata"]["name"]))
     options = {"sandbox": ("--webhook-url", f"{urls['gateway']}/webhook/whatsapp", "--tenant-file", str(tenant_file))}
     supervisor = Supervisor()
     try:
@@ -223,9 +240,19 @@ def stack(
                 for name, port in ports.items()
             )
         )
-        yield Stack(urls)
+        yield Stack(urls, agent_token)
     finally:
         supervisor.stop()
+
+
+async def _agent_token(database_url: str, tenant: str) -> str:
+    engine = create_engine(database_url)
+    try:
+        accounts = Accounts(engine)
+        await accounts.add(tenant, AGENT_EMAIL, "Fuzz", AGENT_PASSWORD)
+        return await accounts.issue_token(tenant, AGENT_EMAIL, "fuzz")
+    finally:
+        await engine.dispose()
 
 
 def test_only_the_sandbox_serves_an_openapi_document_and_it_is_the_one_fuzzed(stack: Stack) -> None:
@@ -268,12 +295,22 @@ def test_the_sandbox_answers_every_request_below_500(case: OperationCase, stack:
     stack.fuzz(case, "sandbox")
 
 
+@HANDOFF_API.parametrize()
+@FUZZ
+def test_the_handoff_service_and_its_inbox_api_answer_every_request_below_500(
+    case: OperationCase, stack: Stack
+) -> None:
+    stack.fuzz(case, "handoff")
+
+
 @pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
 def test_a_hostile_body_gets_a_reason_below_500_on_every_route_that_takes_one(stack: Stack, body: bytes) -> None:
     with httpx.Client(timeout=30) as client:
         for service, path in ROUTES_TAKING_A_BODY:
-            url = stack.urls[service] + path.format(api_version=GRAPH_API_VERSION, phone_number_id=NUMBER)
-            for credential in ({}, credential_for(path)):
+            url = stack.urls[service] + path.format(
+                api_version=GRAPH_API_VERSION, phone_number_id=NUMBER, conversation_id=1
+            )
+            for credential in ({}, credential_for(path, stack.agent_token)):
                 answer = client.post(url, content=body, headers={"Content-Type": "application/json", **credential})
                 where = f"POST {path} {'with' if credential else 'without'} credentials: {answer.text[:300]}"
                 assert answer.status_code < 500, where

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -39,7 +39,8 @@ PRESENCE_EVERY_S = 20.0
 _STATUS = {
     "not_found": status.HTTP_404_NOT_FOUND,
     "conflict": status.HTTP_409_CONFLICT,
-    "invalid": status.HTTP_422_UNPROCESSABLE_CONTENT,
+    # 400, not 422: FastAPI's 422 is the schema's own refusal, with a list of reasons.
+    "invalid": status.HTTP_400_BAD_REQUEST,
     "window_closed": status.HTTP_409_CONFLICT,
 }
 
@@ -87,6 +88,8 @@ async def current_agent(
 
 
 Agent = Annotated[Principal, Depends(current_agent)]
+# A handoff's id: the store's 64-bit key.
+ConversationId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The conversation's id (the handoff's).")]
 
 
 def _unauthorised(detail: str) -> HTTPException:
@@ -183,7 +186,7 @@ def _entry(entry: Entry) -> dict[str, Any]:
 def session_router(settings: HandoffSettings) -> APIRouter:
     router = APIRouter(prefix="/api/v1/session", tags=["session"])
 
-    @router.post("", responses=problems(401, 422))
+    @router.post("", responses=problems(401))
     async def sign_in(body: SignIn, response: Response, runtime: HandoffRuntime) -> SignedIn:
         """Sign in to the inbox: sets the session cookie and returns the CSRF token."""
         accounts, desk = runtime.parts.accounts, runtime.parts.desk
@@ -260,20 +263,20 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
         )
         return [_summary(s) for s in found]
 
-    @router.post("/conversations", status_code=status.HTTP_201_CREATED, responses=problems(401, 403, 409, 422))
+    @router.post("/conversations", status_code=status.HTTP_201_CREATED, responses=problems(400, 401, 403, 409))
     async def take(body: TakeBody, agent: Agent, runtime: HandoffRuntime) -> dict[str, Any]:
         """Take a customer's conversation from the bot (or claim it, when it waits in the queue)."""
         try:
             contact = normalise_phone(body.phone)
         except ErasureError as error:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
         try:
             return _summary(await runtime.parts.desk.take(agent.tenant, contact, agent.email))
         except DeskError as error:
             raise _refused(error) from None
 
     @router.get("/conversations/{conversation_id}", responses=problems(401, 404))
-    async def read(conversation_id: int, agent: Agent, runtime: HandoffRuntime) -> ConversationOut:
+    async def read(conversation_id: ConversationId, agent: Agent, runtime: HandoffRuntime) -> ConversationOut:
         """One conversation: its state, the transcript (bot turns marked) and its timeline."""
         try:
             return _detail(await runtime.parts.desk.detail(agent.tenant, conversation_id))
@@ -281,7 +284,7 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
             raise _refused(error) from None
 
     @router.post("/conversations/{conversation_id}/claim", responses=problems(401, 403, 404, 409))
-    async def claim(conversation_id: int, agent: Agent, runtime: HandoffRuntime) -> dict[str, Any]:
+    async def claim(conversation_id: ConversationId, agent: Agent, runtime: HandoffRuntime) -> dict[str, Any]:
         """Take a waiting conversation."""
         try:
             return _summary(await runtime.parts.desk.claim(agent.tenant, conversation_id, agent.email))
@@ -290,7 +293,7 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
 
     @router.post("/conversations/{conversation_id}/transfer", responses=problems(401, 403, 404, 409))
     async def transfer(
-        conversation_id: int, body: TransferBody, agent: Agent, runtime: HandoffRuntime
+        conversation_id: ConversationId, body: TransferBody, agent: Agent, runtime: HandoffRuntime
     ) -> dict[str, Any]:
         """Give the conversation to another agent of the tenant, or back to the queue."""
         accounts = runtime.parts.accounts
@@ -305,10 +308,10 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
     @router.post(
         "/conversations/{conversation_id}/messages",
         status_code=status.HTTP_202_ACCEPTED,
-        responses=problems(401, 403, 404, 409, 422),
+        responses=problems(400, 401, 403, 404, 409),
     )
     async def send(
-        conversation_id: int,
+        conversation_id: ConversationId,
         body: MessageBody,
         agent: Agent,
         runtime: HandoffRuntime,
@@ -329,7 +332,9 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
         return _entry(entry)
 
     @router.post("/conversations/{conversation_id}/resolve", responses=problems(401, 403, 404, 409))
-    async def resolve(conversation_id: int, body: ResolveBody, agent: Agent, runtime: HandoffRuntime) -> dict[str, Any]:
+    async def resolve(
+        conversation_id: ConversationId, body: ResolveBody, agent: Agent, runtime: HandoffRuntime
+    ) -> dict[str, Any]:
         """Hand the conversation back to the bot, optionally with a closing message."""
         try:
             return _summary(await runtime.parts.desk.resolve(agent.tenant, conversation_id, agent.email, body.message))
@@ -339,17 +344,21 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
     @router.post(
         "/conversations/{conversation_id}/notes",
         status_code=status.HTTP_201_CREATED,
-        responses=problems(401, 403, 404, 422),
+        responses=problems(400, 401, 403, 404),
     )
-    async def note(conversation_id: int, body: NoteBody, agent: Agent, runtime: HandoffRuntime) -> dict[str, Any]:
+    async def note(
+        conversation_id: ConversationId, body: NoteBody, agent: Agent, runtime: HandoffRuntime
+    ) -> dict[str, Any]:
         """Add a private note (agents only; never sent to the customer)."""
         try:
             return _entry(await runtime.parts.desk.note(agent.tenant, conversation_id, agent.email, body.text))
         except DeskError as error:
             raise _refused(error) from None
 
-    @router.put("/conversations/{conversation_id}/labels", responses=problems(401, 403, 404, 422))
-    async def labels(conversation_id: int, body: LabelsBody, agent: Agent, runtime: HandoffRuntime) -> dict[str, Any]:
+    @router.put("/conversations/{conversation_id}/labels", responses=problems(400, 401, 403, 404))
+    async def labels(
+        conversation_id: ConversationId, body: LabelsBody, agent: Agent, runtime: HandoffRuntime
+    ) -> dict[str, Any]:
         """Set the conversation's labels (from the tenant's list)."""
         try:
             return _summary(
@@ -360,7 +369,7 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
 
     @router.put("/conversations/{conversation_id}/priority", responses=problems(401, 403, 404))
     async def priority(
-        conversation_id: int, body: PriorityBody, agent: Agent, runtime: HandoffRuntime
+        conversation_id: ConversationId, body: PriorityBody, agent: Agent, runtime: HandoffRuntime
     ) -> dict[str, Any]:
         """Set the conversation's place in the queue (higher first)."""
         try:
