@@ -203,6 +203,9 @@ class Desk:
             at=at,
         )
         await self._record_forwarded(summary, event)
+        # Re-read: the request's own messages open the customer's window, whether or not the recorder
+        # has stored them yet.
+        summary = await self.get(tenant.name, summary.id)
         if summary.status == HANDOFF_RESOLVED:
             return
         await self._announce(tenant, summary)
@@ -586,7 +589,9 @@ class Desk:
         authors = {e.data.get("command_id"): e.actor for e in sent}
         # A template's row says only its name; the agent saw its words with the parameters filled in.
         shown = {e.data["command_id"]: e.data["text"] for e in sent if "text" in e.data}
-        transcript = [_entry(row, authors, shown) for row in reversed(messages)]
+        # Meta stamps customers' messages to the second; the gateway's time orders them against ours.
+        ordered = sorted(messages, key=lambda row: (_aware(row.received_at) or row.created_at, row.id))
+        transcript = [_entry(row, authors, shown) for row in ordered]
         timeline = [
             Entry(f"event:{e.id}", e.at, "note" if e.kind == "note" else "event", _describe_event(e), author=e.actor)
             for e in events

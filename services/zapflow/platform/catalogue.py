@@ -348,6 +348,9 @@ HANDOFF_EVENTS = ConsumerSpec(
     durable="handoff-events",
     filter_subject=events_of(HANDOFF),
     service=HANDOFF_SERVICE,
+    # The handler takes milliseconds: a replica that died holding an event hands it on quickly, so
+    # the agent sees the message late by seconds rather than half a minute.
+    ack_wait_s=10.0,
 )
 
 # Notifications to the tenants' agent webhooks: retried with backoff, then dead-lettered (never

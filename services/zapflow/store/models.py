@@ -215,6 +215,9 @@ class Message(Base):
     stream_seq: Mapped[int | None] = mapped_column(BigInteger)
     # Inbound: Meta's timestamp; outbound: when the command was made.
     created_at: Mapped[datetime]
+    # Inbound: when the gateway accepted it, on zapflow's clock to the microsecond (Meta's timestamp
+    # has whole seconds): what orders a customer's message against zapflow's own in a transcript.
+    received_at: Mapped[datetime | None]
     # Outbound delivery: the furthest status reached, and when each was reported.
     status: Mapped[str | None] = mapped_column(String(16))
     sent_at: Mapped[datetime | None]

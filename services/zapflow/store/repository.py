@@ -102,7 +102,7 @@ class _EventFailed(Exception):
 
 
 # The columns an inbound / outbound message row takes from its event (besides its keys).
-INBOUND_CONTENT = ("direction", "type", "text", "body", "quoted_wamid", "stream_seq", "created_at")
+INBOUND_CONTENT = ("direction", "type", "text", "body", "quoted_wamid", "stream_seq", "created_at", "received_at")
 OUTBOUND_CONTENT = ("direction", "type", "text", "body", "quoted_wamid", "turn_id", "created_at")
 
 
@@ -322,6 +322,7 @@ class ConversationStore:
             quoted_wamid=message.quoted_wamid or None,
             stream_seq=seq,
             created_at=at,
+            received_at=_time(message.received_at),
         )
 
     async def _write_outbound(self, conn: AsyncConnection, command: outbound_pb2.OutboundCommand) -> Recorded:

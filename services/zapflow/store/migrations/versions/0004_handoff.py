@@ -1,4 +1,5 @@
-"""Human handoff: handoffs reshaped for the handoff service, their timeline, agents and API tokens.
+"""Human handoff: handoffs reshaped for the handoff service, their timeline, agents and API tokens;
+messages' received_at.
 
 The `handoffs` table of 0001 was never written (no service owned it before the handoff service),
 so it is replaced rather than altered: no foreign keys to contacts and conversations (a handoff
@@ -32,6 +33,9 @@ EMAIL = sa.String(length=254)
 
 
 def upgrade() -> None:
+    # The inbox's transcripts order customers' messages against zapflow's own by it.
+    with op.batch_alter_table("messages") as batch:
+        batch.add_column(sa.Column("received_at", TIME, nullable=True))
     op.drop_table("handoffs")
     op.create_table(
         "handoffs",
@@ -120,6 +124,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in ("agent_tokens", "agents", "handoff_events", "handoffs"):
         op.drop_table(table)
+    with op.batch_alter_table("messages") as batch:
+        batch.drop_column("received_at")
     # The 0001 shape, empty as it always was.
     op.create_table(
         "handoffs",
