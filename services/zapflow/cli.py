@@ -287,6 +287,7 @@ def dev(
     recorder_port: Annotated[int, typer.Option(help="Recorder health/metrics port.")] = 8002,
     scheduler_port: Annotated[int, typer.Option(help="Scheduler admin API, health and metrics port.")] = 8003,
     embedding_port: Annotated[int, typer.Option(help="Embedding service health/metrics port.")] = 8004,
+    handoff_port: Annotated[int, typer.Option(help="Handoff service port: the agents' inbox and its API.")] = 8005,
     sandbox_port: Annotated[int, typer.Option(help="Sandbox and web chat port.")] = 8100,
     nats_port: Annotated[int, typer.Option(help="Embedded nats-server port.")] = 14222,
     redis_port: Annotated[int, typer.Option(help="Embedded redis-server port.")] = 16379,
@@ -301,6 +302,7 @@ def dev(
         recorder=recorder_port,
         scheduler=scheduler_port,
         embedding=embedding_port,
+        handoff=handoff_port,
         sandbox=sandbox_port,
         nats=nats_port,
         redis=redis_port,
@@ -1006,3 +1008,10 @@ def _print_hit(rank: int, hit: Hit, knowledge: bool) -> None:
     out.print(heading)
     for line in lines:
         out.print(Padding(line, (0, 0, 0, 4), expand=False))
+
+
+# Last: their commands use the helpers above.
+from zapflow.handoff.cli import agent_app, handoff_app  # noqa: E402
+
+app.add_typer(handoff_app, name="handoff")
+app.add_typer(agent_app, name="agent")

@@ -15,7 +15,17 @@ from tests.support.servers import free_port
 def ports() -> dict[str, int]:
     return {
         name: free_port()
-        for name in ("gateway", "conversation", "recorder", "scheduler", "embedding", "sandbox", "nats", "redis")
+        for name in (
+            "gateway",
+            "conversation",
+            "recorder",
+            "scheduler",
+            "embedding",
+            "handoff",
+            "sandbox",
+            "nats",
+            "redis",
+        )
     }
 
 

@@ -39,7 +39,8 @@ def test_dev_runs_the_platform_answers_and_stops_cleanly_and_keeps_data(dev: Dev
     assert dev.interrupt() == 0, "".join(dev.output)
     assert "stopped." in "".join(dev.output)
     logs = {path.name: path.read_text() for path in (tmp_path / "data" / "logs").glob("*.log")}
-    assert {"gateway.log", "conversation.log", "recorder.log", "scheduler.log", "sandbox.log"} <= logs.keys()
+    services = ("gateway", "conversation", "recorder", "scheduler", "embedding", "handoff", "sandbox")
+    assert {f"{service}.log" for service in services} <= logs.keys()
     assert '"event": "turn answered"' in logs["conversation.log"]
     for name, text in logs.items():
         assert CUSTOMER not in text, f"{name} logs the customer's phone number"

@@ -295,9 +295,9 @@ def _handoffs_table(rows: list[ReportRow]) -> Table:
             row.tenant,
             row.day.isoformat(),
             f"{row.handoffs:,}",
-            _duration(row.handoff_to_agent_p50_s),
-            _duration(row.handoff_first_reply_p50_s),
-            _duration(row.handoff_resolve_p50_s),
+            duration(row.handoff_to_agent_p50_s),
+            duration(row.handoff_first_reply_p50_s),
+            duration(row.handoff_resolve_p50_s),
             f"{row.handoffs_unanswered:,}",
             ", ".join(f"{asked.reason} {asked.count}" for asked in row.handoff_reasons),
         )
@@ -343,7 +343,7 @@ def _percent(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.1%}"
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     """Two units at most, the larger first: 45s, 4m05s, 2h10m, 3d04h."""
     if seconds is None:
         return "-"

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from zapflow.handoff.settings import HandoffSettings
 from zapflow.platform import servers
 from zapflow.platform.settings import CoreSettings
 from zapflow.platform.stackfile import StackAddresses
@@ -24,6 +25,7 @@ class DevPorts:
     recorder: int = 8002
     scheduler: int = 8003
     embedding: int = 8004
+    handoff: int = 8005
     sandbox: int = 8100
     nats: int = 14222
     redis: int = 16379
@@ -78,11 +80,14 @@ class DevPlan:
         """Every zapflow service as its own process, as in a cluster, and the sandbox in Meta's place."""
         env = self.environment()
 
-        def service(name: str, port: int, *options: str) -> ProcessSpec:
+        def service(name: str, port: int, *options: str, own: dict[str, str] | None = None) -> ProcessSpec:
             log = self.logs / f"{name}.log"
             return servers.zapflow_service(
-                name, name, port, *options, log=log, env=env, cwd=self.data_dir, restart=RESTART
+                name, name, port, *options, log=log, env={**env, **(own or {})}, cwd=self.data_dir, restart=RESTART
             )
+
+        # The links in agents' notifications point at the inbox on its port.
+        inbox = HandoffSettings.model_construct(public_url=self.url(self.ports.handoff))
 
         return [
             service("gateway", self.ports.gateway),
@@ -90,6 +95,7 @@ class DevPlan:
             service("recorder", self.ports.recorder),
             service("scheduler", self.ports.scheduler),
             service("embedding", self.ports.embedding),
+            service("handoff", self.ports.handoff, own=settings_environment(inbox)),
             service(
                 "sandbox",
                 self.ports.sandbox,

@@ -17,6 +17,8 @@ def startup_sheet(plan: DevPlan) -> str:
         f"  recorder            {plan.url(ports.recorder)}/metrics\n"
         f"  scheduler, admin    {addresses.admin_url}/admin/v1/erasures (token: changethis)\n"
         f"  embedding           {plan.url(ports.embedding)}/metrics (zapflow kb, zapflow search)\n"
+        f"  agents' inbox       {plan.url(ports.handoff)}/inbox/ (API: /api/v1/docs)\n"
+        "  an agent for it     zapflow agent add --tenant demo --email you@example.com\n"
         f"  analytics           {addresses.analytics_path}\n"
         f"  database            {addresses.database_url}\n"
         f"  nats                {addresses.nats_url}\n"
