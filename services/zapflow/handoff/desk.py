@@ -404,11 +404,13 @@ class Desk:
         if to_agent is not None:
             await self._check_capacity(tenant, to_agent)
         status = HANDOFF_ASSIGNED if to_agent else HANDOFF_WAITING
+        now = datetime.now(UTC)
         async with self._engine.begin() as conn:
             changed = await conn.execute(
                 update(Handoff)
                 .where(Handoff.id == handoff_id, Handoff.status == summary.status, _same_agent(summary.agent))
-                .values(status=status, agent=to_agent, assigned_at=datetime.now(UTC) if to_agent else None)
+                # Changing hands restarts the inactivity clock.
+                .values(status=status, agent=to_agent, assigned_at=now if to_agent else None, last_activity_at=now)
             )
             if not changed.rowcount:
                 raise DeskError("conflict", "the conversation changed meanwhile; reload it")
@@ -663,11 +665,13 @@ class Desk:
 
     async def _assign(self, summary: Summary, agent: str, actor: str) -> bool:
         """Waiting -> assigned to the agent, unless another replica or agent was first."""
+        # The agent's inactivity clock starts now, not when the customer last wrote.
+        now = datetime.now(UTC)
         async with self._engine.begin() as conn:
             changed = await conn.execute(
                 update(Handoff)
                 .where(Handoff.id == summary.id, Handoff.status == HANDOFF_WAITING)
-                .values(status=HANDOFF_ASSIGNED, agent=agent, assigned_at=datetime.now(UTC))
+                .values(status=HANDOFF_ASSIGNED, agent=agent, assigned_at=now, last_activity_at=now)
             )
             if not changed.rowcount:
                 return False
@@ -731,7 +735,12 @@ class Desk:
                 async with self._engine.begin() as conn:
                     changed = await conn.execute(
                         update(Handoff)
-                        .where(Handoff.id == summary.id, Handoff.last_activity_at < cutoff)
+                        # Assigned still: a handoff resolved since the read above stays resolved.
+                        .where(
+                            Handoff.id == summary.id,
+                            Handoff.status == HANDOFF_ASSIGNED,
+                            Handoff.last_activity_at < cutoff,
+                        )
                         .values(status=HANDOFF_WAITING, agent=None, assigned_at=None, last_activity_at=now)
                     )
                     if changed.rowcount:
@@ -740,7 +749,12 @@ class Desk:
                     after = await self.get(tenant.name, summary.id)
                     await self._activity(after, "timeout")
                     await self._notify(tenant, after, "timeout", f"{summary.id}:timeout:{now.timestamp():.0f}")
-            elif spec.on_inactivity == "bot":
+            elif spec.on_inactivity == "bot" and (
+                summary.status == HANDOFF_ASSIGNED
+                or (hours.is_open(spec.business_hours, cutoff) and hours.is_open(spec.business_hours, now))
+            ):
+                # A waiting customer told "a person will answer when we open" keeps their place overnight:
+                # their wait times out only once the agents have had the whole inactivity time open.
                 try:
                     await self._close(tenant, summary, SYSTEM, "timeout", None, idle_before=cutoff)
                 except DeskError:
