@@ -54,6 +54,9 @@ from zapflow.v1 import inbound_pb2, turn_pb2
 log = get_logger(__name__)
 tracer = trace.get_tracer(__name__)
 
+# A responder slower than this may have been overtaken by an agent taking the conversation.
+OWNER_RECHECK_AFTER_S = 0.005
+
 
 class Engine:
     def __init__(
@@ -161,10 +164,13 @@ class Engine:
                 receipt = planning.read_receipt(pending, tenant, keys.contact, bus.now_timestamp())
                 if receipt is not None:
                     await bus.publish(self._js, subject, receipt, receipt.command_id)
+                asked_at = time.perf_counter()
                 answer = await self._respond(tenant, keys, pending)
                 ask, streaks = handoff.after_answer(tenant.spec.handoff, tenant.spec.bot.responder, answer, streaks)
-                if ask is None:
-                    # An agent may have taken the conversation while the responder worked: humans win.
+                if ask is None and time.perf_counter() - asked_at > OWNER_RECHECK_AFTER_S:
+                    # An agent may have taken the conversation while the responder worked (a model, a
+                    # search): humans win, and the messages go to them. A quicker responder leaves no
+                    # wider window than the publish itself, which egress guards.
                     owner = await self._state.owner(keys)
             if ask is not None:
                 owner = await self._state.hand_over(keys, pending.turn_id)

@@ -8,10 +8,12 @@ hash; a turn that hands over starts them again.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 from zapflow.conversation.responder import Answer, handoff_asked
-from zapflow.conversation.rules import keyword_hit, normalise
+from zapflow.conversation.rules import normalise
 from zapflow.tenants.model import HandoffSpec
 from zapflow.v1 import inbound_pb2
 from zapflow.whatsapp.messages import message_text
@@ -42,15 +44,24 @@ def asked_by_customer(spec: HandoffSpec, messages: tuple[inbound_pb2.InboundMess
     """The customer asked for a person in words, in any message of the burst."""
     if not spec.enabled or not spec.keywords:
         return None
+    pattern, spelled = _keywords(tuple(spec.keywords))
     for message in reversed(messages):
         text = message_text(message)
-        if not text:
-            continue
-        folded = normalise(text)
-        for keyword in spec.keywords:
-            if keyword_hit(keyword, folded):
-                return HandoffAsk(CUSTOMER_ASKED, keyword)
+        found = pattern.search(normalise(text)) if text else None
+        if found is not None:
+            return HandoffAsk(CUSTOMER_ASKED, spelled[found.group(0)])
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _keywords(keywords: tuple[str, ...]) -> tuple[re.Pattern[str], dict[str, str]]:
+    """One pattern for a tenant's keywords (every turn checks them), and each match's keyword as the spec spells it.
+
+    The longest first, so that a phrase wins over a word inside it; whole words only, as rule keywords.
+    """
+    spelled = {normalise(keyword): keyword for keyword in keywords}
+    alternatives = "|".join(re.escape(folded) for folded in sorted(spelled, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)"), spelled
 
 
 def after_answer(

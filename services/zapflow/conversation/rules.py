@@ -17,7 +17,7 @@ def normalise(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
-def keyword_hit(keyword: str, folded_text: str) -> bool:
+def _keyword_hit(keyword: str, folded_text: str) -> bool:
     """The keyword (a word or a phrase) appears whole in text already `normalise`d."""
     return re.search(rf"(?<!\w){re.escape(normalise(keyword))}(?!\w)", folded_text) is not None
 
@@ -29,7 +29,7 @@ def rule_matches(rule: RuleSpec, message: inbound_pb2.InboundMessage) -> bool:
     if not text:
         return False
     folded = normalise(text)
-    if any(keyword_hit(k, folded) for k in rule.match.keywords):
+    if any(_keyword_hit(k, folded) for k in rule.match.keywords):
         return True
     return rule.match.regex is not None and re.search(rule.match.regex, text, re.IGNORECASE) is not None
 
