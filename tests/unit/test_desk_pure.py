@@ -47,7 +47,6 @@ def summary(last_customer_at: datetime | None) -> Summary:
         resolved_by=None,
         last_customer_at=last_customer_at,
         last_activity_at=REQUESTED,
-        window_closes_at=last_customer_at + timedelta(hours=24) if last_customer_at else None,
     )
 
 
@@ -56,7 +55,7 @@ def test_the_window_is_open_for_24_hours_after_the_customer_s_last_message() -> 
     assert queued.window_open(REQUESTED + timedelta(hours=23, minutes=59))
     assert not queued.window_open(REQUESTED + timedelta(hours=24))
     # Asked for by an agent before the customer ever wrote: only a template can reach them.
-    assert not replace(queued, last_customer_at=None, window_closes_at=None).window_open(REQUESTED)
+    assert not replace(queued, last_customer_at=None).window_open(REQUESTED)
 
 
 def test_a_summary_as_json_has_its_times_in_iso_format() -> None:

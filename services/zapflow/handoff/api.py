@@ -16,9 +16,10 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -96,8 +97,9 @@ def _unauthorised(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _refused(error: DeskError) -> HTTPException:
-    return HTTPException(_STATUS[error.kind], str(error))
+async def refused(_: Request, error: Exception) -> JSONResponse:
+    """The desk's refusals (DeskError, the only exception it is registered for): the reason and its status."""
+    return JSONResponse({"detail": str(error)}, status_code=_STATUS[cast(DeskError, error).kind])
 
 
 # --- bodies ---
@@ -270,26 +272,17 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
             contact = normalise_phone(body.phone)
         except ErasureError as error:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
-        try:
-            return _summary(await runtime.parts.desk.take(agent.tenant, contact, agent.email))
-        except DeskError as error:
-            raise _refused(error) from None
+        return _summary(await runtime.parts.desk.take(agent.tenant, contact, agent.email))
 
     @router.get("/conversations/{conversation_id}", responses=problems(401, 404))
     async def read(conversation_id: ConversationId, agent: Agent, runtime: HandoffRuntime) -> ConversationOut:
         """One conversation: its state, the transcript (bot turns marked) and its timeline."""
-        try:
-            return _detail(await runtime.parts.desk.detail(agent.tenant, conversation_id))
-        except DeskError as error:
-            raise _refused(error) from None
+        return _detail(await runtime.parts.desk.detail(agent.tenant, conversation_id))
 
     @router.post("/conversations/{conversation_id}/claim", responses=problems(401, 403, 404, 409))
     async def claim(conversation_id: ConversationId, agent: Agent, runtime: HandoffRuntime) -> dict[str, Any]:
         """Take a waiting conversation."""
-        try:
-            return _summary(await runtime.parts.desk.claim(agent.tenant, conversation_id, agent.email))
-        except DeskError as error:
-            raise _refused(error) from None
+        return _summary(await runtime.parts.desk.claim(agent.tenant, conversation_id, agent.email))
 
     @router.post("/conversations/{conversation_id}/transfer", responses=problems(401, 403, 404, 409))
     async def transfer(
@@ -300,10 +293,7 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
         if body.agent is not None and not await accounts.exists(agent.tenant, body.agent.strip().lower()):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"{body.agent} is not an agent of {agent.tenant}")
         target = body.agent.strip().lower() if body.agent else None
-        try:
-            return _summary(await runtime.parts.desk.transfer(agent.tenant, conversation_id, agent.email, target))
-        except DeskError as error:
-            raise _refused(error) from None
+        return _summary(await runtime.parts.desk.transfer(agent.tenant, conversation_id, agent.email, target))
 
     @router.post(
         "/conversations/{conversation_id}/messages",
@@ -319,16 +309,13 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
     ) -> dict[str, Any]:
         """Send a reply: free text inside the 24-hour window, an approved template at any time (409 otherwise)."""
         desk = runtime.parts.desk
-        try:
-            if body.template is not None:
-                template = body.template
-                entry = await desk.send_template(
-                    agent.tenant, conversation_id, agent.email, template.name, template.parameters, idempotency_key
-                )
-            else:
-                entry = await desk.reply(agent.tenant, conversation_id, agent.email, body.text or "", idempotency_key)
-        except DeskError as error:
-            raise _refused(error) from None
+        if body.template is not None:
+            template = body.template
+            entry = await desk.send_template(
+                agent.tenant, conversation_id, agent.email, template.name, template.parameters, idempotency_key
+            )
+        else:
+            entry = await desk.reply(agent.tenant, conversation_id, agent.email, body.text or "", idempotency_key)
         return _entry(entry)
 
     @router.post("/conversations/{conversation_id}/resolve", responses=problems(401, 403, 404, 409))
@@ -336,10 +323,7 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
         conversation_id: ConversationId, body: ResolveBody, agent: Agent, runtime: HandoffRuntime
     ) -> dict[str, Any]:
         """Hand the conversation back to the bot, optionally with a closing message."""
-        try:
-            return _summary(await runtime.parts.desk.resolve(agent.tenant, conversation_id, agent.email, body.message))
-        except DeskError as error:
-            raise _refused(error) from None
+        return _summary(await runtime.parts.desk.resolve(agent.tenant, conversation_id, agent.email, body.message))
 
     @router.post(
         "/conversations/{conversation_id}/notes",
@@ -350,34 +334,23 @@ def inbox_router(settings: HandoffSettings) -> APIRouter:
         conversation_id: ConversationId, body: NoteBody, agent: Agent, runtime: HandoffRuntime
     ) -> dict[str, Any]:
         """Add a private note (agents only; never sent to the customer)."""
-        try:
-            return _entry(await runtime.parts.desk.note(agent.tenant, conversation_id, agent.email, body.text))
-        except DeskError as error:
-            raise _refused(error) from None
+        return _entry(await runtime.parts.desk.note(agent.tenant, conversation_id, agent.email, body.text))
 
     @router.put("/conversations/{conversation_id}/labels", responses=problems(400, 401, 403, 404))
     async def labels(
         conversation_id: ConversationId, body: LabelsBody, agent: Agent, runtime: HandoffRuntime
     ) -> dict[str, Any]:
         """Set the conversation's labels (from the tenant's list)."""
-        try:
-            return _summary(
-                await runtime.parts.desk.set_labels(agent.tenant, conversation_id, agent.email, body.labels)
-            )
-        except DeskError as error:
-            raise _refused(error) from None
+        return _summary(await runtime.parts.desk.set_labels(agent.tenant, conversation_id, agent.email, body.labels))
 
     @router.put("/conversations/{conversation_id}/priority", responses=problems(401, 403, 404))
     async def priority(
         conversation_id: ConversationId, body: PriorityBody, agent: Agent, runtime: HandoffRuntime
     ) -> dict[str, Any]:
         """Set the conversation's place in the queue (higher first)."""
-        try:
-            return _summary(
-                await runtime.parts.desk.set_priority(agent.tenant, conversation_id, agent.email, body.priority)
-            )
-        except DeskError as error:
-            raise _refused(error) from None
+        return _summary(
+            await runtime.parts.desk.set_priority(agent.tenant, conversation_id, agent.email, body.priority)
+        )
 
     @router.get("/events", response_class=EventSourceResponse, responses=problems(401))
     async def events(agent: Agent, runtime: HandoffRuntime) -> EventSourceResponse:

@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 from nats.aio.msg import Msg
 
 from zapflow.handoff.accounts import Accounts
-from zapflow.handoff.api import HandoffParts, InboxFeed, inbox_router, session_router
-from zapflow.handoff.desk import Desk
+from zapflow.handoff.api import HandoffParts, InboxFeed, inbox_router, refused, session_router
+from zapflow.handoff.desk import Desk, DeskError
 from zapflow.handoff.notify import Notifier
 from zapflow.handoff.settings import HandoffSettings
 from zapflow.platform import catalogue
@@ -92,10 +92,15 @@ def routers(settings: HandoffSettings) -> Sequence[APIRouter]:
     return (session_router(settings), inbox_router(settings), pages_router(settings))
 
 
+def customise(app: FastAPI, _: HandoffSettings) -> None:
+    app.add_exception_handler(DeskError, refused)
+
+
 HANDOFF = Service(
     name="handoff",
     summary="Conversations with a person: the queue, the agents' inbox and its API.",
     needs=Needs(streams=(catalogue.OUTBOUND, catalogue.EVENTS, catalogue.DEAD_LETTER), database=True),
     build=build,
     routers=routers,
+    customise=customise,
 )

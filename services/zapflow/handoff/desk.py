@@ -97,13 +97,16 @@ class Summary:
     resolved_by: str | None
     last_customer_at: datetime | None
     last_activity_at: datetime
-    window_closes_at: datetime | None
+
+    @property
+    def window_closes_at(self) -> datetime | None:
+        return hours.window_closes_at(self.last_customer_at)
 
     def window_open(self, now: datetime) -> bool:
-        return self.window_closes_at is not None and now < self.window_closes_at
+        return hours.window_open(self.last_customer_at, now)
 
     def as_json(self) -> dict[str, Any]:
-        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
+        return {**_json(self), "window_closes_at": _iso(self.window_closes_at)}
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,16 @@ class Entry:
     seq: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(self).items()}
+        return _json(self)
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _json(record: Summary | Entry) -> dict[str, Any]:
+    """A record's fields as JSON takes them: times in ISO 8601."""
+    return {k: _iso(v) for k, v in asdict(record).items()}
 
 
 @dataclass(frozen=True)
@@ -254,10 +266,7 @@ class Desk:
         last_sent = max((_time(m.sent_at) for m in event.messages if m.HasField("sent_at")), default=None)
         now = datetime.now(UTC)
         async with self._engine.begin() as conn:
-            seen = await conn.scalars(
-                select(HandoffEvent.data).where(HandoffEvent.handoff_id == summary.id, HandoffEvent.kind == "forwarded")
-            )
-            if any(data.get("turn_id") == event.turn_id for data in seen):
+            if await _logged_before(conn, summary.id, ("forwarded",), "turn_id", event.turn_id):
                 return False
             await self._log(
                 conn,
@@ -842,12 +851,7 @@ class Desk:
     ) -> Entry:
         now = datetime.now(UTC)
         async with self._engine.begin() as conn:
-            seen = await conn.scalars(
-                select(HandoffEvent.data).where(
-                    HandoffEvent.handoff_id == summary.id, HandoffEvent.kind.in_(("reply", "template"))
-                )
-            )
-            repeated = any(data.get("command_id") == command_id for data in seen)
+            repeated = await _logged_before(conn, summary.id, ("reply", "template"), "command_id", command_id)
             if not repeated:
                 await self._log(conn, summary, kind, agent, data={"command_id": command_id, **(extra or {})})
                 values: dict[str, Any] = {"last_activity_at": now}
@@ -997,6 +1001,17 @@ class Desk:
             log.warning("inbox activity not published", tenant=summary.tenant, error=type(error).__name__)
 
 
+async def _logged_before(conn: AsyncConnection, handoff_id: int, kinds: tuple[str, ...], key: str, value: str) -> bool:
+    """The handoff's timeline has an event of these kinds for this turn or command: a redelivery adds none.
+
+    Read in Python, not in SQL: JSON paths differ between PostgreSQL and SQLite, and a handoff has few events.
+    """
+    seen = await conn.scalars(
+        select(HandoffEvent.data).where(HandoffEvent.handoff_id == handoff_id, HandoffEvent.kind.in_(kinds))
+    )
+    return any(data.get(key) == value for data in seen)
+
+
 def _same_agent(agent: str | None) -> Any:
     return Handoff.agent.is_(None) if agent is None else Handoff.agent == agent
 
@@ -1050,7 +1065,6 @@ def _summary(row: Row[Any], store_last_customer: datetime | None = None) -> Summ
         resolved_by=row.resolved_by,
         last_customer_at=last_customer,
         last_activity_at=_aware(row.last_activity_at) or datetime.now(UTC),
-        window_closes_at=hours.window_closes_at(last_customer),
     )
 
 
