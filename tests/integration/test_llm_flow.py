@@ -50,7 +50,12 @@ async def test_a_timeout_or_a_malformed_completion_gives_the_fallback(
     release = asyncio.Event()
     fake = FakeOpenAI()
     fake.script(Hang(release), Hang(release), NOT_JSON)  # the client retries a timeout once
-    async with serve(fake.app()) as llm, running_platform(core, registry, **llm_bot(llm, timeout=0.5)) as platform:
+    # Two failures in a row would otherwise hand the customer to a person (test_handoff_flow.py covers that).
+    no_handoff = {"handoff": {"afterFailures": 0}}
+    async with (
+        serve(fake.app()) as llm,
+        running_platform(core, registry, spec=no_handoff, **llm_bot(llm, timeout=0.5)) as platform,
+    ):
         errors = "zapflow_conversation_responder_errors_total"
         await platform.say(CUSTOMER, "are you there?")
         assert await platform.wait_for_texts(CUSTOMER, 1) == [FALLBACK]
