@@ -14,6 +14,12 @@ from zapflow.v1 import outbound_pb2 as pb
 # Meta's codes for "slow down": throughput, pair rate, spam rate, API call limits.
 THROTTLE_CODES = frozenset({130429, 131056, 131048, 4, 80007, 613})
 WINDOW_CLOSED = 131047
+# The customer stopped marketing messages; only they can resume, by writing.
+MARKETING_STOPPED = 131050
+# The customer got enough marketing messages for now: hours, not seconds, before another.
+MARKETING_LIMITED = 131049
+# The template itself is wrong or unusable (parameters, missing, paused, disabled): permanent.
+TEMPLATE_CODES = range(132000, 132017)
 
 
 def graph_payload(command: pb.OutboundCommand) -> dict[str, Any]:
@@ -46,7 +52,9 @@ def graph_payload(command: pb.OutboundCommand) -> dict[str, Any]:
             "name": command.template.name,
             "language": {"code": command.template.language or "en_US"},
         }
-        if command.template.body_parameters:
+        if command.template.components:
+            template["components"] = [_component(c) for c in command.template.components]
+        elif command.template.body_parameters:
             parameters = [{"type": "text", "text": p} for p in command.template.body_parameters]
             template["components"] = [{"type": "body", "parameters": parameters}]
         payload["type"] = "template"
@@ -54,6 +62,23 @@ def graph_payload(command: pb.OutboundCommand) -> dict[str, Any]:
     else:
         raise ValueError(f"outbound command {command.command_id} has no body")
     return payload
+
+
+def _component(component: pb.TemplateComponent) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": component.type, "parameters": [_parameter(p) for p in component.parameters]}
+    if component.type == "button":
+        body["sub_type"] = component.sub_type or "quick_reply"
+        body["index"] = str(component.index)
+    return body
+
+
+def _parameter(parameter: pb.TemplateParameter) -> dict[str, Any]:
+    kind = parameter.type or "text"
+    if kind == "text":
+        return {"type": "text", "text": parameter.text}
+    if kind == "payload":
+        return {"type": "payload", "payload": parameter.text}
+    return {"type": kind, kind: {"link": parameter.link}}
 
 
 def _interactive(message: pb.OutInteractive) -> dict[str, Any]:
@@ -89,6 +114,9 @@ class Outcome(StrEnum):
     SENT = "sent"
     RETRY = "retry"  # not delivered, safe to try again later
     WINDOW_CLOSED = "window_closed"
+    MARKETING_STOPPED = "marketing_stopped"  # never market to them again until they write
+    MARKETING_LIMITED = "marketing_limited"  # a campaign tries them again much later
+    TEMPLATE_REJECTED = "template_rejected"  # the tenant must fix the template
     FAILED = "failed"  # Meta refused it for good
     UNCERTAIN = "uncertain"  # the request may have reached Meta: never resent
 
@@ -101,6 +129,13 @@ class GraphResult:
     error_code: int = 0
     error_title: str = ""
     retry_after_s: float | None = None
+
+
+_REFUSALS = {
+    WINDOW_CLOSED: Outcome.WINDOW_CLOSED,
+    MARKETING_STOPPED: Outcome.MARKETING_STOPPED,
+    MARKETING_LIMITED: Outcome.MARKETING_LIMITED,
+}
 
 
 def classify(status: int, body: bytes, retry_after: str | None = None) -> GraphResult:
@@ -117,8 +152,9 @@ def classify(status: int, body: bytes, retry_after: str | None = None) -> GraphR
     code = int(error.get("code", 0)) if isinstance(error, dict) else 0
     title = str(error.get("message", "")) if isinstance(error, dict) else ""
     delay = float(retry_after) if retry_after and retry_after.isdigit() else None
-    if code == WINDOW_CLOSED:
-        return GraphResult(Outcome.WINDOW_CLOSED, status, error_code=code, error_title=title)
+    refused_for_good = _REFUSALS.get(code) or (Outcome.TEMPLATE_REJECTED if code in TEMPLATE_CODES else None)
+    if refused_for_good is not None:
+        return GraphResult(refused_for_good, status, error_code=code, error_title=title)
     if status == 429 or code in THROTTLE_CODES or status >= 500:
         return GraphResult(Outcome.RETRY, status, error_code=code, error_title=title, retry_after_s=delay)
     return GraphResult(Outcome.FAILED, status, error_code=code, error_title=title)

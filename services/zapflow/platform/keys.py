@@ -50,6 +50,12 @@ OWNER = KeyKind(
     "contact",
     "the request id of the handoff that gave the conversation to a person; absent: the bot answers",
 )
+WINDOW = KeyKind(
+    "window",
+    "contact",
+    "when the customer last wrote (epoch seconds, the message's own timestamp): their 24-hour window",
+)
+PACE = KeyKind("pace", "contact", "GCRA theoretical arrival time of the next message to this customer (pair rate)")
 MESSAGE = KeyKind("msg", "fact", "the stream sequence of the first copy of a wamid (24 h by default)")
 TURN = KeyKind("turn", "fact", "'answered' once a turn's replies are published (1 h by default)")
 COMMAND = KeyKind("out", "fact", "calling:<epoch>, sent:<wamid> or failed:<code>: a Graph API call's state (8 days)")
@@ -70,6 +76,8 @@ KINDS = (
     HISTORY,
     OUTBOUND_CURSOR,
     OWNER,
+    WINDOW,
+    PACE,
     MESSAGE,
     TURN,
     COMMAND,
@@ -125,6 +133,14 @@ class ContactKeys:
     @property
     def owner(self) -> str:
         return OWNER.key(self.tenant, self.contact)
+
+    @property
+    def window(self) -> str:
+        return WINDOW.key(self.tenant, self.contact)
+
+    @property
+    def pace(self) -> str:
+        return PACE.key(self.tenant, self.contact)
 
     @property
     def due_member(self) -> str:

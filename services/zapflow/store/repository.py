@@ -69,7 +69,7 @@ FAILED = "failed"
 # Meta reports "played" when a voice note was listened to: for delivery, that is "read".
 STATUS_ALIASES = {"played": "read"}
 # Graph API results (OutboundResult.result) that mean Meta refused the message for good.
-REFUSED_RESULTS = frozenset({"failed", "window_closed"})
+REFUSED_RESULTS = frozenset({"failed", "window_closed", "marketing_stopped", "marketing_limited", "template_rejected"})
 
 
 class Recorded(StrEnum):

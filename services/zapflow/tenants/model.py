@@ -210,6 +210,75 @@ class RateLimitSpec(Model):
     messages_per_second: float = Field(
         default=80, gt=0, le=1000, description="Throughput of the number (80 by default, up to 1,000)."
     )
+    per_customer_burst: int = Field(
+        default=6,
+        ge=1,
+        le=45,
+        description="Messages to one customer sent back to back before pacing starts (a turn's replies fit).",
+    )
+    per_customer_interval_seconds: float = Field(
+        default=6.0,
+        ge=0,
+        le=60,
+        description="Sustained spacing of messages to one customer, under WhatsApp's pair-rate limit (131056).",
+    )
+
+
+# WhatsApp's messaging limits: unique customers a business may reach outside their 24-hour window
+# in a moving 24 hours (None: unlimited).
+MESSAGING_TIERS = (250, 2_000, 10_000, 100_000)
+DEFAULT_OPT_OUT_KEYWORDS = ("stop", "parar", "sair", "cancelar", "baja", "unsubscribe")
+
+
+class TemplateRefSpec(Model):
+    """An approved template zapflow sends on its own (outside the window), with its parameters."""
+
+    name: str = Field(description="The template's name in WhatsApp Manager.", pattern=r"^[a-z0-9_]{1,512}$")
+    language: str = Field(default="en_US", description="The template's language code, e.g. pt_BR.", min_length=2)
+    category: Literal["marketing", "utility", "authentication"] = Field(
+        default="utility", description="The category Meta approved it in (marketing respects opt-outs)."
+    )
+    body_parameters: list[str] = Field(
+        default_factory=list,
+        description="Body parameters in order; {name} becomes the customer's profile name.",
+        max_length=20,
+    )
+
+
+class MessagingSpec(Model):
+    """WhatsApp's rules for messages the business starts: limits, opt-outs, late messages."""
+
+    messaging_limit: int | None = Field(
+        default=250,
+        description="Unique customers reached outside their window in a moving 24 h: 250, 2000, 10000, 100000,"
+        " or null for unlimited (the business's tier in WhatsApp Manager).",
+    )
+    campaign_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Share of the number's throughput campaigns may use; the bot's answers keep the rest.",
+    )
+    opt_out_keywords: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_OPT_OUT_KEYWORDS),
+        description="A message that is exactly one of these opts the customer out of campaigns.",
+    )
+    opt_out_confirmation: str = Field(
+        default="Done: you will not get promotional messages from us any more. You can still write to us.",
+        description="Told once when a customer opts out.",
+        min_length=1,
+        max_length=1024,
+    )
+    late_template: TemplateRefSpec | None = Field(
+        default=None,
+        description="Answer to a message that reached zapflow after its 24-hour window closed (unset: none).",
+    )
+
+    @model_validator(mode="after")
+    def _known_tier(self) -> Self:
+        if self.messaging_limit is not None and self.messaging_limit not in MESSAGING_TIERS:
+            raise ValueError(f"messaging_limit must be one of {', '.join(map(str, MESSAGING_TIERS))} or null")
+        return self
 
 
 class IdempotencySpec(Model):
@@ -448,6 +517,9 @@ class TenantSpec(Model):
     data: DataSpec = Field(default_factory=DataSpec, description="Session closing and data retention.")
     knowledge: KnowledgeSpec = Field(default_factory=KnowledgeSpec, description="The knowledge base the spec declares.")
     handoff: HandoffSpec = Field(default_factory=HandoffSpec, description="Human handoff and the agent inbox.")
+    messaging: MessagingSpec = Field(
+        default_factory=MessagingSpec, description="Messaging limits, opt-outs and late messages."
+    )
 
 
 class TenantMetadata(BaseModel):

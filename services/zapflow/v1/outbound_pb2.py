@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19zapflow/v1/outbound.proto\x12\nzapflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x02\n\x0fOutboundCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x03 \x01(\t\x12\x0f\n\x07turn_id\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ereply_to_wamid\x18\x06 \x01(\t\x12\x0e\n\x06sender\x18\x07 \x01(\t\x12\r\n\x05\x61gent\x18\x08 \x01(\t\x12#\n\x04text\x18\n \x01(\x0b\x32\x13.zapflow.v1.OutTextH\x00\x12\x31\n\x0binteractive\x18\x0b \x01(\x0b\x32\x1a.zapflow.v1.OutInteractiveH\x00\x12+\n\x08template\x18\x0c \x01(\x0b\x32\x17.zapflow.v1.OutTemplateH\x00\x12)\n\tmark_read\x18\r \x01(\x0b\x32\x14.zapflow.v1.MarkReadH\x00\x42\x06\n\x04\x62ody\",\n\x07OutText\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\x12\x13\n\x0bpreview_url\x18\x02 \x01(\x08\"\x87\x01\n\x0eOutInteractive\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\x12\x0e\n\x06header\x18\x02 \x01(\t\x12\x0e\n\x06\x66ooter\x18\x03 \x01(\t\x12#\n\x07\x62uttons\x18\x04 \x03(\x0b\x32\x12.zapflow.v1.Button\x12\"\n\x04list\x18\x05 \x01(\x0b\x32\x14.zapflow.v1.ListMenu\"#\n\x06\x42utton\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\"E\n\x08ListMenu\x12\x0e\n\x06\x62utton\x18\x01 \x01(\t\x12)\n\x08sections\x18\x02 \x03(\x0b\x32\x17.zapflow.v1.ListSection\"?\n\x0bListSection\x12\r\n\x05title\x18\x01 \x01(\t\x12!\n\x04rows\x18\x02 \x03(\x0b\x32\x13.zapflow.v1.ListRow\"9\n\x07ListRow\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"F\n\x0bOutTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x17\n\x0f\x62ody_parameters\x18\x03 \x03(\t\")\n\x08MarkRead\x12\r\n\x05wamid\x18\x01 \x01(\t\x12\x0e\n\x06typing\x18\x02 \x01(\x08\"\xc6\x01\n\x0eOutboundResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x03 \x01(\t\x12\x0f\n\x07turn_id\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\t\x12\r\n\x05wamid\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\x05\x12\x13\n\x0b\x65rror_title\x18\x08 \x01(\t\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19zapflow/v1/outbound.proto\x12\nzapflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n\x0fOutboundCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x03 \x01(\t\x12\x0f\n\x07turn_id\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ereply_to_wamid\x18\x06 \x01(\t\x12\x0e\n\x06sender\x18\x07 \x01(\t\x12\r\n\x05\x61gent\x18\x08 \x01(\t\x12\x34\n\x10window_closes_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04text\x18\n \x01(\x0b\x32\x13.zapflow.v1.OutTextH\x00\x12\x31\n\x0binteractive\x18\x0b \x01(\x0b\x32\x1a.zapflow.v1.OutInteractiveH\x00\x12+\n\x08template\x18\x0c \x01(\x0b\x32\x17.zapflow.v1.OutTemplateH\x00\x12)\n\tmark_read\x18\r \x01(\x0b\x32\x14.zapflow.v1.MarkReadH\x00\x42\x06\n\x04\x62ody\",\n\x07OutText\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\x12\x13\n\x0bpreview_url\x18\x02 \x01(\x08\"\x87\x01\n\x0eOutInteractive\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\x12\x0e\n\x06header\x18\x02 \x01(\t\x12\x0e\n\x06\x66ooter\x18\x03 \x01(\t\x12#\n\x07\x62uttons\x18\x04 \x03(\x0b\x32\x12.zapflow.v1.Button\x12\"\n\x04list\x18\x05 \x01(\x0b\x32\x14.zapflow.v1.ListMenu\"#\n\x06\x42utton\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\"E\n\x08ListMenu\x12\x0e\n\x06\x62utton\x18\x01 \x01(\t\x12)\n\x08sections\x18\x02 \x03(\x0b\x32\x17.zapflow.v1.ListSection\"?\n\x0bListSection\x12\r\n\x05title\x18\x01 \x01(\t\x12!\n\x04rows\x18\x02 \x03(\x0b\x32\x13.zapflow.v1.ListRow\"9\n\x07ListRow\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x8b\x01\n\x0bOutTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x17\n\x0f\x62ody_parameters\x18\x03 \x03(\t\x12\x31\n\ncomponents\x18\x04 \x03(\x0b\x32\x1d.zapflow.v1.TemplateComponent\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\"u\n\x11TemplateComponent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08sub_type\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12\x31\n\nparameters\x18\x04 \x03(\x0b\x32\x1d.zapflow.v1.TemplateParameter\"=\n\x11TemplateParameter\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04link\x18\x03 \x01(\t\")\n\x08MarkRead\x12\r\n\x05wamid\x18\x01 \x01(\t\x12\x0e\n\x06typing\x18\x02 \x01(\x08\"\xc6\x01\n\x0eOutboundResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontact\x18\x03 \x01(\t\x12\x0f\n\x07turn_id\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\t\x12\r\n\x05wamid\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\x05\x12\x13\n\x0b\x65rror_title\x18\x08 \x01(\t\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zapflow.v1.outbound_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OUTBOUNDCOMMAND']._serialized_start=75
-  _globals['_OUTBOUNDCOMMAND']._serialized_end=449
-  _globals['_OUTTEXT']._serialized_start=451
-  _globals['_OUTTEXT']._serialized_end=495
-  _globals['_OUTINTERACTIVE']._serialized_start=498
-  _globals['_OUTINTERACTIVE']._serialized_end=633
-  _globals['_BUTTON']._serialized_start=635
-  _globals['_BUTTON']._serialized_end=670
-  _globals['_LISTMENU']._serialized_start=672
-  _globals['_LISTMENU']._serialized_end=741
-  _globals['_LISTSECTION']._serialized_start=743
-  _globals['_LISTSECTION']._serialized_end=806
-  _globals['_LISTROW']._serialized_start=808
-  _globals['_LISTROW']._serialized_end=865
-  _globals['_OUTTEMPLATE']._serialized_start=867
-  _globals['_OUTTEMPLATE']._serialized_end=937
-  _globals['_MARKREAD']._serialized_start=939
-  _globals['_MARKREAD']._serialized_end=980
-  _globals['_OUTBOUNDRESULT']._serialized_start=983
-  _globals['_OUTBOUNDRESULT']._serialized_end=1181
+  _globals['_OUTBOUNDCOMMAND']._serialized_end=503
+  _globals['_OUTTEXT']._serialized_start=505
+  _globals['_OUTTEXT']._serialized_end=549
+  _globals['_OUTINTERACTIVE']._serialized_start=552
+  _globals['_OUTINTERACTIVE']._serialized_end=687
+  _globals['_BUTTON']._serialized_start=689
+  _globals['_BUTTON']._serialized_end=724
+  _globals['_LISTMENU']._serialized_start=726
+  _globals['_LISTMENU']._serialized_end=795
+  _globals['_LISTSECTION']._serialized_start=797
+  _globals['_LISTSECTION']._serialized_end=860
+  _globals['_LISTROW']._serialized_start=862
+  _globals['_LISTROW']._serialized_end=919
+  _globals['_OUTTEMPLATE']._serialized_start=922
+  _globals['_OUTTEMPLATE']._serialized_end=1061
+  _globals['_TEMPLATECOMPONENT']._serialized_start=1063
+  _globals['_TEMPLATECOMPONENT']._serialized_end=1180
+  _globals['_TEMPLATEPARAMETER']._serialized_start=1182
+  _globals['_TEMPLATEPARAMETER']._serialized_end=1243
+  _globals['_MARKREAD']._serialized_start=1245
+  _globals['_MARKREAD']._serialized_end=1286
+  _globals['_OUTBOUNDRESULT']._serialized_start=1289
+  _globals['_OUTBOUNDRESULT']._serialized_end=1487
 # @@protoc_insertion_point(module_scope)

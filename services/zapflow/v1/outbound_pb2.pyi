@@ -35,6 +35,7 @@ class OutboundCommand(_message.Message):
     REPLY_TO_WAMID_FIELD_NUMBER: _builtins.int
     SENDER_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
+    WINDOW_CLOSES_AT_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     INTERACTIVE_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
@@ -54,6 +55,13 @@ class OutboundCommand(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
+    def window_closes_at(self) -> _timestamp_pb2.Timestamp:
+        """When the customer's 24-hour window closes, as the producer knew it (the latest customer
+        message of the turn, the handoff, the contact). Egress never sends free-form text or
+        interactive messages past it, nor when it is unset and Redis does not know the contact.
+        """
+
+    @_builtins.property
     def text(self) -> Global___OutText: ...
     @_builtins.property
     def interactive(self) -> Global___OutInteractive: ...
@@ -72,14 +80,15 @@ class OutboundCommand(_message.Message):
         reply_to_wamid: _builtins.str = ...,
         sender: _builtins.str = ...,
         agent: _builtins.str = ...,
+        window_closes_at: _timestamp_pb2.Timestamp | None = ...,
         text: Global___OutText | None = ...,
         interactive: Global___OutInteractive | None = ...,
         template: Global___OutTemplate | None = ...,
         mark_read: Global___MarkRead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "created_at", b"created_at", "interactive", b"interactive", "mark_read", b"mark_read", "template", b"template", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "created_at", b"created_at", "interactive", b"interactive", "mark_read", b"mark_read", "template", b"template", "text", b"text", "window_closes_at", b"window_closes_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "body", b"body", "command_id", b"command_id", "contact", b"contact", "created_at", b"created_at", "interactive", b"interactive", "mark_read", b"mark_read", "reply_to_wamid", b"reply_to_wamid", "sender", b"sender", "template", b"template", "tenant", b"tenant", "text", b"text", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "body", b"body", "command_id", b"command_id", "contact", b"contact", "created_at", b"created_at", "interactive", b"interactive", "mark_read", b"mark_read", "reply_to_wamid", b"reply_to_wamid", "sender", b"sender", "template", b"template", "tenant", b"tenant", "text", b"text", "turn_id", b"turn_id", "window_closes_at", b"window_closes_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["text", "interactive", "template", "mark_read"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
@@ -247,24 +256,98 @@ class OutTemplate(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
     BODY_PARAMETERS_FIELD_NUMBER: _builtins.int
+    COMPONENTS_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     language: _builtins.str
+    category: _builtins.str
+    """marketing | utility | authentication, as approved"""
     @_builtins.property
-    def body_parameters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def body_parameters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """shorthand for one body component of text parameters"""
+
+    @_builtins.property
+    def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___TemplateComponent]:
+        """Meta's components; used instead when present"""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         language: _builtins.str = ...,
         body_parameters: _abc.Iterable[_builtins.str] | None = ...,
+        components: _abc.Iterable[Global___TemplateComponent] | None = ...,
+        category: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_parameters", b"body_parameters", "language", b"language", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_parameters", b"body_parameters", "category", b"category", "components", b"components", "language", b"language", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OutTemplate: _TypeAlias = OutTemplate  # noqa: Y015
+
+@_typing.final
+class TemplateComponent(_message.Message):
+    """One component of a template message, as Meta's payload spells it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    SUB_TYPE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """header | body | button"""
+    sub_type: _builtins.str
+    """buttons: quick_reply | url"""
+    index: _builtins.int
+    """buttons: the button's position"""
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___TemplateParameter]: ...
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        sub_type: _builtins.str = ...,
+        index: _builtins.int = ...,
+        parameters: _abc.Iterable[Global___TemplateParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "parameters", b"parameters", "sub_type", b"sub_type", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TemplateComponent: _TypeAlias = TemplateComponent  # noqa: Y015
+
+@_typing.final
+class TemplateParameter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    LINK_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """text | payload | image | document | video"""
+    text: _builtins.str
+    """text: the value; payload: the quick-reply payload"""
+    link: _builtins.str
+    """media: a public https URL"""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        text: _builtins.str = ...,
+        link: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link", b"link", "text", b"text", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TemplateParameter: _TypeAlias = TemplateParameter  # noqa: Y015
 
 @_typing.final
 class MarkRead(_message.Message):
@@ -310,7 +393,10 @@ class OutboundResult(_message.Message):
     contact: _builtins.str
     turn_id: _builtins.str
     result: _builtins.str
-    """sent | failed | uncertain | skipped"""
+    """sent | failed | uncertain | skipped (a person has the conversation) | window_closed |
+    marketing_stopped (131050) | marketing_limited (131049, try again much later) |
+    template_rejected (132000-132016; error_title says why)
+    """
     wamid: _builtins.str
     """Meta's id of the message, when sent"""
     error_code: _builtins.int
