@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from tests.support.platform import Platform, eventually, register_number, runnin
 from tests.support.servers import ManagedServer, free_port
 from tests.support.tenants import make_tenant
 from zapflow.platform import bus, catalogue
-from zapflow.platform.keys import command_key
+from zapflow.platform.keys import ContactKeys, command_key
 from zapflow.platform.servers import zapflow_command
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.registry import TenantRegistry
@@ -115,13 +117,16 @@ def exposed_sample(exposition: str, name: str, labels: dict[str, str]) -> float:
 
 
 def command(tenant: str, command_id: str, text: str, contact: str = CUSTOMER) -> outbound_pb2.OutboundCommand:
-    return outbound_pb2.OutboundCommand(
+    """A bot reply to a customer who wrote a moment ago (their window is open)."""
+    reply = outbound_pb2.OutboundCommand(
         command_id=command_id,
         tenant=tenant,
         contact=contact,
         turn_id=command_id,
         text=outbound_pb2.OutText(body=text),
     )
+    reply.window_closes_at.FromDatetime(datetime.now(UTC) + timedelta(hours=23))
+    return reply
 
 
 async def send(js: JetStreamContext, tenant: str, command_id: str, text: str, contact: str = CUSTOMER) -> None:
@@ -310,3 +315,85 @@ async def test_a_tenant_with_a_hanging_graph_api_does_not_hold_up_another(
         # Well before the stuck calls' 10 s timeout.
         assert await platform.wait_for_texts(CUSTOMER, 1, timeout=5) == ["on time"]
         hanging.release.set()
+
+
+async def test_free_text_past_the_customer_s_window_never_leaves_but_a_template_does(
+    platform: Platform, js: JetStreamContext
+) -> None:
+    tenant, subject = platform.tenant.name, catalogue.outbound_subject(platform.tenant.name, CUSTOMER)
+    outside = {"tenant": tenant, "sender": "agent"}
+    before = REGISTRY.get_sample_value("zapflow_gateway_outside_window_total", outside) or 0.0
+    results = await js.subscribe(catalogue.result_subject(tenant, CUSTOMER), stream=catalogue.EVENTS.name)
+    late = command(tenant, "c-closed", "are you still there?")
+    late.sender, late.agent = "agent", "ana@example.com"
+    late.window_closes_at.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
+    await bus.publish(js, subject, late, late.command_id)
+    template = command(tenant, "c-template", "")
+    template.template.CopyFrom(outbound_pb2.OutTemplate(name="order_update", language="pt_BR"))
+    template.ClearField("window_closes_at")
+    await bus.publish(js, subject, template, template.command_id)
+
+    outcomes = [outbound_pb2.OutboundResult.FromString((await results.next_msg(timeout=15)).data) for _ in range(2)]
+    await results.unsubscribe()
+    by_id = {outcome.command_id: outcome for outcome in outcomes}
+    assert (by_id["c-closed"].result, by_id["c-closed"].error_code) == ("window_closed", 131047)
+    assert by_id["c-template"].result == "sent"
+    # Refused here: Meta never saw the free text.
+    assert [m["payload"]["type"] for m in await platform.sent_to(CUSTOMER)] == ["template"]
+    assert await attempts(platform) == []
+    assert REGISTRY.get_sample_value("zapflow_gateway_outside_window_total", outside) == before + 1
+
+
+async def test_a_customer_who_wrote_since_the_command_was_made_reopened_the_window(
+    platform: Platform, js: JetStreamContext, core: CoreSettings
+) -> None:
+    tenant = platform.tenant.name
+    stale = command(tenant, "c-reopened", "welcome back")
+    stale.window_closes_at.FromDatetime(datetime.now(UTC) - timedelta(hours=1))
+    # The conversation engine records when the customer last wrote (the message's own timestamp).
+    async with Redis.from_url(core.redis_url) as redis:
+        await redis.set(ContactKeys(tenant, CUSTOMER).window, int(time.time()) - 60)
+    await bus.publish(js, catalogue.outbound_subject(tenant, CUSTOMER), stale, stale.command_id)
+
+    assert await platform.wait_for_texts(CUSTOMER, 1) == ["welcome back"]
+
+
+async def test_without_a_window_from_its_producer_or_redis_free_text_is_not_sent(
+    platform: Platform, js: JetStreamContext
+) -> None:
+    unknown = command(platform.tenant.name, "c-unknown", "hello?")
+    unknown.ClearField("window_closes_at")
+    results = await js.subscribe(catalogue.result_subject(platform.tenant.name, CUSTOMER), stream=catalogue.EVENTS.name)
+    await bus.publish(js, catalogue.outbound_subject(platform.tenant.name, CUSTOMER), unknown, unknown.command_id)
+    outcome = outbound_pb2.OutboundResult.FromString((await results.next_msg(timeout=15)).data)
+    await results.unsubscribe()
+
+    assert outcome.result == "window_closed"
+    assert await attempts(platform) == []
+
+
+async def test_messages_to_one_customer_are_spaced_after_a_burst_and_others_are_not_held_up(
+    core: CoreSettings, registry: TenantRegistry, js: JetStreamContext
+) -> None:
+    burst, interval_s = 2, 0.6
+    pacing = {"rateLimits": {"perCustomerBurst": burst, "perCustomerIntervalSeconds": interval_s}}
+    async with running_platform(core, registry, spec=pacing) as platform:
+        tenant = platform.tenant.name
+        for i in range(5):
+            await send(js, tenant, f"pace-{i}", f"m{i}")
+        other = "5511955554444"
+        await send(js, tenant, "pace-other", "not held up", contact=other)
+
+        async def all_sent() -> list[dict[str, Any]] | None:
+            sent = (await platform.sandbox.get("/sandbox/messages", params={"phone_number_id": platform.number})).json()
+            return sent["messages"] if len(sent["messages"]) >= 6 else None
+
+        sent = await eventually(all_sent, what="6 sends")
+
+    stamps = [m["timestamp"] for m in sent if m["to"] == CUSTOMER]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    # The burst goes at once (a turn's replies are not delayed); then one every interval.
+    assert gaps[0] < interval_s
+    assert all(gap >= interval_s - 0.05 for gap in gaps[burst - 1 :]), gaps
+    other_sent = next(m["timestamp"] for m in sent if m["to"] == other)
+    assert other_sent < stamps[-1] - interval_s, "another customer's message waited behind the paced ones"

@@ -20,6 +20,7 @@ from zapflow.conversation.responder import Answer, handoff_action
 from zapflow.handoff import hours
 from zapflow.tenants.model import BotSpec, BusinessHoursSpec, HandoffSpec, ReplySpec
 from zapflow.v1 import inbound_pb2
+from zapflow.whatsapp import window
 
 DEFAULTS = HandoffSpec()
 ANSWERED = Answer("rule", (ReplySpec(text="It costs $10."),), rule="prices")
@@ -254,8 +255,8 @@ def test_outside_business_hours_the_customer_gets_the_closed_notice() -> None:
 
 def test_the_24_hour_window_opens_with_the_customer_s_last_message() -> None:
     last = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
-    assert hours.window_closes_at(None) is None
-    assert hours.window_closes_at(last) == last + timedelta(hours=24)
-    assert hours.window_open(last, last + timedelta(hours=23, minutes=59))
-    assert not hours.window_open(last, last + timedelta(hours=24))
-    assert not hours.window_open(None, last)
+    assert window.closes_at(None) is None
+    assert window.closes_at(last) == last + timedelta(hours=24)
+    assert window.is_open(last, last + timedelta(hours=23, minutes=59))
+    assert not window.is_open(last, last + timedelta(hours=24))
+    assert not window.is_open(None, last)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -143,3 +144,83 @@ def test_duplicates_are_listed_and_not_answered() -> None:
     plan = planning.plan_turn(copies, tenant(), CONTACT, planning.SILENT, CLOSED, NOW)
     assert (plan.commands, plan.exchange, plan.turn.outcome) == ((), (), "silent")
     assert (list(plan.turn.duplicate_wamids), plan.turn.last_inbound_seq, plan.turn.started_at) == (["w1"], 12, NOW)
+
+
+def sent(message: inbound_pb2.InboundMessage, at: datetime) -> inbound_pb2.InboundMessage:
+    """The message as Meta timestamped it (when the customer sent it)."""
+    message.sent_at.FromDatetime(at)
+    return message
+
+
+NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+LATE_TEMPLATE = {"messaging": {"lateTemplate": {"name": "sorry_we_missed_you", "bodyParameters": ["{name}"]}}}
+
+
+def test_replies_carry_when_the_customer_s_window_closes_from_the_newest_message() -> None:
+    turn = pending(sent(text("w1", "a"), NOON - timedelta(hours=2)), sent(text("w2", "b"), NOON))
+    plan = planning.plan_turn(turn, tenant(), CONTACT, TWO_REPLIES, CLOSED, NOW)
+    assert [c.window_closes_at.ToDatetime(UTC) for c in plan.commands] == [NOON + timedelta(hours=24)] * 2
+
+
+def test_a_message_that_reached_us_after_its_window_closed_is_not_answered_with_free_text() -> None:
+    stale = pending(sent(text("w1", "still open?"), NOON - timedelta(hours=25)))
+    answer = planning.not_for_the_responder(tenant(), stale, NOON, opt_out_confirmed=False)
+
+    assert answer is not None and answer.outcome == "window_closed"
+    assert planning.plan_turn(stale, tenant(), CONTACT, answer, CLOSED, NOW).commands == ()
+    # A message sent 23 hours ago still gets the responder.
+    assert (
+        planning.not_for_the_responder(
+            tenant(), pending(sent(text("w1", "hi"), NOON - timedelta(hours=23))), NOON, False
+        )
+        is None
+    )
+
+
+def test_the_tenant_s_late_template_answers_a_late_message_with_the_customer_s_name() -> None:
+    message = sent(text("w1", "hello?"), NOON - timedelta(days=2))
+    message.contact_name = "Ana"
+    late = pending(message)
+    owner = tenant(spec=LATE_TEMPLATE)
+    answer = planning.not_for_the_responder(owner, late, NOON, opt_out_confirmed=False)
+    assert answer is not None
+
+    (command,) = planning.plan_turn(late, owner, CONTACT, answer, CLOSED, NOW).commands
+    assert command.WhichOneof("body") == "template"
+    assert (command.template.name, list(command.template.body_parameters)) == ("sorry_we_missed_you", ["Ana"])
+    assert command.command_id == "in5-5:late"
+
+
+def test_an_opt_out_keyword_alone_is_confirmed_once_and_recorded() -> None:
+    owner = tenant()
+    for said in ("STOP", "Parar!", " sair ", "Cancelar.", "baja"):
+        turn = pending(sent(text("w1", said), NOON))
+        answer = planning.not_for_the_responder(owner, turn, NOON, opt_out_confirmed=False)
+        assert answer is not None, said
+        assert (answer.outcome, answer.actions) == ("opted_out", ("opt_out",))
+        assert [r.text for r in answer.replies] == [owner.spec.messaging.opt_out_confirmation]
+
+    again = planning.not_for_the_responder(owner, pending(sent(text("w1", "stop"), NOON)), NOON, opt_out_confirmed=True)
+    assert again is not None and again.replies == () and again.actions == ("opt_out",)
+
+
+def test_a_sentence_with_an_opt_out_word_in_it_is_a_question_for_the_responder() -> None:
+    for said in ("don't stop the delivery", "quero cancelar meu pedido", "stop by tomorrow?"):
+        assert planning.not_for_the_responder(tenant(), pending(sent(text("w1", said), NOON)), NOON, False) is None, (
+            said
+        )
+
+
+def test_a_late_opt_out_is_recorded_without_the_late_template() -> None:
+    late_stop = pending(sent(text("w1", "STOP"), NOON - timedelta(hours=30)))
+    owner = tenant(spec=LATE_TEMPLATE)
+    answer = planning.not_for_the_responder(owner, late_stop, NOON, opt_out_confirmed=False)
+
+    assert answer is not None and (answer.outcome, answer.actions) == ("window_closed", ("opt_out",))
+    assert planning.plan_turn(late_stop, owner, CONTACT, answer, CLOSED, NOW).commands == ()
+
+
+def test_an_opt_out_sent_to_a_person_is_still_recorded() -> None:
+    owner = tenant()
+    assert planning.forwarded(owner, (text("w1", "STOP"),)).actions == ("opt_out",)
+    assert planning.forwarded(owner, (text("w1", "my order?"),)).actions == ()

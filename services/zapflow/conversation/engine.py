@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -38,6 +39,7 @@ from zapflow.conversation import handoff, planning
 from zapflow.conversation.closer import Closer
 from zapflow.conversation.history import HistoryCache, HistorySource
 from zapflow.conversation.ledger import HeldMessages
+from zapflow.conversation.optout import OPT_OUT_ACTION
 from zapflow.conversation.planning import PendingTurn
 from zapflow.conversation.reader import TurnReader
 from zapflow.conversation.responder import Answer, Responder
@@ -109,11 +111,13 @@ class Engine:
         keys = ContactKeys(message.tenant, message.contact)
         seq = msg.metadata.sequence.stream
         debounce, message_key_ttl_s = tenant.spec.debounce, self._message_ttl(tenant)
-        state = await self._state.arrive(keys, message.wamid, seq, debounce, message_key_ttl_s)
+        # Meta's timestamp of the message (when the customer sent it) opens the window, not the webhook's arrival.
+        sent_at_s = (message.sent_at if message.HasField("sent_at") else message.received_at).seconds
+        state = await self._state.arrive(keys, message.wamid, seq, sent_at_s, debounce, message_key_ttl_s)
         if state == "no_cursor":
             # Rare (a new contact, or Redis lost its data): rebuild it off the hot path, then retry.
             await self._reader.cursor(keys)
-            state = await self._state.arrive(keys, message.wamid, seq, debounce, message_key_ttl_s)
+            state = await self._state.arrive(keys, message.wamid, seq, sent_at_s, debounce, message_key_ttl_s)
         if state in ("duplicate", "settled"):
             # A duplicate is counted once, by the turn that skips it in the stream.
             return bus.Disposition.ACK
@@ -159,8 +163,13 @@ class Engine:
             owner, streaks = prior.owner, prior.streaks
             ask = None
             if owner is None:
-                ask = handoff.asked_by_customer(tenant.spec.handoff, messages)
-            if owner is None and ask is None:
+                # A message past its window, or an opt-out, is not a question for the responder.
+                bypass = planning.not_for_the_responder(tenant, pending, datetime.now(UTC), prior.opted_out)
+                if bypass is not None:
+                    answer = bypass
+                else:
+                    ask = handoff.asked_by_customer(tenant.spec.handoff, messages)
+            if owner is None and ask is None and answer is planning.SILENT:
                 receipt = planning.read_receipt(pending, tenant, keys.contact, bus.now_timestamp())
                 if receipt is not None:
                     await bus.publish(self._js, subject, receipt, receipt.command_id)
@@ -180,7 +189,7 @@ class Engine:
                     ask = None  # someone had it already: the messages go to them
             if owner is not None:
                 if ask is None:
-                    answer, streaks = planning.FORWARDED, None
+                    answer, streaks = planning.forwarded(tenant, messages), None
                 event = planning.handoff_event(pending, keys.tenant, keys.contact, owner, ask, bus.now_timestamp())
         plan = planning.plan_turn(pending, tenant, keys.contact, answer, closed_stamp, bus.now_timestamp())
         for command in plan.commands:
@@ -196,7 +205,8 @@ class Engine:
             metrics.TURN_MESSAGES.labels(keys.tenant).observe(len(messages))
             metrics.TURNS.labels(keys.tenant, answer.outcome).inc()
         log.info("turn answered", tenant=keys.tenant, turn_id=pending.turn_id, outcome=answer.outcome)
-        return Answered(pending.turn_id, self._turn_ttl(tenant), plan.exchange, streaks)
+        opted_out = OPT_OUT_ACTION in answer.actions
+        return Answered(pending.turn_id, self._turn_ttl(tenant), plan.exchange, streaks, opted_out)
 
     async def _respond(self, tenant: BotTenant, keys: ContactKeys, pending: PendingTurn) -> Answer:
         bot = tenant.spec.bot

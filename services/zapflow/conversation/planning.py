@@ -7,24 +7,33 @@ publishes the same ids and JetStream's dedup collapses them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from zapflow.conversation import optout
 from zapflow.conversation.handoff import HandoffAsk
+from zapflow.conversation.optout import OPT_OUT_ACTION
 from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.conversation.rules import reply_command
-from zapflow.tenants.model import BotTenant
+from zapflow.tenants.model import BotTenant, ReplySpec
 from zapflow.v1 import handoff_pb2, inbound_pb2, outbound_pb2, turn_pb2
+from zapflow.whatsapp import window
 from zapflow.whatsapp.messages import CHAT_EVENT_TYPES, HistoryEntry, describe
+from zapflow.whatsapp.templates import fill_template
 
 # The outcome of a turn with nothing to answer: no command, no history.
 SILENT = Answer("silent", ())
 # A person has the conversation: the turn's messages go to them, the bot says nothing.
 FORWARDED = Answer("forwarded", ())
+FORWARDED_WITH_OPT_OUT = Answer("forwarded", (), actions=(OPT_OUT_ACTION,))
 # The turn asked for a person: the handoff service tells the customer, the bot says nothing.
 HANDOFF_OUTCOME = "handoff"
 REQUESTED = "requested"
 FORWARDED_KIND = "forwarded"
+# The turn's newest message reached zapflow after the customer's window closed: free text may not
+# answer it; the tenant's late template does, or nothing.
+WINDOW_CLOSED = Answer("window_closed", ())
 
 
 @dataclass
@@ -95,6 +104,14 @@ def plan_turn(
         if quote and index == 0:
             command.reply_to_wamid = messages[-1].wamid
         commands.append(reply_command(reply, command))
+    late_template = tenant.spec.messaging.late_template
+    if answer.outcome == WINDOW_CLOSED.outcome and late_template is not None and OPT_OUT_ACTION not in answer.actions:
+        template = _command(pending.turn_id, "late", tenant, contact, now)
+        commands.append(fill_template(template, late_template, messages[-1].contact_name))
+    closes = window_closes_at(pending)
+    if closes is not None:
+        for command in commands:
+            command.window_closes_at.FromDatetime(closes)
     customer_text = "\n".join(describe(m) for m in messages)
     answer_text = "\n".join(r.text for r in answer.replies)
     turn = turn_pb2.Turn(
@@ -124,6 +141,39 @@ def plan_turn(
         if answer_text:
             exchange += (HistoryEntry("bot", answer_text),)
     return TurnPlan(tuple(commands), turn, exchange)
+
+
+def sent_at(message: inbound_pb2.InboundMessage) -> datetime:
+    """When the customer sent the message (Meta's timestamp; the webhook's arrival if Meta gave none)."""
+    return (message.sent_at if message.HasField("sent_at") else message.received_at).ToDatetime(UTC)
+
+
+def window_closes_at(pending: PendingTurn) -> datetime | None:
+    """When the customer's window closes, counted from the newest message of the turn."""
+    return window.closes_at(max((sent_at(message) for _, message in pending.messages), default=None))
+
+
+def forwarded(tenant: BotTenant, messages: tuple[inbound_pb2.InboundMessage, ...]) -> Answer:
+    """The turn goes to the person who has the conversation; an opt-out in it is still kept."""
+    return FORWARDED_WITH_OPT_OUT if optout.asked_to_opt_out(tenant.spec.messaging, messages) else FORWARDED
+
+
+def not_for_the_responder(
+    tenant: BotTenant, pending: PendingTurn, now: datetime, opt_out_confirmed: bool
+) -> Answer | None:
+    """A turn the responder is not asked about: its messages reached us after their window closed, or an opt-out.
+
+    An opt-out is confirmed once; a late one is recorded but not answered, as free text may not go out.
+    """
+    opted_out = optout.asked_to_opt_out(tenant.spec.messaging, to_answer(pending))
+    actions = (OPT_OUT_ACTION,) if opted_out else ()
+    closes = window_closes_at(pending)
+    if closes is None or closes <= now:
+        return Answer(WINDOW_CLOSED.outcome, (), actions=actions)
+    if not opted_out:
+        return None
+    confirmation = () if opt_out_confirmed else (ReplySpec(text=tenant.spec.messaging.opt_out_confirmation),)
+    return Answer(optout.OPTED_OUT_OUTCOME, confirmation, actions=actions)
 
 
 def handoff_event(

@@ -38,6 +38,9 @@ if seq > last_seen then redis.call('HSET', KEYS[1], 'last_seen', seq) end
 local owner = redis.call('GET', KEYS[3])
 if owner and owner ~= ARGV[1] then return 'duplicate' end
 if not owner then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
+-- The customer's window opens when they sent the message; a late webhook of an older one never narrows it.
+local sent = tonumber(ARGV[6])
+if sent > tonumber(redis.call('GET', KEYS[4]) or '0') then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[7]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local first = tonumber(redis.call('HGET', KEYS[1], 'first') or '-1')
@@ -89,6 +92,10 @@ _EXTEND_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+
+# How long Redis remembers when a customer last wrote: the window itself, and re-engagement rules
+# that look back further. The relational store keeps it for good.
+WINDOW_MEMORY_S = 8 * 86_400
 
 # no_cursor: Redis does not know the contact (new, or Redis lost its data); rebuild it and retry.
 Arrival = Literal["no_cursor", "settled", "duplicate", "pending"]
@@ -143,6 +150,8 @@ class Answered:
     exchange: tuple[HistoryEntry, ...]
     # None: the turn did not change them (it was forwarded to a person).
     streaks: Streaks | None = None
+    # The customer opted out in this turn: the confirmation is not sent again.
+    opted_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,11 +161,13 @@ class Prior:
     answered: bool
     owner: str | None  # None: the bot answers
     streaks: Streaks
+    opted_out: bool = False  # the customer's opt-out was confirmed before
 
 
 # The conversation hash's fields of the handoff streaks.
 FAQ_MISSES_FIELD = "faq_misses"
 FAILURES_FIELD = "failures"
+OPTED_OUT_FIELD = "opted_out"
 
 
 class TurnState:
@@ -170,12 +181,12 @@ class TurnState:
     # --- arrivals ---
 
     async def arrive(
-        self, keys: ContactKeys, wamid: str, seq: int, debounce: DebounceSpec, message_key_ttl_s: int
+        self, keys: ContactKeys, wamid: str, seq: int, sent_at_s: int, debounce: DebounceSpec, message_key_ttl_s: int
     ) -> Arrival:
-        """Record a message's arrival and, when it is pending, slide the contact's deadline."""
+        """Record a message's arrival and when the customer sent it; a pending one slides the contact's deadline."""
         state = await self._ingest(
-            keys=[keys.conversation, DUE, keys.message(wamid)],
-            args=[seq, message_key_ttl_s, *_debounce_args(debounce), keys.due_member],
+            keys=[keys.conversation, DUE, keys.message(wamid), keys.window],
+            args=[seq, message_key_ttl_s, *_debounce_args(debounce), keys.due_member, sent_at_s, WINDOW_MEMORY_S],
         )
         return cast(Arrival, state)
 
@@ -240,10 +251,13 @@ class TurnState:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.exists(keys.turn(turn_id))
             pipe.get(keys.owner)
-            pipe.hmget(keys.conversation, [FAQ_MISSES_FIELD, FAILURES_FIELD])
-            answered, owner, (misses, failures) = await pipe.execute()
+            pipe.hmget(keys.conversation, [FAQ_MISSES_FIELD, FAILURES_FIELD, OPTED_OUT_FIELD])
+            answered, owner, (misses, failures, opted_out) = await pipe.execute()
         return Prior(
-            bool(answered), str(owner) if owner is not None else None, Streaks(int(misses or 0), int(failures or 0))
+            bool(answered),
+            str(owner) if owner is not None else None,
+            Streaks(int(misses or 0), int(failures or 0)),
+            opted_out is not None,
         )
 
     async def owner(self, keys: ContactKeys) -> str | None:
@@ -281,6 +295,8 @@ class TurnState:
             if answered is not None:
                 pipe.set(keys.turn(answered.turn_id), "answered", ex=answered.turn_key_ttl_s)
                 self._history.queue_append(pipe, keys, answered.exchange)
+                if answered.opted_out:
+                    pipe.hset(keys.conversation, OPTED_OUT_FIELD, 1)
                 if answered.streaks is not None:
                     pipe.hset(
                         keys.conversation,

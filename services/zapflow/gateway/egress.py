@@ -14,6 +14,7 @@ sending again (at most once, never twice). The same holds for a read timeout.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import aiohttp
 from nats.aio.msg import Msg
@@ -24,6 +25,7 @@ from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from zapflow.gateway.graph import (
+    WINDOW_CLOSED,
     GraphResult,
     Outcome,
     classify,
@@ -39,6 +41,7 @@ from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
 from zapflow.tenants.secrets import SecretUnavailable
 from zapflow.v1 import outbound_pb2 as pb
+from zapflow.whatsapp import window
 
 log = get_logger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -85,13 +88,15 @@ class Egress:
         key = keys.command_key(command.tenant, command.command_id)
         contact = keys.ContactKeys(command.tenant, command.contact)
         # The reads every send starts with, in one round trip.
-        values = await self._redis.mget(contact.outbound_cursor, key, contact.owner)
-        cursor_value, state, owner = (None if value is None else str(value) for value in values)
+        values = await self._redis.mget(contact.outbound_cursor, key, contact.owner, contact.window)
+        cursor_value, state, owner, last_customer = (None if value is None else str(value) for value in values)
         await self._wait_for_earlier(command, msg, cursor_value)
         # A command dead-lettered on the way (bus.Reject) is moved past by `settled`, the
         # consumer's dead-letter hook.
         if owner is not None and not command.sender and state is None:
             await self._hold_for_human(command)
+        elif state is None and _outside_window(command, last_customer):
+            await self._refuse_outside_window(tenant, command, key)
         else:
             await self._deliver(tenant, command, msg, key, state)
         await self._move_past(command, msg)
@@ -110,6 +115,16 @@ class Egress:
         )
         subject = catalogue.result_subject(command.tenant, command.contact)
         await bus.publish(self._js, subject, report, f"{command.command_id}:result")
+
+    async def _refuse_outside_window(self, tenant: BotTenant, command: pb.OutboundCommand, key: str) -> None:
+        """Free-form text past the customer's 24-hour window: Meta would refuse it, so it never leaves."""
+        if not await self._redis.set(key, f"failed:{WINDOW_CLOSED}", nx=True, ex=self._settings.sent_key_ttl_s):
+            await self._already_handled(command, str(await self._redis.get(key) or ""))
+            return
+        metrics.OUTSIDE_WINDOW.labels(command.tenant, command.sender or "bot").inc()
+        title = "not sent: the customer's 24-hour window is closed (send an approved template)"
+        refused = GraphResult(Outcome.WINDOW_CLOSED, error_code=WINDOW_CLOSED, error_title=title)
+        await self._settle(command, key, refused)
 
     async def _wait_for_earlier(self, command: pb.OutboundCommand, msg: Msg, cursor_value: str | None) -> None:
         """Per-contact order: send only after every earlier command to this contact is settled.
@@ -173,10 +188,12 @@ class Egress:
         if state is not None:
             await self._already_handled(command, str(state))
             return
-        whatsapp = tenant.spec.whatsapp
-        waited = await self._limiter.acquire(
-            command.tenant, whatsapp.phone_number_id, tenant.spec.rate_limits.messages_per_second
-        )
+        whatsapp, limits = tenant.spec.whatsapp, tenant.spec.rate_limits
+        waited = 0.0
+        if command.WhichOneof("body") != "mark_read":
+            contact = keys.ContactKeys(command.tenant, command.contact)
+            waited = await self._limiter.pace(contact, limits.per_customer_interval_seconds, limits.per_customer_burst)
+        waited += await self._limiter.acquire(command.tenant, whatsapp.phone_number_id, limits.messages_per_second)
         if waited > 1.0:
             await msg.in_progress()
         if not await self._redis.set(key, f"calling:{time.time():.3f}", nx=True, ex=self._settings.sent_key_ttl_s):
@@ -226,7 +243,7 @@ class Egress:
             await self._redis.set(key, f"sent:{result.wamid}", ex=self._settings.sent_key_ttl_s)
         else:
             await self._redis.set(key, f"failed:{result.error_code}", ex=self._settings.sent_key_ttl_s)
-            if result.outcome is Outcome.WINDOW_CLOSED:
+            if result.outcome is Outcome.WINDOW_CLOSED and result.status_code:
                 metrics.WINDOW_VIOLATIONS.labels(tenant).inc()
             log.warning(
                 "graph api refused a command",
@@ -250,3 +267,11 @@ class Egress:
         )
         subject = catalogue.result_subject(tenant, command.contact)
         await bus.publish(self._js, subject, report, f"{command.command_id}:result")
+
+
+def _outside_window(command: pb.OutboundCommand, last_customer: str | None) -> bool:
+    """A free-form command whose customer's window is closed, or unknown to its producer and to Redis."""
+    if not window.needs_window(command):
+        return False
+    closes = window.command_window_closes_at(command, float(last_customer) if last_customer is not None else None)
+    return closes is None or closes <= datetime.now(UTC)

@@ -51,6 +51,7 @@ from zapflow.store.models import (
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
 from zapflow.v1 import handoff_pb2, outbound_pb2
+from zapflow.whatsapp import window
 from zapflow.whatsapp.messages import describe
 
 log = get_logger(__name__)
@@ -100,10 +101,10 @@ class Summary:
 
     @property
     def window_closes_at(self) -> datetime | None:
-        return hours.window_closes_at(self.last_customer_at)
+        return window.closes_at(self.last_customer_at)
 
     def window_open(self, now: datetime) -> bool:
-        return hours.window_open(self.last_customer_at, now)
+        return window.is_open(self.last_customer_at, now)
 
     def as_json(self) -> dict[str, Any]:
         return {**_json(self), "window_closes_at": _iso(self.window_closes_at)}
@@ -236,7 +237,7 @@ class Desk:
             online = len(await self.online_agents(tenant.name))
             text = hours.notice_text(tenant.spec.handoff, datetime.now(UTC), online, wait)
             command_id = f"{COMMAND_PREFIX}{summary.request_id}:notice"
-            await self._send(tenant, summary.contact, command_id, text, "handoff", "")
+            await self._send(tenant, summary, command_id, text, "handoff", "")
         await self._notify(tenant, summary, "requested", f"{summary.request_id}:requested")
 
     async def _forwarded(self, tenant: BotTenant, event: handoff_pb2.HandoffEvent) -> None:
@@ -450,7 +451,7 @@ class Desk:
                 + ": WhatsApp delivers only an approved template now; send one of the tenant's templates",
             )
         command_id = f"{COMMAND_PREFIX}{handoff_id}:a:{_key(key)}"
-        await self._send(tenant, summary.contact, command_id, text, "agent", agent)
+        await self._send(tenant, summary, command_id, text, "agent", agent)
         return await self._sent(summary, agent, command_id, "reply", text, "text")
 
     async def send_template(
@@ -475,7 +476,7 @@ class Desk:
             raise DeskError("invalid", "template parameters cannot be empty")
         summary = await self._writable(tenant_name, handoff_id, agent)
         command_id = f"{COMMAND_PREFIX}{handoff_id}:a:{_key(key)}"
-        command = self._command(tenant, summary.contact, command_id, "agent", agent)
+        command = self._command(tenant, summary, command_id, "agent", agent)
         command.template.CopyFrom(
             outbound_pb2.OutTemplate(name=template.name, language=template.language, body_parameters=list(parameters))
         )
@@ -804,7 +805,7 @@ class Desk:
         if closing:
             # Before the owner key goes: the bot's next answer must come after it.
             command_id = f"{COMMAND_PREFIX}{summary.id}:a:closing"
-            await self._send(tenant, summary.contact, command_id, closing, "agent", actor)
+            await self._send(tenant, summary, command_id, closing, "agent", actor)
         async with self._engine.begin() as conn:
             changed = await conn.execute(
                 update(Handoff)
@@ -949,21 +950,26 @@ class Desk:
         return tenant
 
     def _command(
-        self, tenant: BotTenant, contact: str, command_id: str, sender: str, agent: str
+        self, tenant: BotTenant, summary: Summary, command_id: str, sender: str, agent: str
     ) -> outbound_pb2.OutboundCommand:
-        return outbound_pb2.OutboundCommand(
+        command = outbound_pb2.OutboundCommand(
             command_id=command_id,
             tenant=tenant.name,
-            contact=contact,
+            contact=summary.contact,
             created_at=bus.now_timestamp(),
             sender=sender,
             agent=agent,
         )
+        if summary.window_closes_at is not None:
+            command.window_closes_at.FromDatetime(summary.window_closes_at)
+        return command
 
-    async def _send(self, tenant: BotTenant, contact: str, command_id: str, text: str, sender: str, agent: str) -> None:
-        command = self._command(tenant, contact, command_id, sender, agent)
+    async def _send(
+        self, tenant: BotTenant, summary: Summary, command_id: str, text: str, sender: str, agent: str
+    ) -> None:
+        command = self._command(tenant, summary, command_id, sender, agent)
         command.text.CopyFrom(outbound_pb2.OutText(body=text))
-        await bus.publish(self._js, catalogue.outbound_subject(tenant.name, contact), command, command_id)
+        await bus.publish(self._js, catalogue.outbound_subject(tenant.name, summary.contact), command, command_id)
 
     async def _notify(self, tenant: BotTenant, summary: Summary, event: str, notification_id: str) -> None:
         notify = tenant.spec.handoff.notify

@@ -1,15 +1,12 @@
-"""Business hours, the customer's 24-hour window, and what the customer is told when a person is asked for."""
+"""Business hours, and what the customer is told when a person is asked for."""
 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from zapflow.tenants.model import WEEKDAYS, BusinessHoursSpec, HandoffSpec
-
-# WhatsApp's customer-service window: free-form messages only this long after the customer's last one.
-SERVICE_WINDOW = timedelta(hours=24)
 
 
 def is_open(hours: BusinessHoursSpec, at: datetime) -> bool:
@@ -19,16 +16,6 @@ def is_open(hours: BusinessHoursSpec, at: datetime) -> bool:
     local = at.astimezone(ZoneInfo(hours.timezone))
     day, clock = WEEKDAYS[local.weekday()], local.strftime("%H:%M")
     return any(day in span.days and span.opens <= clock < span.closes for span in hours.hours)
-
-
-def window_closes_at(last_customer_message: datetime | None) -> datetime | None:
-    """When the customer's 24-hour window closes (None: they never wrote, it is closed)."""
-    return last_customer_message + SERVICE_WINDOW if last_customer_message is not None else None
-
-
-def window_open(last_customer_message: datetime | None, now: datetime) -> bool:
-    closes = window_closes_at(last_customer_message)
-    return closes is not None and now < closes
 
 
 def notice_text(spec: HandoffSpec, now: datetime, agents_online: int, expected_wait_s: float | None) -> str:

@@ -62,6 +62,17 @@ WINDOW_VIOLATIONS = Counter(
     "Sends refused by Meta because the 24-hour customer-service window was closed (131047).",
     ["tenant"],
 )
+OUTSIDE_WINDOW = Counter(
+    "zapflow_gateway_outside_window_total",
+    "Free-form messages not sent because the customer's 24-hour window was closed (zapflow's own check).",
+    ["tenant", "sender"],
+)
+PACING_WAIT_SECONDS = Histogram(
+    "zapflow_gateway_pacing_wait_seconds",
+    "Time an outbound command waited so as not to message one customer too fast (pair rate).",
+    ["tenant"],
+    buckets=LATENCY_BUCKETS,
+)
 RATE_LIMIT_WAIT_SECONDS = Histogram(
     "zapflow_gateway_rate_limit_wait_seconds",
     "Time an outbound command waited for the number's throughput limit.",
@@ -78,7 +89,7 @@ GRAPH_API_SECONDS = Histogram(
 # The bus, for every consumer.
 DUPLICATES_DROPPED = Counter(
     "zapflow_bus_duplicates_dropped_total",
-    "Messages dropped as duplicates, by layer (jetstream, message_key, turn_key, outbound_key).",
+    "Messages dropped as duplicates, by layer (jetstream, message_key, turn_key, outbound_key, timer_key).",
     ["tenant", "layer"],
 )
 REDELIVERIES = Counter(
@@ -177,6 +188,34 @@ RETENTION_DELETED_ROWS = Counter(
     "zapflow_scheduler_retention_deleted_rows_total",
     "Rows deleted because they outlived their tenant's retention, by store (sql, analytics).",
     ["store"],
+)
+TIMERS_SCHEDULED = Counter(
+    "zapflow_scheduler_timers_scheduled_total",
+    "Timers scheduled (a replacement counts again).",
+    ["tenant", "kind"],
+)
+TIMERS_FIRED = Counter(
+    "zapflow_scheduler_timers_fired_total",
+    "Fired timers whose handler ran to completion.",
+    ["tenant", "kind"],
+)
+TIMERS_SKIPPED_LATE = Counter(
+    "zapflow_scheduler_timers_skipped_late_total",
+    "Fired timers not handled because they came later than their kind allows (the scheduler was down).",
+    ["tenant", "kind"],
+)
+TIMERS_CANCELLED = Counter(
+    "zapflow_scheduler_timers_cancelled_total",
+    "Timers cancelled before they were handled.",
+    ["tenant", "kind"],
+)
+# From milliseconds (on time) to a day (fired after an outage).
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
+TIMER_LATENESS_SECONDS = Histogram(
+    "zapflow_scheduler_timer_lateness_seconds",
+    "How long after its due time a fired timer reached its handler (or was skipped).",
+    ["kind"],
+    buckets=LATENESS_BUCKETS,
 )
 ERASURES = Counter("zapflow_privacy_erasures_total", "Contacts erased at a tenant's request.", ["tenant"])
 
