@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from tests.support import meta
 from tests.support.platform import Platform, eventually, running_platform
-from tests.support.tenants import secret, tenant_document
+from tests.support.tenants import tenant_document
 from zapflow.platform import catalogue
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.files import parse_tenant
@@ -74,8 +74,7 @@ async def test_the_bot_marks_read_and_shows_typing(platform: Platform) -> None:
 async def test_the_same_webhook_delivered_three_times_yields_one_reply(platform: Platform) -> None:
     payload = meta.notification(platform.number, [meta.text(CUSTOMER, "price")])
     for _ in range(3):
-        body, headers = meta.signed(payload, secret(platform.tenant))
-        assert (await platform.gateway.post("/webhook/whatsapp", content=body, headers=headers)).status_code == 200
+        assert (await platform.deliver(payload)).status_code == 200
     assert await platform.wait_for_texts(CUSTOMER, 2) == ["Welcome!", "It costs $10."]
     # A later message of the same contact is answered after any duplicate would have been.
     await platform.say(CUSTOMER, "anything else")
@@ -89,8 +88,7 @@ async def test_a_malformed_message_beside_a_good_one_is_dead_lettered_and_the_go
     malformed = meta.text(other, "x") | {"text": ["not", "an", "object"]}
     payload = meta.notification(platform.number, [malformed, meta.text(CUSTOMER, "price")])
     for _ in range(3):  # Meta's retries of the same body
-        body, headers = meta.signed(payload, secret(platform.tenant))
-        answer = await platform.gateway.post("/webhook/whatsapp", content=body, headers=headers)
+        answer = await platform.deliver(payload)
         assert answer.status_code == 200, answer.text
         assert answer.json()["accepted"]["messages"] == 1
 

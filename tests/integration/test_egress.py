@@ -45,6 +45,8 @@ GatewayProcess = Callable[..., ManagedServer]
 @pytest.fixture
 async def platform(core: CoreSettings, registry: TenantRegistry) -> AsyncIterator[Platform]:
     async with running_platform(core, registry) as running:
+        # The customer wrote an hour ago, as the commands these tests publish say (window_closes_at).
+        await running.customer_wrote(CUSTOMER, seconds_ago=3600)
         yield running
 
 
@@ -261,9 +263,12 @@ async def test_two_gateway_replicas_share_the_numbers_rate_limit(
         tenant = platform.tenant.name
         # The in-process gateway is one replica, this process the other: one egress consumer each.
         other = await ready(gateway_process())
-        for i in range(count):
-            # A contact each, so that nothing waits for per-contact order: only the number's rate.
-            await send(js, tenant, f"rate-{i}", f"m{i}", contact=f"5511977{i:06d}")
+        # A contact each, so that nothing waits for per-contact order: only the number's rate.
+        contacts = [f"5511977{i:06d}" for i in range(count)]
+        for contact in contacts:
+            await platform.customer_wrote(contact)
+        for i, contact in enumerate(contacts):
+            await send(js, tenant, f"rate-{i}", f"m{i}", contact=contact)
 
         async def all_sent() -> list[dict[str, Any]] | None:
             sent = (await platform.sandbox.get("/sandbox/messages", params={"phone_number_id": platform.number})).json()
@@ -379,9 +384,11 @@ async def test_messages_to_one_customer_are_spaced_after_a_burst_and_others_are_
     pacing = {"rateLimits": {"perCustomerBurst": burst, "perCustomerIntervalSeconds": interval_s}}
     async with running_platform(core, registry, spec=pacing) as platform:
         tenant = platform.tenant.name
+        other = "5511955554444"
+        for customer in (CUSTOMER, other):
+            await platform.customer_wrote(customer)
         for i in range(5):
             await send(js, tenant, f"pace-{i}", f"m{i}")
-        other = "5511955554444"
         await send(js, tenant, "pace-other", "not held up", contact=other)
 
         async def all_sent() -> list[dict[str, Any]] | None:

@@ -13,7 +13,6 @@ from redis.asyncio import Redis
 
 from tests.support import meta
 from tests.support.platform import Platform, running_platform
-from tests.support.tenants import secret
 from tests.support.turns import turns_covering
 from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.platform import catalogue
@@ -68,8 +67,7 @@ def assert_closed_one_window_after(turn: turn_pb2.Turn, last: Sent, window_s: fl
 
 
 async def post(platform: Platform, messages: list[dict[str, Any]]) -> None:
-    body, headers = meta.signed(meta.notification(platform.number, messages), secret(platform.tenant))
-    answer = await platform.gateway.post("/webhook/whatsapp", content=body, headers=headers)
+    answer = await platform.deliver(meta.notification(platform.number, messages))
     assert answer.status_code == 200, answer.text
 
 

@@ -32,7 +32,6 @@ from tests.support.handoff import (
 from tests.support.http import serve
 from tests.support.openai_server import FakeOpenAI, Text, ToolCall
 from tests.support.platform import Platform, eventually, knowledge_stand_in, running_platform
-from tests.support.tenants import secret
 from tests.support.turns import turns_covering
 from zapflow.conversation.responder import Answer, TurnInput
 from zapflow.knowledge.messages import SearchReply
@@ -172,8 +171,7 @@ async def test_a_message_written_in_the_second_of_the_notice_is_shown_after_it(
     notice_at = datetime.fromisoformat((await eventually(notice_entry, what="the notice in the transcript"))["at"])
     # The customer answers the notice within the second it was sent: Meta stamps messages in whole seconds.
     message = meta.text(CUSTOMER, "ok, obrigado", timestamp=str(int(notice_at.timestamp())))
-    body, headers = meta.signed(meta.notification(platform.number, [message]), secret(platform.tenant))
-    assert (await platform.gateway.post("/webhook/whatsapp", content=body, headers=headers)).status_code == 200
+    assert (await platform.deliver(meta.notification(platform.number, [message]))).status_code == 200
 
     async def transcribed() -> list[tuple[str, str]] | None:
         entries = [(e["role"], e["text"]) for e in (await agent.read(conversation["id"]))["transcript"]]

@@ -26,7 +26,6 @@ from tests.support.dead_letters import file_webhook_part
 from tests.support.http import serve
 from tests.support.platform import Platform, eventually, running_platform
 from tests.support.servers import ManagedServer, free_port
-from tests.support.tenants import secret
 from zapflow.analytics.archive import Archiver
 from zapflow.analytics.warehouse import open_warehouse
 from zapflow.platform import bus, catalogue
@@ -58,10 +57,7 @@ async def admin(core: CoreSettings, tmp_path: Path) -> AsyncIterator[httpx.Async
 
 
 async def say(platform: Platform, customer: str, text: str) -> None:
-    body, headers = meta.signed(
-        meta.notification(platform.number, [meta.text(customer, text)]), secret(platform.tenant)
-    )
-    assert (await platform.gateway.post("/webhook/whatsapp", content=body, headers=headers)).status_code == 200
+    assert (await platform.deliver(meta.notification(platform.number, [meta.text(customer, text)]))).status_code == 200
 
 
 async def recorded_messages(core: CoreSettings, customer: str, status: str | None = None) -> int:
@@ -258,6 +254,7 @@ async def test_every_subject_that_can_carry_the_contact_is_erased_dead_letters_i
         catalogue.DEAD_LETTER.name: catalogue.dead_letter_subject(
             catalogue.RECORDER_SERVICE, catalogue.inbound_subject("acme", "{c}")
         ),
+        catalogue.TIMER_STREAM.name: catalogue.due_subject("reengage", "acme", "{c}"),
     }
     for contact in (FORGOTTEN, KEPT):
         for subject in subjects.values():
@@ -282,6 +279,7 @@ async def test_every_subject_that_can_carry_the_contact_is_erased_dead_letters_i
         catalogue.OUTBOUND.name: 1,
         catalogue.EVENTS.name: 1,
         catalogue.DEAD_LETTER.name: 2,
+        catalogue.TIMER_STREAM.name: 1,
     }
     for stream, subject in subjects.items():
         assert await stream_messages(js, stream, subject.format(c=FORGOTTEN)) == 0

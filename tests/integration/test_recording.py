@@ -17,7 +17,6 @@ from tests.store.events import inbound, reply, sent, status, turn
 from tests.support import meta
 from tests.support.http import serve
 from tests.support.platform import eventually, running_platform
-from tests.support.tenants import secret
 from zapflow.platform import bus, catalogue
 from zapflow.platform.service import create_app
 from zapflow.platform.settings import CoreSettings
@@ -48,10 +47,7 @@ async def test_messages_turns_and_statuses_are_recorded_once(core: CoreSettings,
         async with running_platform(core, registry, record=True) as platform:
             payload = meta.notification(platform.number, [meta.text(CUSTOMER, "price")])
             for _ in range(2):  # a duplicate webhook
-                body, headers = meta.signed(payload, secret(platform.tenant))
-                assert (
-                    await platform.gateway.post("/webhook/whatsapp", content=body, headers=headers)
-                ).status_code == 200
+                assert (await platform.deliver(payload)).status_code == 200
             await platform.wait_for_texts(CUSTOMER, 2)
 
             async def recorded() -> list[tuple[str, str, str | None]] | None:

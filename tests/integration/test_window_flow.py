@@ -25,9 +25,8 @@ async def deliver_old_message(platform: Platform, text: str, hours_ago: float) -
     """Meta delivers, now, a webhook for a message the customer sent hours ago."""
     message = meta.text(CUSTOMER, text) | {"timestamp": str(int(time.time() - hours_ago * 3600))}
     contacts = [{"profile": {"name": "Ana"}, "wa_id": CUSTOMER}]
-    notification = meta.notification(platform.number, [message], contacts=contacts)
-    relayed = await platform.sandbox.post("/sandbox/inbound", json=notification)
-    assert relayed.status_code == 200 and relayed.json()["gateway_status"] == 200, relayed.text
+    answer = await platform.deliver(meta.notification(platform.number, [message], contacts=contacts))
+    assert answer.status_code == 200, answer.text
 
 
 async def test_a_message_sent_25_hours_ago_gets_the_late_template_and_no_free_text(

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sandbox.helpers import StartSandbox, WebhookReceiver, running_sandbox
+from tests.sandbox.helpers import StartSandbox, WebhookReceiver, customer_writes, running_sandbox
 from tests.support.http import serve
 
 
@@ -22,8 +22,13 @@ async def sandbox() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="module")
 async def shared_sandbox() -> AsyncIterator[httpx.AsyncClient]:
-    """One sandbox for a module's checks that change no state (refusals, validation)."""
-    async with running_sandbox() as client:
+    """One sandbox for a module's checks of shapes (refusals, validation, accepted payloads).
+
+    The customer has written, and the pair rate allows every send of the module: WhatsApp's rules
+    have their own tests (test_rules.py).
+    """
+    async with running_sandbox(pair_burst=10_000) as client:
+        await customer_writes(client)
         yield client
 
 

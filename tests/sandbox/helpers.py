@@ -1,10 +1,11 @@
-"""What the sandbox tests share: a webhook receiver standing in for the gateway, an SSE reader."""
+"""What the sandbox tests share: a webhook receiver standing in for the gateway, an SSE reader, a clock."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Request, Response
 from tests.support.http import serve
 from zapflow.platform.service import create_app
 from zapflow.sandbox.app import sandbox_service
+from zapflow.sandbox.rules import Clock
 from zapflow.sandbox.settings import SandboxSettings
 from zapflow.whatsapp.signature import SIGNATURE_HEADER, signature_matches
 
@@ -33,6 +35,24 @@ def messages_url(number: str = NUMBER, version: str = "v21.0") -> str:
 
 def text_message(to: str = CUSTOMER, body: str = "hello", **extra: Any) -> dict[str, Any]:
     return {"messaging_product": "whatsapp", "to": to, "type": "text", "text": {"body": body}, **extra}
+
+
+def template_message(
+    name: str = "hello_world", *components: dict[str, Any], to: str = CUSTOMER, language: str = "en_US"
+) -> dict[str, Any]:
+    template: dict[str, Any] = {"name": name, "language": {"code": language}}
+    if components:
+        template["components"] = list(components)
+    return {"messaging_product": "whatsapp", "to": to, "type": "template", "template": template}
+
+
+def component(kind: str, *values: str) -> dict[str, Any]:
+    """A template component (header, body or button) with these text parameters."""
+    found: dict[str, Any] = {"type": kind, "parameters": [{"type": "text", "text": value} for value in values]}
+    if kind == "button":
+        found |= {"sub_type": "quick_reply", "index": "0"}
+        found["parameters"] = [{"type": "payload", "payload": value} for value in values]
+    return found
 
 
 def buttons_message(*titles: str, to: str = CUSTOMER, body: str = "Pick one") -> dict[str, Any]:
@@ -128,16 +148,45 @@ async def open_chat_events(
 
 StartSandbox = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
 
+
+class ManualClock:
+    """The sandbox's clock in a test's hands: time moves only when the test says so."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def customer_writes(
+    client: httpx.AsyncClient, customer: str = CUSTOMER, number: str = NUMBER, **fields: Any
+) -> httpx.Response:
+    """The customer writes to the number, which opens their 24-hour window.
+
+    Whether or not a gateway takes the webhook (a sandbox delivering nowhere answers 502): Meta
+    knows the customer wrote either way.
+    """
+    answer = await client.post(
+        "/sandbox/chat/send", json={"phone_number_id": number, "from": customer, "text": "hi", **fields}
+    )
+    assert answer.status_code in (200, 502), answer.text
+    return answer
+
+
 # For sandboxes that must not deliver anything: nothing listens on the discard port.
 NOWHERE = "http://127.0.0.1:9/webhook/whatsapp"
 
 
 @contextlib.asynccontextmanager
-async def running_sandbox(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def running_sandbox(clock: Clock = time.time, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     """A served sandbox with the test number registered, and a client for it."""
     sandbox = SandboxSettings(**{"webhook_url": NOWHERE, "statuses": "off", **settings})
     async with (
-        serve(create_app(sandbox_service(sandbox), sandbox)) as url,
+        serve(create_app(sandbox_service(sandbox, clock), sandbox)) as url,
         httpx.AsyncClient(base_url=url, timeout=10) as client,
     ):
         registered = await client.post(

@@ -17,6 +17,7 @@ from tests.sandbox.helpers import (
     StartSandbox,
     WebhookReceiver,
     buttons_message,
+    customer_writes,
     messages_url,
     open_chat_events,
     running_sandbox,
@@ -223,6 +224,8 @@ async def test_the_chat_feed_streams_the_bots_messages_reads_and_typing(
     start_sandbox: StartSandbox, receiver: WebhookReceiver
 ) -> None:
     async with start_sandbox() as sandbox, open_chat_events(sandbox) as events:
+        await customer_writes(sandbox)
+        await receiver.next()
         sent = await sandbox.post(messages_url(), json=buttons_message("Yes", "No"), headers=GRAPH_HEADERS)
         kind, message = await events.next()
         assert (kind, message["wamid"]) == ("message", sent.json()["messages"][0]["id"])
@@ -245,6 +248,7 @@ async def test_the_chat_feed_streams_the_bots_messages_reads_and_typing(
 async def test_the_chat_feed_is_per_contact(sandbox: httpx.AsyncClient) -> None:
     async with open_chat_events(sandbox, contact="15550001111") as other, open_chat_events(sandbox) as mine:
         for to, body in [("15550001111", "for the other"), (CUSTOMER, "for me")]:
+            await customer_writes(sandbox, to)
             await sandbox.post(messages_url(), json=text_message(to=to, body=body), headers=GRAPH_HEADERS)
 
         kind, message = await mine.next()

@@ -13,8 +13,10 @@ from tests.sandbox.helpers import (
     NUMBER,
     TENANT,
     buttons_message,
+    customer_writes,
     messages_url,
     running_sandbox,
+    template_message,
     text_message,
 )
 
@@ -41,6 +43,7 @@ async def register_other_number(sandbox: httpx.AsyncClient) -> None:
 
 
 async def test_a_good_send_returns_a_wamid_and_is_recorded(sandbox: httpx.AsyncClient) -> None:
+    await customer_writes(sandbox)
     answer = await sandbox.post(messages_url(), json=text_message(to="+55 11 98888-7777"), headers=GRAPH_HEADERS)
 
     assert answer.status_code == 200, answer.text
@@ -59,8 +62,11 @@ async def test_a_good_send_returns_a_wamid_and_is_recorded(sandbox: httpx.AsyncC
 
 async def test_every_wamid_is_unique(sandbox: httpx.AsyncClient) -> None:
     wamids = set()
-    for _ in range(20):
-        answer = await sandbox.post(messages_url(), json=text_message(), headers=GRAPH_HEADERS)
+    for i in range(20):
+        # Templates to customers of their own: no window to open, no pair rate to meet.
+        answer = await sandbox.post(
+            messages_url(), json=template_message(to=f"55119000000{i:02d}"), headers=GRAPH_HEADERS
+        )
         wamids.add(answer.json()["messages"][0]["id"])
     assert len(wamids) == 20
 
@@ -173,6 +179,7 @@ async def test_an_unknown_number_gets_meta_unsupported_post_request(shared_sandb
 
 async def test_another_tenants_token_cannot_send_from_this_number(sandbox: httpx.AsyncClient) -> None:
     await register_other_number(sandbox)
+    await customer_writes(sandbox, number=OTHER_NUMBER)
 
     answer = await sandbox.post(
         messages_url(NUMBER), json=text_message(), headers={"Authorization": f"Bearer {OTHER_TOKEN}"}
@@ -303,26 +310,30 @@ async def test_a_typing_indicator_of_an_unknown_type_is_refused(shared_sandbox: 
 
 
 @pytest.mark.parametrize(
-    ("kind", "http_status", "code", "message"),
+    ("fault", "http_status", "code", "message"),
     [
-        ("429", 429, 130429, "Rate limit hit"),
-        ("500", 500, 131000, "Something went wrong"),
-        ("131047", 400, 131047, "Re-engagement message"),
+        ({"kind": "429"}, 429, 130429, "Rate limit hit"),
+        ({"kind": "500"}, 500, 131000, "Something went wrong"),
+        ({"kind": "131047"}, 400, 131047, "Re-engagement message"),
+        ({"code": 131049}, 400, 131049, "healthy ecosystem engagement"),
+        ({"code": 132007}, 400, 132007, "Policy Violated"),
+        ({"code": 368}, 400, 368, "(#368)"),  # a code the sandbox has no words for
     ],
 )
 async def test_an_injected_fault_fails_the_next_sends_then_clears(
-    sandbox: httpx.AsyncClient, kind: str, http_status: int, code: int, message: str
+    sandbox: httpx.AsyncClient, fault: dict[str, Any], http_status: int, code: int, message: str
 ) -> None:
-    injected = await sandbox.post("/sandbox/faults", json={"kind": kind, "count": 2, "phone_number_id": NUMBER})
+    await customer_writes(sandbox)
+    injected = await sandbox.post("/sandbox/faults", json={**fault, "count": 2, "phone_number_id": NUMBER})
     assert injected.status_code == 201, injected.text
-    assert injected.json()["faults"] == [{"kind": kind, "remaining": 2, "phone_number_id": NUMBER}]
+    assert injected.json()["faults"] == [{"code": code, "remaining": 2, "phone_number_id": NUMBER}]
 
     for _ in range(2):
         answer = await sandbox.post(messages_url(), json=text_message(), headers=GRAPH_HEADERS)
         error = assert_meta_error(answer, http_status, code)
         assert message in error["message"]
         assert error["error_data"]["details"]
-    if kind == "131047":
+    if code == 131047:
         assert "24 hours" in error["error_data"]["details"]
 
     after = await sandbox.post(messages_url(), json=text_message(), headers=GRAPH_HEADERS)
@@ -332,6 +343,8 @@ async def test_an_injected_fault_fails_the_next_sends_then_clears(
 
 async def test_faults_apply_to_their_number_only_and_can_be_cleared(sandbox: httpx.AsyncClient) -> None:
     await register_other_number(sandbox)
+    await customer_writes(sandbox)
+    await customer_writes(sandbox, number=OTHER_NUMBER)
     await sandbox.post("/sandbox/faults", json={"kind": "500", "count": 5, "phone_number_id": OTHER_NUMBER})
 
     mine = await sandbox.post(messages_url(), json=text_message(), headers=GRAPH_HEADERS)
@@ -346,6 +359,7 @@ async def test_faults_apply_to_their_number_only_and_can_be_cleared(sandbox: htt
 
 
 async def test_a_fault_for_any_number_and_invalid_payloads_do_not_consume_it(sandbox: httpx.AsyncClient) -> None:
+    await customer_writes(sandbox)
     await sandbox.post("/sandbox/faults", json={"kind": "429"})
 
     invalid = await sandbox.post(messages_url(), json=buttons_message("A", "B", "C", "D"), headers=GRAPH_HEADERS)
@@ -364,6 +378,9 @@ async def test_a_fault_for_any_number_and_invalid_payloads_do_not_consume_it(san
     "fault",
     [
         {"kind": "404"},
+        {},
+        {"kind": "429", "code": 130429},
+        {"code": 0},
         {"kind": "429", "count": 0},
         {"kind": "429", "phone_number_id": "abc"},
         {"kind": "429", "surprise": True},
@@ -382,6 +399,8 @@ async def test_a_fault_for_an_unknown_number_is_404(shared_sandbox: httpx.AsyncC
 
 
 async def test_attempts_record_refused_calls_and_recordings_reset(sandbox: httpx.AsyncClient) -> None:
+    for customer in (CUSTOMER, "15550001111"):
+        await customer_writes(sandbox, customer)
     await sandbox.post("/sandbox/faults", json={"kind": "500"})
     await sandbox.post(messages_url(), json=text_message(body="one"), headers=GRAPH_HEADERS)
     await sandbox.post(messages_url(), json=text_message(body="two"), headers=GRAPH_HEADERS)
@@ -411,6 +430,7 @@ async def test_attempts_record_refused_calls_and_recordings_reset(sandbox: httpx
 
 async def test_recordings_are_bounded() -> None:
     async with running_sandbox(max_recorded=3) as sandbox:
+        await customer_writes(sandbox)
         for i in range(5):
             await sandbox.post(messages_url(), json=text_message(body=str(i)), headers=GRAPH_HEADERS)
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from tests.sandbox.helpers import NOWHERE, messages_url, text_message
+from tests.sandbox.helpers import NOWHERE, customer_writes, messages_url, text_message
 from tests.support.http import serve
 from zapflow.platform.service import create_app
 from zapflow.platform.settings import CoreSettings
@@ -65,6 +65,8 @@ async def test_numbers_are_learned_from_tenant_files_with_their_secrets(
 
     async with serve(create_app(sandbox_service(settings), settings)) as url, httpx.AsyncClient(base_url=url) as client:
         listed = (await client.get("/sandbox/numbers")).json()["numbers"]
+        for number in ("301", "302", "303"):
+            await customer_writes(client, number=number)
         sends = {
             number: await client.post(
                 messages_url(number), json=text_message(), headers={"Authorization": f"Bearer {token}"}
@@ -111,6 +113,7 @@ async def test_registration_updates_its_own_number_and_refuses_anothers(sandbox:
     created = await sandbox.post("/sandbox/numbers", json=number)
     updated = await sandbox.post("/sandbox/numbers", json={**number, "access_token": "token-2", "display_name": "Shop"})
     stolen = await sandbox.post("/sandbox/numbers", json={**number, "tenant": "thief"})
+    await customer_writes(sandbox, number="401")
     old_token, new_token = [
         await sandbox.post(messages_url("401"), json=text_message(), headers={"Authorization": f"Bearer {token}"})
         for token in ("token-1", "token-2")

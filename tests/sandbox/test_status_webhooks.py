@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from tests.sandbox.helpers import (
     APP_SECRET,
     CUSTOMER,
@@ -12,11 +14,18 @@ from tests.sandbox.helpers import (
     ReceivedWebhook,
     StartSandbox,
     WebhookReceiver,
+    customer_writes,
     messages_url,
     text_message,
 )
 
 FAST = {"status_sent_delay": 0.01, "status_delivered_delay": 0.01, "status_read_delay": 0.01}
+
+
+async def customer_wrote(sandbox: httpx.AsyncClient, receiver: WebhookReceiver) -> None:
+    """The customer writes first (a send needs their window open); their message is not a status."""
+    await customer_writes(sandbox)
+    assert "messages" in (await receiver.next()).value
 
 
 def only_status(webhook: ReceivedWebhook) -> dict[str, Any]:
@@ -29,6 +38,7 @@ async def test_sent_delivered_read_arrive_in_order_signed_and_meta_shaped(
     start_sandbox: StartSandbox, receiver: WebhookReceiver
 ) -> None:
     async with start_sandbox(statuses="read", **FAST) as sandbox:
+        await customer_wrote(sandbox, receiver)
         answer = await sandbox.post(messages_url(), json=text_message(), headers=GRAPH_HEADERS)
         wamid = answer.json()["messages"][0]["id"]
         webhooks = [await receiver.next() for _ in range(3)]
@@ -58,6 +68,7 @@ async def test_sent_delivered_read_arrive_in_order_signed_and_meta_shaped(
 
 async def test_the_lifecycle_can_stop_at_delivered(start_sandbox: StartSandbox, receiver: WebhookReceiver) -> None:
     async with start_sandbox(statuses="delivered", **FAST) as sandbox:
+        await customer_wrote(sandbox, receiver)
         first = (await sandbox.post(messages_url(), json=text_message(), headers=GRAPH_HEADERS)).json()
         first_statuses = [only_status(await receiver.next())["status"] for _ in range(2)]
         # A read of the first message would follow its delivered at once; the second message's
@@ -76,9 +87,10 @@ async def test_the_lifecycle_can_stop_at_delivered(start_sandbox: StartSandbox, 
 async def test_a_failed_status_delivery_is_retried_and_the_sandbox_carries_on(
     start_sandbox: StartSandbox, receiver: WebhookReceiver
 ) -> None:
-    receiver.failures_to_answer = 2
     retrying = {"webhook_attempts": 3, "webhook_retry_delay": 0.01}
     async with start_sandbox(statuses="sent", status_sent_delay=0, **retrying) as sandbox:
+        await customer_wrote(sandbox, receiver)
+        receiver.failures_to_answer = 2
         await sandbox.post(messages_url(), json=text_message(), headers=GRAPH_HEADERS)
         attempts = [await receiver.next() for _ in range(3)]
         health = await sandbox.get("/healthz")

@@ -75,6 +75,20 @@ class Platform:
         assert answer.json()["gateway_status"] == 200, answer.json()
         return str(answer.json()["wamid"])
 
+    async def deliver(self, payload: dict[str, Any]) -> httpx.Response:
+        """Meta delivers a notification (tests/support/meta.py builds them): the sandbox signs it, posts it to
+        the gateway and learns that its customers wrote. Returns the gateway's answer."""
+        relayed = await self.sandbox.post("/sandbox/inbound", json=payload)
+        assert relayed.status_code == 200, relayed.text
+        return httpx.Response(relayed.json()["gateway_status"], text=relayed.json()["gateway_body"])
+
+    async def customer_wrote(self, customer: str, seconds_ago: float = 60) -> None:
+        """Meta learns the customer wrote, without a webhook: for tests that publish commands as if they had."""
+        answer = await self.sandbox.patch(
+            f"/sandbox/numbers/{self.number}/customers/{customer}", json={"last_message_at": time.time() - seconds_ago}
+        )
+        assert answer.status_code == 200, answer.text
+
     async def sent_to(self, customer: str) -> list[dict[str, Any]]:
         """Messages the Graph API accepted for this customer (read receipts are not messages)."""
         answer = await self.sandbox.get("/sandbox/messages", params={"phone_number_id": self.number, "to": customer})

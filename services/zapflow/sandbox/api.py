@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -19,7 +19,9 @@ from zapflow.sandbox.delivery import GatewayAnswer, GatewayUnreachable
 from zapflow.sandbox.graph import GraphEmulator
 from zapflow.sandbox.inbound import InboundRelay, ReplyKind, addressed_phone_number_id, customer_reply, customer_text
 from zapflow.sandbox.meta import (
+    FAULT_KINDS,
     PHONE_INPUT_PATTERN,
+    WA_ID_PATTERN,
     FaultKind,
     MarkReadRequest,
     SendMessageRequest,
@@ -35,6 +37,7 @@ from zapflow.sandbox.numbers import (
     default_waba_id,
 )
 from zapflow.sandbox.recording import FaultPlan, Recorder
+from zapflow.sandbox.rules import SendingRules, Template, TemplateCategory, TemplateStatus, body_parameter_count
 from zapflow.sandbox.settings import SandboxSettings
 from zapflow.tenants.model import TENANT_NAME_PATTERN
 from zapflow.whatsapp.payload import PHONE_NUMBER_ID_PATTERN
@@ -52,6 +55,7 @@ class SandboxServices:
     numbers: NumberDirectory
     recorder: Recorder
     faults: FaultPlan
+    rules: SendingRules
     hub: ChatHub
     graph: GraphEmulator
     relay: InboundRelay
@@ -150,6 +154,101 @@ async def register_number(body: RegisterNumber, services: Services, response: Re
     return {"number": number.public()}
 
 
+# --- what Meta knows of a number: its templates, its customers ------------------------------------
+
+NumberId = Annotated[str, Path(pattern=PHONE_NUMBER_ID_PATTERN)]
+WaId = Annotated[str, Path(pattern=WA_ID_PATTERN.pattern, description="The customer's wa_id: digits only")]
+
+
+class RegisterTemplate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_]{1,512}$")
+    language: str = Field(pattern=r"^[A-Za-z]{2,3}(_[A-Za-z0-9]{2,4})?$", description="e.g. en_US, pt_BR")
+    category: TemplateCategory
+    status: TemplateStatus = "APPROVED"
+    body: str = Field(min_length=1, max_length=1024, description="The approved text, with {{1}}, {{2}} ... parameters")
+    # Meta's bounds: a text header takes one variable; a template has at most 10 buttons, one variable each.
+    header_parameters: int = Field(default=0, ge=0, le=1)
+    button_parameters: int = Field(default=0, ge=0, le=10)
+
+    def to_template(self) -> Template:
+        return Template(
+            name=self.name,
+            language=self.language,
+            category=self.category,
+            status=self.status,
+            body_parameters=body_parameter_count(self.body),
+            header_parameters=self.header_parameters,
+            button_parameters=self.button_parameters,
+            body=self.body,
+        )
+
+
+class CustomerChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    last_message_at: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="When the customer last wrote, Unix seconds, as if they had (no webhook is sent): for tests that "
+        "play the platform's side alone; an earlier time closes their window",
+    )
+    marketing_stopped: bool | None = Field(
+        default=None, description="Whether the customer stopped marketing messages from this number"
+    )
+
+
+@numbers.get("/{phone_number_id}/templates", responses=problems(404))
+async def list_templates(phone_number_id: NumberId, services: Services) -> dict[str, Any]:
+    """The templates registered for a number; none: any template is accepted."""
+    _known_number(services, phone_number_id)
+    return {"templates": [template.as_dict() for template in services.rules.templates(phone_number_id)]}
+
+
+@numbers.post("/{phone_number_id}/templates", status_code=status.HTTP_201_CREATED, responses=problems(404))
+async def register_template(
+    phone_number_id: NumberId, body: RegisterTemplate, services: Services, response: Response
+) -> dict[str, Any]:
+    """Register a template (201) or replace one of the same name and language (200); sends of it are then checked."""
+    _known_number(services, phone_number_id)
+    template = body.to_template()
+    [created] = services.rules.register_templates(phone_number_id, [template])
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return {"template": template.as_dict()}
+
+
+@numbers.delete("/{phone_number_id}/templates", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
+async def forget_templates(phone_number_id: NumberId, services: Services) -> None:
+    """Forget a number's templates: any template is accepted again."""
+    _known_number(services, phone_number_id)
+    services.rules.forget_templates(phone_number_id)
+
+
+@numbers.get("/{phone_number_id}/customers/{wa_id}", responses=problems(404))
+async def customer_state(phone_number_id: NumberId, wa_id: WaId, services: Services) -> dict[str, Any]:
+    """When the customer last wrote, whether their window is open, their marketing choice and pair allowance."""
+    _known_number(services, phone_number_id)
+    return {"customer": services.rules.customer(phone_number_id, wa_id).as_dict()}
+
+
+@numbers.patch("/{phone_number_id}/customers/{wa_id}", responses=problems(400, 404))
+async def change_customer(
+    phone_number_id: NumberId, wa_id: WaId, body: CustomerChange, services: Services
+) -> dict[str, Any]:
+    """Set when a customer last wrote and whether they stopped marketing messages (writing never resumes them)."""
+    _known_number(services, phone_number_id)
+    if body.last_message_at is not None:
+        if body.last_message_at > services.rules.now():
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "last_message_at is in the future")
+        services.rules.set_last_message(phone_number_id, wa_id, body.last_message_at)
+    if body.marketing_stopped is not None:
+        services.rules.set_marketing_stopped(phone_number_id, wa_id, body.marketing_stopped)
+    return {"customer": services.rules.customer(phone_number_id, wa_id).as_dict()}
+
+
 # --- faults -----------------------------------------------------------------------------------
 
 faults = APIRouter(prefix="/sandbox/faults", tags=["faults"])
@@ -158,9 +257,23 @@ faults = APIRouter(prefix="/sandbox/faults", tags=["faults"])
 class InjectFault(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: FaultKind
+    kind: FaultKind | None = Field(default=None, description="A named fault: 429, 500 or 131047")
+    code: int | None = Field(default=None, ge=1, le=9_999_999, description="Any Meta error code, e.g. 131049")
     count: int = Field(default=1, ge=1, le=1_000_000)
     phone_number_id: str | None = Field(default=None, pattern=PHONE_NUMBER_ID_PATTERN)
+
+    @model_validator(mode="after")
+    def _kind_or_code(self) -> Self:
+        if (self.kind is None) == (self.code is None):
+            raise ValueError("give exactly one of kind or code")
+        return self
+
+    @property
+    def meta_code(self) -> int:
+        if self.code is not None:
+            return self.code
+        assert self.kind is not None, "checked by the validator"
+        return FAULT_KINDS[self.kind]
 
 
 @faults.get("")
@@ -171,10 +284,10 @@ async def list_faults(services: Services) -> dict[str, Any]:
 
 @faults.post("", status_code=status.HTTP_201_CREATED, responses=problems(404))
 async def inject_fault(body: InjectFault, services: Services) -> dict[str, Any]:
-    """Make the next `count` sends (for one number, or any) fail with Meta's error for `kind`."""
+    """Make the next `count` sends (for one number, or any) fail with Meta's error for `kind` or `code`."""
     if body.phone_number_id is not None:
         _known_number(services, body.phone_number_id)
-    services.faults.add(body.kind, body.count, body.phone_number_id)
+    services.faults.add(body.meta_code, body.count, body.phone_number_id)
     return {"faults": [fault.as_dict() for fault in services.faults.pending()]}
 
 
@@ -255,6 +368,13 @@ class ChatSend(BaseModel):
     text: str | None = Field(default=None, min_length=1, max_length=4096)
     reply: ChatReply | None = None
     context_message_id: str | None = Field(default=None, min_length=1, max_length=256)
+    timestamp: int | None = Field(
+        default=None,
+        ge=0,
+        le=10**11,
+        description="When the customer sent it, Unix seconds (default: now); an earlier one plays a message Meta "
+        "delivers late, and the customer's 24-hour window runs from it",
+    )
 
     @model_validator(mode="after")
     def _one_kind_of_message(self) -> Self:
@@ -265,18 +385,23 @@ class ChatSend(BaseModel):
         return self
 
 
-@chat.post("/send", response_model=None, responses=problems(404, 502))
+@chat.post("/send", response_model=None, responses=problems(400, 404, 502))
 async def chat_send(body: ChatSend, services: Services) -> dict[str, Any] | JSONResponse:
     """Send a customer message to the gateway, signed, as Meta would; 502 if it cannot be reached."""
     number = _known_number(services, body.phone_number_id)
     wa_id = to_wa_id(body.sender)
     assert wa_id is not None, "checked by ChatSend"
+    now = int(services.rules.now())
+    if body.timestamp is not None and body.timestamp > now:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "timestamp is in the future: a customer sends messages now")
+    sent_at = now if body.timestamp is None else body.timestamp
     wamid = new_wamid()
     if body.reply is not None:
-        message = customer_reply(number, wa_id, wamid, body.reply.kind, body.reply.as_meta(), body.context_message_id)
+        reply = body.reply.as_meta()
+        message = customer_reply(number, wa_id, wamid, sent_at, body.reply.kind, reply, body.context_message_id)
     else:
         assert body.text is not None, "checked by ChatSend"
-        message = customer_text(number, wa_id, wamid, body.text, body.context_message_id)
+        message = customer_text(number, wa_id, wamid, sent_at, body.text, body.context_message_id)
     payload = inbound_webhook(number, wa_id, body.name, message)
     try:
         answer = await services.relay.forward(number, payload)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -19,8 +20,9 @@ from zapflow.sandbox.chat import ChatHub
 from zapflow.sandbox.delivery import BackgroundTasks, StatusLifecycle, WebhookDelivery
 from zapflow.sandbox.graph import GraphEmulator
 from zapflow.sandbox.inbound import InboundRelay
-from zapflow.sandbox.numbers import NumberDirectory, load_numbers
+from zapflow.sandbox.numbers import NumberDirectory, load_tenants, number_from_tenant
 from zapflow.sandbox.recording import FaultPlan, Recorder
+from zapflow.sandbox.rules import Clock, SendingRules, templates_from_tenant
 from zapflow.sandbox.settings import SandboxSettings
 
 log = get_logger(__name__)
@@ -83,15 +85,25 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def sandbox_service(settings: SandboxSettings) -> Service[SandboxSettings, SandboxServices]:
+def sandbox_service(settings: SandboxSettings, clock: Clock = time.time) -> Service[SandboxSettings, SandboxServices]:
     """The sandbox; the tenant files are read now, so mistakes surface at once.
 
-    Raises TenantError or SecretUnavailable for a tenant file that cannot be used, and
-    NumberConflict when two tenants claim one phone number id.
+    `clock` (Unix seconds) is what WhatsApp's rules measure time with: the window and the pair
+    rate; tests give their own instead of waiting. A tenant file's number also gets the templates
+    the file names, as approved. Raises TenantError or SecretUnavailable for a tenant file that
+    cannot be used, and NumberConflict when two tenants claim one phone number id.
     """
     numbers = NumberDirectory()
-    for number in load_numbers(settings.tenant_files, settings.core.secrets_dir):
+    rules = SendingRules(
+        pair_burst=settings.pair_burst,
+        pair_refill_seconds=settings.pair_refill_seconds,
+        clock=clock,
+        enforce_window=settings.enforce_window,
+    )
+    for tenant in load_tenants(settings.tenant_files):
+        number = number_from_tenant(tenant, settings.core.secrets_dir)
         numbers.register(number)
+        rules.register_templates(number.phone_number_id, templates_from_tenant(tenant))
     chat_page = resources.files("zapflow.sandbox").joinpath("chat.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
@@ -109,16 +121,18 @@ def sandbox_service(settings: SandboxSettings) -> Service[SandboxSettings, Sandb
                 numbers=numbers,
                 recorder=recorder,
                 faults=faults,
+                rules=rules,
                 hub=hub,
                 graph=GraphEmulator(
                     numbers=numbers,
                     recorder=recorder,
                     faults=faults,
+                    rules=rules,
                     hub=hub,
                     statuses=StatusLifecycle(delivery, tasks, settings),
                     debug=settings.core.debug,
                 ),
-                relay=InboundRelay(recorder, delivery),
+                relay=InboundRelay(recorder, rules, delivery),
                 chat_page=chat_page,
             )
             log.info("sandbox ready", numbers=len(numbers.all()), webhook_url=settings.webhook_url)

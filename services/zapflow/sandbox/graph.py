@@ -13,8 +13,8 @@ from zapflow.sandbox.meta import (
     GraphError,
     MarkReadRequest,
     SendMessageRequest,
-    injected_fault,
     invalid_token,
+    meta_error,
     new_wamid,
     parse_graph_request,
     read_graph_body,
@@ -23,6 +23,7 @@ from zapflow.sandbox.meta import (
 )
 from zapflow.sandbox.numbers import NumberDirectory, SandboxNumber
 from zapflow.sandbox.recording import Attempt, FaultPlan, Recorder, SentMessage
+from zapflow.sandbox.rules import SendingRules
 
 log = get_logger(__name__)
 
@@ -43,6 +44,7 @@ class GraphEmulator:
         numbers: NumberDirectory,
         recorder: Recorder,
         faults: FaultPlan,
+        rules: SendingRules,
         hub: ChatHub,
         statuses: StatusLifecycle,
         debug: bool,
@@ -50,6 +52,7 @@ class GraphEmulator:
         self._numbers = numbers
         self._recorder = recorder
         self._faults = faults
+        self._rules = rules
         self._hub = hub
         self._statuses = statuses
         self._debug = debug
@@ -99,7 +102,8 @@ class GraphEmulator:
         # Faults apply to valid sends only, so a test's "next N sends fail" counts real sends.
         fault = self._faults.take(number.phone_number_id)
         if fault is not None:
-            raise injected_fault(fault)
+            raise meta_error(fault)
+        self._rules.check(number.phone_number_id, request)
         message = SentMessage(
             wamid=new_wamid(),
             tenant=number.tenant,

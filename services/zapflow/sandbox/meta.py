@@ -10,6 +10,7 @@ import json
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -106,32 +107,86 @@ def invalid_parameter(details: str) -> GraphError:
     return GraphError(400, 100, "(#100) Invalid parameter", details=details)
 
 
-FaultKind = Literal["429", "500", "131047"]
+@dataclass(frozen=True)
+class MetaError:
+    """How Meta answers one of its error codes: the HTTP status, the title in `message`, and `details`."""
+
+    http_status: int
+    title: str
+    details: str
 
 
-def injected_fault(kind: FaultKind) -> GraphError:
-    """The error Meta answers in the situation a test asked to simulate."""
-    if kind == "429":
-        return GraphError(
-            429,
-            130429,
-            "(#130429) Rate limit hit",
-            details="Cloud API message throughput has been reached.",
-        )
-    if kind == "500":
-        return GraphError(
-            500,
-            131000,
-            "(#131000) Something went wrong",
-            details="Message failed to send due to an unknown error.",
-        )
-    return GraphError(
+# The codes zapflow handles, with Meta's wording (its error-codes reference); `meta_error` answers
+# any other code too, for a test that injects one.
+META_ERRORS: dict[int, MetaError] = {
+    130429: MetaError(429, "Rate limit hit", "Cloud API message throughput has been reached."),
+    131000: MetaError(500, "Something went wrong", "Message failed to send due to an unknown error."),
+    131026: MetaError(400, "Message undeliverable", "Unable to deliver message. The recipient may not be on WhatsApp."),
+    131047: MetaError(
         400,
-        131047,
-        "(#131047) Re-engagement message",
-        details="Message failed to send because more than 24 hours have passed since the "
-        "customer last replied to this number.",
-    )
+        "Re-engagement message",
+        "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
+    ),
+    131048: MetaError(
+        400,
+        "Spam rate limit hit",
+        "Message failed to send because there are restrictions on how many messages can be sent from this phone "
+        "number.",
+    ),
+    131049: MetaError(
+        400,
+        "This message was not delivered to maintain healthy ecosystem engagement.",
+        "In order to maintain a healthy ecosystem engagement, the message failed to be delivered.",
+    ),
+    131050: MetaError(
+        400,
+        "Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on "
+        "WhatsApp from your business.",
+        "The recipient stopped marketing messages from this business; only they can resume them.",
+    ),
+    131056: MetaError(
+        400,
+        "(Business Account, Consumer Account) pair rate limit hit",
+        "Message failed to send because there were too many messages sent from this phone number to the same "
+        "phone number in a short period of time.",
+    ),
+    132000: MetaError(
+        400,
+        "Number of parameters does not match the expected number of params",
+        "The number of parameters given does not match the number the template expects.",
+    ),
+    132001: MetaError(
+        400,
+        "Template name does not exist in the translation",
+        "The template does not exist in the given language or has not been approved.",
+    ),
+    132005: MetaError(
+        400, "Translated text too long", "The template's text is too long once its parameters are filled."
+    ),
+    132007: MetaError(400, "Template Format Character Policy Violated", "The template's content violates a policy."),
+    132012: MetaError(
+        400,
+        "Parameter format does not match format in the created template",
+        "A parameter's format does not match the template's.",
+    ),
+    132015: MetaError(400, "Template is Paused", "Template is paused due to low quality so it cannot be sent."),
+    132016: MetaError(
+        400,
+        "Template is Disabled",
+        "Template has been paused too many times due to low quality and is now permanently disabled.",
+    ),
+}
+
+
+def meta_error(code: int, details: str | None = None) -> GraphError:
+    """Meta's answer for an error code, with its own details unless more precise ones are given."""
+    known = META_ERRORS.get(code, MetaError(400, "Error", f"Error {code}."))
+    return GraphError(known.http_status, code, f"(#{code}) {known.title}", details=details or known.details)
+
+
+# The faults a test names rather than giving a code: the HTTP status each stands for.
+FAULT_KINDS = {"429": 130429, "500": 131000, "131047": 131047}
+FaultKind = Literal["429", "500", "131047"]
 
 
 # --- requests to POST /{version}/{phone_number_id}/messages ------------------------------

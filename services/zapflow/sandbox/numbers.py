@@ -78,13 +78,9 @@ def tenant_yaml_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def load_numbers(paths: Iterable[Path], secrets_dir: Path) -> list[SandboxNumber]:
-    """Every number of every tenant in the files; raises TenantError or SecretUnavailable."""
-    return [
-        number_from_tenant(tenant, secrets_dir)
-        for path in tenant_yaml_files(paths)
-        for tenant in load_tenant_documents(path)
-    ]
+def load_tenants(paths: Iterable[Path]) -> list[BotTenant]:
+    """Every tenant in the files (each directory's YAML files); raises TenantError."""
+    return [tenant for path in tenant_yaml_files(paths) for tenant in load_tenant_documents(path)]
 
 
 class NumberConflict(ValueError):

@@ -6,8 +6,6 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from zapflow.sandbox.meta import FaultKind
-
 
 @dataclass(frozen=True)
 class SentMessage:
@@ -89,7 +87,7 @@ class Recorder:
 
 @dataclass
 class Fault:
-    kind: FaultKind
+    code: int  # Meta's error code: the sandbox answers as Meta does for it
     remaining: int
     phone_number_id: str | None  # None: any number
 
@@ -103,19 +101,19 @@ class FaultPlan:
     def __init__(self) -> None:
         self._faults: list[Fault] = []
 
-    def add(self, kind: FaultKind, count: int, phone_number_id: str | None) -> Fault:
-        fault = Fault(kind=kind, remaining=count, phone_number_id=phone_number_id)
+    def add(self, code: int, count: int, phone_number_id: str | None) -> Fault:
+        fault = Fault(code=code, remaining=count, phone_number_id=phone_number_id)
         self._faults.append(fault)
         return fault
 
-    def take(self, phone_number_id: str) -> FaultKind | None:
+    def take(self, phone_number_id: str) -> int | None:
         """Consume one failure for this number, the earliest injected first."""
         for fault in self._faults:
             if fault.phone_number_id in (None, phone_number_id):
                 fault.remaining -= 1
                 if fault.remaining == 0:
                     self._faults.remove(fault)
-                return fault.kind
+                return fault.code
         return None
 
     def pending(self) -> list[Fault]:

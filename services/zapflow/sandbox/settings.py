@@ -42,6 +42,17 @@ class SandboxSettings(ServiceSettings):
     status_read_delay: float = Field(default=0.8, ge=0, le=600)
     """Seconds from `delivered` to `read`."""
 
+    enforce_window: bool = True
+    """Refuse free-form messages to a customer who has not written in 24 hours (131047), as Meta does. The
+    benchmark turns it off: its pre-signed webhooks reach the gateway directly, so the sandbox never sees
+    its customers write."""
+    pair_burst: int = Field(default=10, ge=1, le=10_000)
+    """Messages to one customer the Graph API lets through back to back before refusing with 131056 (pair rate
+    limit hit), as Meta does; the allowance then refills one message every `pair_refill_seconds`."""
+    pair_refill_seconds: float = Field(default=6.0, gt=0, le=3600)
+    """Seconds for one more message to one customer to be allowed: Meta's sustained pair rate is about one message
+    every 6 seconds."""
+
     webhook_timeout: float = Field(default=5.0, gt=0, le=120)
     """Seconds a webhook to the gateway may take."""
     webhook_attempts: int = Field(default=4, ge=1, le=20)
