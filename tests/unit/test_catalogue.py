@@ -17,7 +17,7 @@ ALLOWED = {
     Path(__file__).resolve(),
 }
 # A string literal that starts like a subject (zf.), a Redis key (zf:) or a stream name.
-LITERAL = re.compile(r"""[rbf]*["'](zf[.:]|ZF_(INBOUND|STATUS|OUTBOUND|EVENTS|DLQ)\b)""")
+LITERAL = re.compile(r"""[rbf]*["'](zf[.:]|ZF_(INBOUND|STATUS|OUTBOUND|EVENTS|DLQ|TIMERS)\b)""")
 
 
 def python_sources() -> list[Path]:
@@ -54,6 +54,8 @@ def test_the_scan_finds_a_literal() -> None:
         ("zf.evt.turn.acme.5511", "acme"),
         ("zf.dlq.gateway.zf.out.acme.5511", "acme"),
         ("zf.dlq.recorder.zf.evt.sent.acme.5511", "acme"),
+        ("zf.timer.reengage.acme.5511", "acme"),
+        ("zf.dlq.scheduler.zf.due.reengage.acme.5511", "acme"),
     ],
 )
 def test_tenant_is_read_from_every_kind_of_subject(subject: str, tenant: str) -> None:
@@ -71,14 +73,17 @@ def test_subject_builders_match_their_streams() -> None:
     for stream, subject in built.items():
         (wildcard,) = stream.subjects
         assert subject.startswith(wildcard.removesuffix(">")), (stream.name, subject)
+    waiting, fired = catalogue.TIMER_STREAM.subjects
+    assert catalogue.timer_subject("reengage", "acme", "5511").startswith(waiting.removesuffix(">"))
+    assert catalogue.due_subject("reengage", "acme", "5511").startswith(fired.removesuffix(">"))
 
 
 def test_every_consumer_filters_inside_its_stream_and_has_a_unique_name() -> None:
     names = [consumer.durable for consumer in catalogue.ALL_CONSUMERS]
     assert len(names) == len(set(names))
     for consumer in catalogue.ALL_CONSUMERS:
-        (wildcard,) = consumer.stream.subjects
-        assert consumer.filter_subject.startswith(wildcard.removesuffix(">")), consumer.durable
+        wildcards = consumer.stream.subjects
+        assert any(consumer.filter_subject.startswith(w.removesuffix(">")) for w in wildcards), consumer.durable
 
 
 def test_erasure_reaches_every_contact_scoped_key_and_only_the_contacts_own() -> None:
@@ -95,6 +100,7 @@ def test_dead_letters_of_a_contact_are_found_by_the_erasure_filters() -> None:
     letters = [
         catalogue.dead_letter_subject("gateway", catalogue.outbound_subject("acme", "5511")),
         catalogue.dead_letter_subject("recorder", catalogue.result_subject("acme", "5511")),
+        catalogue.dead_letter_subject("scheduler", catalogue.due_subject("reengage", "acme", "5511")),
     ]
     for letter in letters:
         assert any(_matches(pattern, letter) for pattern in filters), letter

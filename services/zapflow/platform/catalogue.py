@@ -13,6 +13,8 @@ customer:
     zf.knowledge.<tenant>.<kind>             knowledge changes         ZF_KNOWLEDGE
     zf.kb.<operation>.<tenant>               knowledge requests        (core NATS request/reply)
     zf.inbox.<tenant>                        inbox activity            (core NATS, to every handoff replica)
+    zf.timer.<kind>.<tenant>.<key>           timers waiting (schedules) ZF_TIMERS
+    zf.due.<kind>.<tenant>.<key>             timers fired              ZF_TIMERS
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class StreamSpec:
     duplicate_window_s: float = 120.0
     # When full: refuse new messages (the publisher sees an error) instead of dropping the oldest.
     discard_new: bool = False
+    # nats-server holds messages with a Nats-Schedule header and publishes them when due (ADR-51).
+    allow_msg_schedules: bool = False
+    # Direct gets: the last message of a subject read without the JetStream API's queue.
+    allow_direct: bool = False
 
     def config(self, replicas: int) -> api.StreamConfig:
         return api.StreamConfig(
@@ -52,6 +58,10 @@ class StreamSpec:
             max_bytes=self.max_bytes,
             duplicate_window=self.duplicate_window_s,
             num_replicas=replicas,
+            allow_msg_schedules=self.allow_msg_schedules or None,
+            # Per-message TTLs too, so that a schedule can say `Nats-TTL: never` and wait longer than max_age.
+            allow_msg_ttl=self.allow_msg_schedules or None,
+            allow_direct=self.allow_direct or None,
         )
 
 
@@ -100,6 +110,7 @@ GATEWAY_SERVICE = "gateway"
 RECORDER_SERVICE = "recorder"
 EMBEDDING_SERVICE = "embedding"
 HANDOFF_SERVICE = "handoff"
+SCHEDULER_SERVICE = "scheduler"
 
 # --- subjects ---
 
@@ -111,6 +122,8 @@ DEAD_LETTER_PREFIX = f"{ROOT}.dlq"
 KNOWLEDGE_PREFIX = f"{ROOT}.knowledge"
 KNOWLEDGE_REQUEST_PREFIX = f"{ROOT}.kb"
 INBOX_PREFIX = f"{ROOT}.inbox"
+TIMER_PREFIX = f"{ROOT}.timer"
+DUE_PREFIX = f"{ROOT}.due"
 
 # Event kinds: the token after zf.evt.
 TURN = "turn"  # a turn was answered (turn_pb2.Turn)
@@ -163,6 +176,21 @@ def inbox_subject(tenant: str = "*") -> str:
     Core NATS, not a stream: an inbox that misses a change re-reads the queue when it reconnects.
     """
     return f"{INBOX_PREFIX}.{tenant}"
+
+
+def timer_subject(kind: str, tenant: str, key: str) -> str:
+    """Where a timer waits: one schedule per subject, so scheduling again replaces it."""
+    return f"{TIMER_PREFIX}.{kind}.{tenant}.{key}"
+
+
+def due_subject(kind: str, tenant: str, key: str) -> str:
+    """Where nats-server publishes a timer when it is due."""
+    return f"{DUE_PREFIX}.{kind}.{tenant}.{key}"
+
+
+def timer_subjects(kind: str, tenant: str, key: str) -> str:
+    """Both subjects of a timer, waiting and fired: the newest message on them is the newest schedule call."""
+    return f"{ROOT}.*.{kind}.{tenant}.{key}"
 
 
 def events_of(kind: str, tenant: str = "*") -> str:
@@ -247,11 +275,11 @@ def unattributed_dead_letters(tenant: str) -> str:
 
 
 def tenant_of(subject: str) -> str:
-    """The tenant token of any zapflow subject (zf.<kind>.<tenant>... or zf.evt.<kind>.<tenant>...)."""
+    """The tenant token of any zapflow subject (zf.<kind>.<tenant>... or zf.evt|timer|due.<kind>.<tenant>...)."""
     tokens = subject.split(".")
     if len(tokens) > 3 and tokens[1] == "dlq":
         return tenant_of(".".join(tokens[3:]))
-    index = 3 if len(tokens) > 3 and tokens[1] == "evt" else 2
+    index = 3 if len(tokens) > 3 and tokens[1] in ("evt", "timer", "due") else 2
     return tokens[index] if len(tokens) > index else "unknown"
 
 
@@ -273,7 +301,19 @@ DEAD_LETTER = StreamSpec("ZF_DLQ", (every(DEAD_LETTER_PREFIX),), "Messages that 
 KNOWLEDGE = StreamSpec(
     "ZF_KNOWLEDGE", (every(KNOWLEDGE_PREFIX),), "Knowledge-base and turn-index changes for embedding replicas", DAY
 )
-ALL_STREAMS = (INBOUND, STATUS, OUTBOUND, EVENTS, DEAD_LETTER, KNOWLEDGE)
+# Timers: the schedules nats-server holds until they are due, and what it fires. A schedule carries
+# `Nats-TTL: never`, so it waits however long it must; max_age applies to fired timers only, which
+# a consumer down for longer than that would lose, as with every other stream.
+TIMER_STREAM = StreamSpec(
+    "ZF_TIMERS",
+    (every(TIMER_PREFIX), every(DUE_PREFIX)),
+    "Timers waiting (message schedules) and fired",
+    7 * DAY,
+    allow_msg_schedules=True,
+    # Every fired timer is checked against the newest message of its key (scheduler/timers.py).
+    allow_direct=True,
+)
+ALL_STREAMS = (INBOUND, STATUS, OUTBOUND, EVENTS, DEAD_LETTER, KNOWLEDGE, TIMER_STREAM)
 
 
 def contact_subjects(tenant: str, contact: str) -> dict[str, tuple[str, ...]]:
@@ -288,7 +328,10 @@ def contact_subjects(tenant: str, contact: str) -> dict[str, tuple[str, ...]]:
         DEAD_LETTER.name: (
             dead_letter_subject("*", f"{ROOT}.*.{tenant}.{contact}"),
             dead_letter_subject("*", event_subject("*", tenant, contact)),
+            dead_letter_subject("*", due_subject("*", tenant, contact)),
         ),
+        # Timers keyed by the contact: erasing a waiting schedule also cancels it.
+        TIMER_STREAM.name: (timer_subject("*", tenant, contact), due_subject("*", tenant, contact)),
     }
 
 
@@ -365,6 +408,46 @@ HANDOFF_NOTIFY = ConsumerSpec(
     backoff_s=(2.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1200.0),
 )
 
+# Fired timers (scheduler/timers.py). A handler publishes a few messages: a replica that died
+# holding a fired timer hands it on within the ack wait, the most a crash adds to its lateness.
+TIMERS = ConsumerSpec(
+    stream=TIMER_STREAM,
+    durable="scheduler-timers",
+    filter_subject=every(DUE_PREFIX),
+    service=SCHEDULER_SERVICE,
+    ack_wait_s=10.0,
+)
+
+
+# Every answered turn decides a contact's re-engagement nudge: scheduled (replacing the one before)
+# when a rule fits the turn, cancelled when none does.
+REENGAGE_TURNS = ConsumerSpec(
+    stream=EVENTS,
+    durable="scheduler-reengage-turns",
+    filter_subject=events_of(TURN),
+    service=SCHEDULER_SERVICE,
+)
+
+
+# Campaigns follow their messages: what the Graph API made of each send (only `cp:` commands concern
+# them; the rest are acknowledged at once), then Meta's delivery statuses, matched by wamid.
+CAMPAIGN_RESULTS = ConsumerSpec(
+    stream=EVENTS,
+    durable="scheduler-campaign-results",
+    filter_subject=events_of(SENT),
+    service=SCHEDULER_SERVICE,
+)
+CAMPAIGN_STATUSES = ConsumerSpec(
+    stream=STATUS,
+    durable="scheduler-campaign-statuses",
+    filter_subject=every(STATUS_PREFIX),
+    service=SCHEDULER_SERVICE,
+    # A status can overtake the send result that tells which recipient its wamid is: it waits for
+    # it (the handler gives up after 15 tries, about a minute; more are left for outages).
+    max_attempts=20,
+    backoff_s=(1.0, 2.0, 5.0, 15.0, 60.0),
+)
+
 
 def turns_of(tenants: Sequence[str]) -> tuple[str, ...]:
     """The turn events of these tenants, one filter each."""
@@ -387,4 +470,8 @@ ALL_CONSUMERS = (
     EMBED_TURNS,
     HANDOFF_EVENTS,
     HANDOFF_NOTIFY,
+    TIMERS,
+    REENGAGE_TURNS,
+    CAMPAIGN_RESULTS,
+    CAMPAIGN_STATUSES,
 )

@@ -55,10 +55,17 @@ WINDOW = KeyKind(
     "contact",
     "when the customer last wrote (epoch seconds, the message's own timestamp): their 24-hour window",
 )
+REENGAGED = KeyKind("reengaged", "contact", "set for 24 h after a re-engagement was sent: at most one a day")
 PACE = KeyKind("pace", "contact", "GCRA theoretical arrival time of the next message to this customer (pair rate)")
 MESSAGE = KeyKind("msg", "fact", "the stream sequence of the first copy of a wamid (24 h by default)")
 TURN = KeyKind("turn", "fact", "'answered' once a turn's replies are published (1 h by default)")
 COMMAND = KeyKind("out", "fact", "calling:<epoch>, sent:<wamid> or failed:<code>: a Graph API call's state (8 days)")
+TIMER = KeyKind(
+    "timer",
+    "fact",
+    "a fired timer's outcome, by timer id: fired:<due ms epoch>, skipped:<due ms epoch> (too late), cancelled or"
+    " replaced (after it fired, before it was handled); 8 days",
+)
 RATE = KeyKind("rate", "tenant", "GCRA theoretical arrival time of a WhatsApp number's next send slot")
 KNOWLEDGE_SYNC = KeyKind(
     "kbsync", "tenant", "the embedding replica syncing this tenant's spec knowledge base; expires if it dies"
@@ -67,6 +74,12 @@ AGENTS_ONLINE = KeyKind(
     "agents", "tenant", "sorted set: the agents with an inbox open, scored by their last heartbeat (ms epoch)"
 )
 ROUND_ROBIN = KeyKind("rr", "tenant", "the email of the agent assigned last, so the next assignment goes to another")
+REACHED = KeyKind(
+    "reached",
+    "tenant",
+    "sorted set: customers a campaign reached outside their 24-hour window, scored by when (epoch seconds);"
+    " the messaging limit's moving 24 hours",
+)
 SESSION = KeyKind("session", "agent", "hash: an agent's inbox session (email, CSRF token); expires when idle")
 
 KINDS = (
@@ -77,14 +90,17 @@ KINDS = (
     OUTBOUND_CURSOR,
     OWNER,
     WINDOW,
+    REENGAGED,
     PACE,
     MESSAGE,
     TURN,
     COMMAND,
+    TIMER,
     RATE,
     KNOWLEDGE_SYNC,
     AGENTS_ONLINE,
     ROUND_ROBIN,
+    REACHED,
     SESSION,
 )
 
@@ -92,6 +108,11 @@ KINDS = (
 DUE = f"{PREFIX}:due"
 # The scheduler replica that holds this runs the jobs.
 SCHEDULER_LEADER = f"{PREFIX}:scheduler:leader"
+
+
+def rollup_bucket_key(bucket: int) -> str:
+    """Taken by the scheduler replica that computes the per-tenant figures of this time bucket."""
+    return f"{PREFIX}:scheduler:rollup:{bucket}"
 
 
 def due_member(tenant: str, contact: str) -> str:
@@ -139,6 +160,10 @@ class ContactKeys:
         return WINDOW.key(self.tenant, self.contact)
 
     @property
+    def reengaged(self) -> str:
+        return REENGAGED.key(self.tenant, self.contact)
+
+    @property
     def pace(self) -> str:
         return PACE.key(self.tenant, self.contact)
 
@@ -161,6 +186,10 @@ def command_key(tenant: str, command_id: str) -> str:
     return COMMAND.key(tenant, command_id)
 
 
+def timer_key(tenant: str, timer_id: str) -> str:
+    return TIMER.key(tenant, timer_id)
+
+
 def knowledge_sync_key(tenant: str) -> str:
     return KNOWLEDGE_SYNC.key(tenant, "spec")
 
@@ -179,3 +208,7 @@ def session_key(tenant: str, session_id: str) -> str:
 
 def rate_key(tenant: str, phone_number_id: str) -> str:
     return RATE.key(tenant, phone_number_id)
+
+
+def reached_key(tenant: str) -> str:
+    return REACHED.key(tenant, "24h")

@@ -126,7 +126,8 @@ TENANTS_LOADED = Gauge(
 # The conversation engine.
 TURNS = Counter(
     "zapflow_conversation_turns_total",
-    "Turns answered, by outcome (rule, greeting, fallback, llm, faq, error_fallback).",
+    "Turns answered, by outcome (rule, greeting, fallback, llm, faq, error_fallback, handoff, forwarded,"
+    " window_closed, opted_out).",
     ["tenant", "outcome"],
 )
 TURN_MESSAGES = Histogram(
@@ -189,6 +190,21 @@ RETENTION_DELETED_ROWS = Counter(
     "Rows deleted because they outlived their tenant's retention, by store (sql, analytics).",
     ["store"],
 )
+OPEN_CONVERSATIONS = Gauge(
+    "zapflow_conversations_open",
+    "Conversations open now, per tenant (computed by the scheduler's leader once per interval).",
+    ["tenant"],
+)
+CONTACTS_IN_WINDOW = Gauge(
+    "zapflow_contacts_in_window",
+    "Contacts who wrote in the last 24 hours (free text may reach them), per tenant (scheduler's leader).",
+    ["tenant"],
+)
+REENGAGEMENTS = Counter(
+    "zapflow_scheduler_reengagements_total",
+    "Re-engagement nudges that came due, by rule and outcome (sent_text, sent_template, skipped_<why>).",
+    ["tenant", "rule", "outcome"],
+)
 TIMERS_SCHEDULED = Counter(
     "zapflow_scheduler_timers_scheduled_total",
     "Timers scheduled (a replacement counts again).",
@@ -216,6 +232,12 @@ TIMER_LATENESS_SECONDS = Histogram(
     "How long after its due time a fired timer reached its handler (or was skipped).",
     ["kind"],
     buckets=LATENESS_BUCKETS,
+)
+CAMPAIGN_MESSAGES = Counter(
+    "zapflow_scheduler_campaign_messages_total",
+    "Campaign messages by outcome: published (handed to egress), skipped (opted out, marketing stopped, a person"
+    " has the conversation), sent, delivered, read, failed, deferred (131049: tried again a day later).",
+    ["tenant", "outcome"],
 )
 ERASURES = Counter("zapflow_privacy_erasures_total", "Contacts erased at a tenant's request.", ["tenant"])
 
