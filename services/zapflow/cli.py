@@ -49,7 +49,11 @@ tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (BotTenant d
 app.add_typer(tenant_app, name="tenant")
 db_app = typer.Typer(no_args_is_help=True, help="Manage the database schema (conversations, messages, turns).")
 app.add_typer(db_app, name="db")
-contact_app = typer.Typer(no_args_is_help=True, help="A tenant's customers: erase one everywhere (LGPD / GDPR).")
+# Annotated: mypy reads it from zapflow.scheduler.cli, which this module imports in turn.
+contact_app: typer.Typer = typer.Typer(
+    no_args_is_help=True,
+    help="A tenant's customers: erase one everywhere (LGPD / GDPR); opt one out of campaigns, or back in.",
+)
 app.add_typer(contact_app, name="contact")
 
 out = Console()
@@ -1012,6 +1016,8 @@ def _print_hit(rank: int, hit: Hit, knowledge: bool) -> None:
 
 # Last: their commands use the helpers above.
 from zapflow.handoff.cli import agent_app, handoff_app  # noqa: E402
+from zapflow.scheduler.cli import campaign_app  # noqa: E402
 
 app.add_typer(handoff_app, name="handoff")
 app.add_typer(agent_app, name="agent")
+app.add_typer(campaign_app, name="campaign")

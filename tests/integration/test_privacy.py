@@ -178,7 +178,7 @@ class CountingJobs(Jobs):
         self.ticks = 0
         self.ticked = asyncio.Event()
 
-    async def run_all(self, now: datetime | None = None) -> dict[str, bool]:
+    async def run_all(self, now: datetime | None = None, rollup_claim: object = None) -> dict[str, bool]:
         self.ticks += 1
         self.ticked.set()
         return {}

@@ -121,6 +121,8 @@ async def test_retention_deletes_archived_conversations_past_their_tenants_days(
         "turns": 1,
         "handoff_events": 0,
         "handoffs": 0,
+        "campaign_recipients": 0,
+        "campaigns": 0,
         "conversations": 1,
         "contacts": 1,
     }
@@ -136,7 +138,14 @@ async def test_retention_drops_statuses_of_messages_never_recorded(
 
     deleted = await delete_expired_conversations(engine, lambda _: data(retention_days=1), T0 + timedelta(days=2))
 
-    assert deleted.rows == {"handoff_events": 0, "handoffs": 0, "message_statuses": 1, "contacts": 1}
+    assert deleted.rows == {
+        "handoff_events": 0,
+        "handoffs": 0,
+        "campaign_recipients": 0,
+        "campaigns": 0,
+        "message_statuses": 1,
+        "contacts": 1,
+    }
     assert await count(engine, MessageStatus) == 0
 
 
@@ -190,6 +199,8 @@ async def test_erasing_a_contact_deletes_its_rows_and_nobody_elses(
         "conversations": 2,
         "handoff_events": 5 + 3,
         "handoffs": 2,
+        "campaign_recipients": 0,
+        "contact_preferences": 0,
         "contacts": 1,
     }
     for model in (Contact, Conversation, Message, MessageStatus, Turn, Handoff, HandoffEvent):

@@ -35,6 +35,8 @@ from zapflow.recorder.app import RECORDER
 from zapflow.recorder.settings import RecorderSettings
 from zapflow.sandbox.app import sandbox_service
 from zapflow.sandbox.settings import SandboxSettings
+from zapflow.scheduler.app import SCHEDULER
+from zapflow.scheduler.settings import SchedulerSettings
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
 
@@ -164,9 +166,10 @@ async def running_platform(
     record: bool = False,
     embedding: dict[str, Any] | None = None,
     handoff: dict[str, Any] | None = None,
+    scheduler: dict[str, Any] | None = None,
     **bot: Any,
 ) -> AsyncIterator[Platform]:
-    """`embedding`, `handoff`: run that service too, with these settings (`{}`: the defaults).
+    """`embedding`, `handoff`, `scheduler`: run that service too, with these settings (`{}`: the defaults).
 
     The handoff service needs a migrated database (`core.database_url`) and records nothing itself:
     run it with `record=True` so that the recorder writes the messages its transcripts show.
@@ -190,5 +193,8 @@ async def running_platform(
                 serve(create_app(HANDOFF, HandoffSettings(core=core, **handoff)))
                 if handoff is not None
                 else contextlib.nullcontext("") as handoff_url,
+                serve(create_app(SCHEDULER, SchedulerSettings(core=core, **scheduler)))
+                if scheduler is not None
+                else contextlib.nullcontext(""),
             ):
                 yield Platform(sandbox_client, gateway_client, registry, tenant, handoff_url)

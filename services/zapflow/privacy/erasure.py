@@ -5,9 +5,9 @@ is down, or a server that is not zapflow's, stops the erasure before anything is
 in order, so that nothing erased comes back from a store not erased yet:
 
 1. Redis: the contact's conversation state, locks, history, outbound cursor and handoff owner
-   (every key `zf:<tenant>:<kind>:<contact>`) and its debounce entry; then the append-only file is
-   rewritten (and an RDB snapshot made where one is configured), because the old file still
-   holds the deleted values.
+   (every key `zf:<tenant>:<kind>:<contact>`), its debounce entry and its place in the campaigns'
+   count of customers reached in 24 hours; then the append-only file is rewritten (and an RDB
+   snapshot made where one is configured), because the old file still holds the deleted values.
 2. JetStream: every message on the contact's subjects in every stream, dead letters included,
    and the tenant's unattributed dead letters (webhook parts whose contact could not be read,
    filed under the catalogue's UNATTRIBUTED contact) whose payload or reason holds the contact's
@@ -18,8 +18,10 @@ in order, so that nothing erased comes back from a store not erased yet:
    each stream gave up; `ZF_DLQ`'s count includes the unattributed letters.
 3. The relational store: every row about the contact (store/lifecycle.py), the embedded turns
    (`turn_vectors`: their words and vectors) and the handoffs with their timelines (`handoffs`,
-   `handoff_events`: agents' private notes; open handoffs too) included, then SQLite's
-   write-ahead log is checkpointed and truncated (its rows are overwritten on delete). The
+   `handoff_events`: agents' private notes; open handoffs too) and the contact's campaign rows
+   (`campaign_recipients`, and `contact_preferences`: an erased opt-out is forgotten too)
+   included, then SQLite's write-ahead log is checkpointed and truncated (its rows are
+   overwritten on delete). The
    embedding replicas are told which turn rows went (by row id, never the contact) and drop them
    from memory; a replica that missed it never shows them anyway, since every turn hit is read
    back from SQL.
@@ -63,7 +65,7 @@ from zapflow.analytics import pseudonym
 from zapflow.analytics.warehouse import TABLES, WarehouseError, changed_rows, open_warehouse, transaction
 from zapflow.platform import bus, catalogue, deadletters, metrics
 from zapflow.platform.connections import Needs, connected
-from zapflow.platform.keys import DUE, ContactKeys
+from zapflow.platform.keys import DUE, ContactKeys, reached_key
 from zapflow.platform.logging import get_logger
 from zapflow.platform.settings import CoreSettings
 from zapflow.store.engine import flush_deleted_rows
@@ -200,7 +202,9 @@ class Eraser:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(*keys.all())
             pipe.zrem(DUE, keys.due_member)
-            deleted, _ = await pipe.execute()
+            # The campaigns' count of customers reached in the last 24 hours names them too.
+            pipe.zrem(reached_key(tenant), contact)
+            deleted, _, _ = await pipe.execute()
         deleted = int(deleted)
         return {"keys": deleted, "persistence_rewritten": await self._rewrite_persistence()}
 

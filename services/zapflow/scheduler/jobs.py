@@ -3,7 +3,9 @@
 1. close_idle: conversations idle longer than their tenant's `sessionIdleMinutes` are closed;
 2. archive: closed conversations are copied into the analytics file;
 3. retention: archived conversations older than `retentionDays` leave the relational store,
-   and archived sessions older than `analyticsRetentionDays` leave the analytics file.
+   and archived sessions older than `analyticsRetentionDays` leave the analytics file;
+4. campaigns: active campaigns whose next slice is overdue are woken (wakeups.py, a safety net);
+5. rollups: the per-tenant gauges (rollups.py), once per time bucket across replicas.
 
 Every job is idempotent, so a tick killed half-way is finished by the next one. A job that
 fails is counted and logged and does not stop the ones after it, except that retention never
@@ -24,20 +26,34 @@ from zapflow.analytics.archive import Archiver
 from zapflow.analytics.warehouse import delete_sessions_opened_before, open_warehouse
 from zapflow.platform import metrics
 from zapflow.platform.logging import get_logger
+from zapflow.scheduler import rollups
 from zapflow.store.lifecycle import DataSpecOf, close_idle_conversations, delete_expired_conversations
 
 log = get_logger(__name__)
 
 
 class Jobs:
-    def __init__(self, engine: AsyncEngine, warehouse: Path, pseudonym_secret: str, data_of: DataSpecOf) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        warehouse: Path,
+        pseudonym_secret: str,
+        data_of: DataSpecOf,
+        wake_campaigns: Callable[[datetime], Awaitable[int]] | None = None,
+    ) -> None:
         self._engine = engine
+        self._wake_campaigns = wake_campaigns
         self._warehouse = warehouse
         self._data_of = data_of
         self._archiver = Archiver(engine, warehouse, pseudonym_secret)
 
-    async def run_all(self, now: datetime | None = None) -> dict[str, bool]:
-        """One tick: every job once, in order; which jobs succeeded."""
+    async def run_all(
+        self, now: datetime | None = None, rollup_claim: Callable[[datetime], Awaitable[bool]] | None = None
+    ) -> dict[str, bool]:
+        """One tick: every job once, in order; which jobs succeeded.
+
+        The per-tenant figures are computed when `rollup_claim` grants this replica the time bucket.
+        """
         at = now or datetime.now(UTC)
         succeeded = {
             "close_idle": await _timed("close_idle", lambda: self.close_idle(at)),
@@ -45,7 +61,17 @@ class Jobs:
         }
         if succeeded["archive"]:
             succeeded["retention"] = await _timed("retention", lambda: self.retention(at))
+        if self._wake_campaigns is not None:
+            wake = self._wake_campaigns
+            succeeded["campaigns"] = await _timed("campaigns", lambda: wake(at))
+        if rollup_claim is not None and await rollup_claim(at):
+            succeeded["rollups"] = await _timed("rollups", lambda: self.rollups(at))
         return succeeded
+
+    async def rollups(self, now: datetime) -> int:
+        figures = await rollups.compute(self._engine, now)
+        rollups.export(figures)
+        return len(figures.open_conversations)
 
     async def close_idle(self, now: datetime) -> int:
         closed = await close_idle_conversations(self._engine, self._data_of, now)

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from zapflow.platform.keys import SCHEDULER_LEADER
 from zapflow.platform.logging import get_logger
+from zapflow.scheduler import rollups
 from zapflow.scheduler.jobs import Jobs
 
 log = get_logger(__name__)
@@ -35,6 +36,7 @@ class Scheduler:
 
     def __init__(self, jobs: Jobs, redis: Redis, interval_s: float) -> None:
         self._jobs = jobs
+        self._redis = redis
         self._lease = redis.register_script(_LEASE)
         self._interval_s = interval_s
         self._identity = secrets.token_hex(8)
@@ -52,11 +54,13 @@ class Scheduler:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                if await self._hold_lease():
+                if not await self._hold_lease():
+                    rollups.clear()  # another replica exports the figures now
+                else:
                     # Renewed while the jobs run: a long archival must not let another replica in.
                     keeper = asyncio.create_task(self._keep_lease())
                     try:
-                        await self._jobs.run_all(datetime.now(UTC))
+                        await self._jobs.run_all(datetime.now(UTC), self._claim_rollup)
                     finally:
                         keeper.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
@@ -66,6 +70,9 @@ class Scheduler:
             # The interval is the schedule itself, not a wait for something to happen.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+
+    async def _claim_rollup(self, now: datetime) -> bool:
+        return await rollups.claim_bucket(self._redis, now, self._interval_s)
 
     async def _hold_lease(self) -> bool:
         """Take or renew the lease for three intervals; whether this replica holds it."""

@@ -15,10 +15,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Select, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from zapflow.store.campaigns import delete_ended_campaigns, erase_contact_campaign_rows
 from zapflow.store.models import (
     CONVERSATION_CLOSED,
     CONVERSATION_OPEN,
     HANDOFF_RESOLVED,
+    Campaign,
     Contact,
     Conversation,
     Handoff,
@@ -108,7 +110,9 @@ async def delete_expired_conversations(engine: AsyncEngine, data_of: DataSpecOf,
     """Delete archived conversations closed longer ago than their tenant's `retentionDays`.
 
     Unarchived ones wait for the archive job, so a report never loses a session to retention.
-    Handoffs resolved longer ago go too, with their timelines; an open one stays however old.
+    Handoffs resolved longer ago go too, with their timelines; an open one stays however old; and
+    campaigns that ended longer ago, with their recipients (opt-outs stay: they are not a record of
+    a conversation but what the customer asked for).
     Contacts left with nothing are deleted too.
     """
     deleted = Deleted()
@@ -116,6 +120,7 @@ async def delete_expired_conversations(engine: AsyncEngine, data_of: DataSpecOf,
         tenants = set(await conn.scalars(select(Contact.tenant).distinct()))
         tenants |= set(await conn.scalars(select(TurnVector.tenant).distinct()))
         tenants |= set(await conn.scalars(select(Handoff.tenant).distinct()))
+        tenants |= set(await conn.scalars(select(Campaign.tenant).distinct()))
     for tenant in sorted(tenants):
         cutoff = now - timedelta(days=data_of(tenant).retention_days)
         async with engine.begin() as conn:
@@ -128,6 +133,9 @@ async def delete_expired_conversations(engine: AsyncEngine, data_of: DataSpecOf,
                 (Handoff.tenant == tenant) & (Handoff.status == HANDOFF_RESOLVED) & (Handoff.resolved_at < cutoff),
                 deleted,
             )
+            # Campaigns that ended longer ago, with their recipients (phone numbers and parameters).
+            for table, count in (await delete_ended_campaigns(conn, tenant, cutoff)).items():
+                deleted.add(table, count)
         while True:
             async with engine.begin() as conn:
                 expired = list(
@@ -186,6 +194,8 @@ async def erase_contact(engine: AsyncEngine, tenant: str, contact: str) -> Delet
         await _delete_turn_vectors(conn, (TurnVector.tenant == tenant) & (TurnVector.contact == contact), deleted)
         # Open ones too: their notes and timelines are about the customer.
         await _delete_handoffs(conn, (Handoff.tenant == tenant) & (Handoff.contact == contact), deleted)
+        for table, count in (await erase_contact_campaign_rows(conn, tenant, contact)).items():
+            deleted.add(table, count)
         contacts = await conn.execute(delete(Contact).where(Contact.tenant == tenant, Contact.wa_id == contact))
         deleted.add("contacts", contacts.rowcount)
     return deleted

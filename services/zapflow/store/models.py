@@ -504,3 +504,125 @@ class TurnVector(Base):
     model: Mapped[str] = mapped_column(String(MODEL_LENGTH))
     # float32, little-endian; empty when the service runs without a model (lexical search only).
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- campaigns (written by the scheduler) ---
+
+# A campaign waits for its start, runs, waits when the messaging limit is reached, and ends: done
+# (every recipient settled), cancelled, or failed (the template was refused: every send would be).
+CAMPAIGN_SCHEDULED = "scheduled"
+CAMPAIGN_RUNNING = "running"
+CAMPAIGN_WAITING = "waiting"
+CAMPAIGN_DONE = "done"
+CAMPAIGN_CANCELLED = "cancelled"
+CAMPAIGN_FAILED = "failed"
+CAMPAIGN_STATES = (
+    CAMPAIGN_SCHEDULED,
+    CAMPAIGN_RUNNING,
+    CAMPAIGN_WAITING,
+    CAMPAIGN_DONE,
+    CAMPAIGN_CANCELLED,
+    CAMPAIGN_FAILED,
+)
+CAMPAIGN_ACTIVE = (CAMPAIGN_SCHEDULED, CAMPAIGN_RUNNING, CAMPAIGN_WAITING)
+# A recipient is queued, then sending (its command is, or is about to be, on the bus), then it
+# follows Meta's statuses; or it is skipped (opted out, ...) or failed, with the reason.
+RECIPIENT_STATES = ("queued", "sending", "sent", "delivered", "read", "failed", "skipped")
+OPT_OUT_SOURCES = ("keyword", "admin", "import")
+CAMPAIGN_ID_LENGTH = 16
+TEMPLATE_NAME_LENGTH = 512
+
+
+def _states(states: tuple[str, ...]) -> str:
+    return f"status IN ({', '.join(repr(state) for state in states)})"
+
+
+class ContactPreference(Base):
+    """What a customer asked about the business's campaigns: opted out (for good), or stopped marketing at Meta."""
+
+    __tablename__ = "contact_preferences"
+    __table_args__ = (
+        CheckConstraint(
+            f"opt_out_source IN ({', '.join(repr(source) for source in OPT_OUT_SOURCES)})", name="opt_out_source"
+        ),
+    )
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH), primary_key=True)
+    # Set: no campaign ever messages the customer (until an admin opts them back in).
+    opted_out_at: Mapped[datetime | None]
+    # keyword (they wrote STOP ...) | admin (zapflow contact opt-out, the admin API) | import
+    opt_out_source: Mapped[str | None] = mapped_column(String(16))
+    # Meta refused a marketing template with 131050; cleared when the customer writes.
+    marketing_stopped_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class Campaign(Base):
+    """One approved template sent to a list of a tenant's customers."""
+
+    __tablename__ = "campaigns"
+    __table_args__ = (
+        CheckConstraint(_states(CAMPAIGN_STATES), name="status"),
+        # Lets recipients reference (tenant, id): a row can only point at a campaign of its own tenant.
+        UniqueConstraint("tenant", "id", name="uq_campaigns_tenant_id"),
+        Index("ix_campaigns_tenant_created_at", "tenant", "created_at"),
+        # The scheduler's safety net: active campaigns whose next slice is due.
+        Index("ix_campaigns_status_next_at", "status", "next_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(CAMPAIGN_ID_LENGTH), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    name: Mapped[str] = mapped_column(Text)
+    template_name: Mapped[str] = mapped_column(String(TEMPLATE_NAME_LENGTH))
+    template_language: Mapped[str] = mapped_column(String(16))
+    # marketing | utility | authentication: marketing respects 131050's stop.
+    template_category: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    # Why it waits or failed, in words shown to the tenant.
+    reason: Mapped[str | None] = mapped_column(Text)
+    start_at: Mapped[datetime]
+    # When the runner wants to send its next slice (None: it has ended).
+    next_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    # cli | admin-api
+    created_by: Mapped[str] = mapped_column(String(32))
+
+
+class CampaignRecipient(Base):
+    """One customer of a campaign: their template parameters and how far their message got."""
+
+    __tablename__ = "campaign_recipients"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant", "campaign_id"],
+            ["campaigns.tenant", "campaigns.id"],
+            name="fk_campaign_recipients_campaign",
+            ondelete="CASCADE",
+        ),
+        CheckConstraint(_states(RECIPIENT_STATES), name="status"),
+        # The runner's queue and the progress counts.
+        Index("ix_campaign_recipients_campaign_id_status", "campaign_id", "status"),
+        # Delivery statuses find their recipient by wamid.
+        Index("ix_campaign_recipients_tenant_wamid", "tenant", "wamid"),
+        # Erasure, and a status waiting for its send result.
+        Index("ix_campaign_recipients_tenant_contact", "tenant", "contact"),
+    )
+
+    campaign_id: Mapped[str] = mapped_column(String(CAMPAIGN_ID_LENGTH), primary_key=True)
+    contact: Mapped[str] = mapped_column(String(WA_ID_LENGTH), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    # The CSV's parameter columns: {"body.1": "Ana", "button.0": "promo-12"}.
+    parameters: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))
+    # Why it was skipped or failed, or deferred (still queued with a not_before).
+    reason: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_title: Mapped[str | None] = mapped_column(Text)
+    # Each new try (after 131049) has a new command id.
+    attempt: Mapped[int] = mapped_column(Integer)
+    not_before: Mapped[datetime | None]
+    command_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    wamid: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    updated_at: Mapped[datetime]

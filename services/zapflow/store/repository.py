@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import InstrumentedAttribute
 
 from zapflow.platform.logging import get_logger
+from zapflow.store.campaigns import OPT_OUT_ACTION, record_opt_out
 from zapflow.store.errors import StoreError
 from zapflow.store.models import (
     CONVERSATION_CLOSED,
@@ -51,6 +52,7 @@ from zapflow.store.models import (
     STATUS_ORDER,
     Base,
     Contact,
+    ContactPreference,
     Conversation,
     Message,
     MessageStatus,
@@ -180,6 +182,16 @@ class _Statements:
             .limit(1)
         )
         self.insert_turn = upsert(Turn).on_conflict_do_nothing(index_elements=[Turn.tenant, Turn.turn_id])
+        # A customer who writes resumes the marketing messages they had stopped (131050) before.
+        self.resume_marketing = (
+            update(ContactPreference)
+            .where(
+                ContactPreference.tenant == bindparam("where_tenant"),
+                ContactPreference.contact == bindparam("where_contact"),
+                ContactPreference.marketing_stopped_at < bindparam("where_written_at"),
+            )
+            .values(marketing_stopped_at=None, updated_at=bindparam("updated_at"))
+        )
         link = upsert(Message)
         self.link_to_turn = link.on_conflict_do_update(
             index_elements=[Message.tenant, Message.wamid],
@@ -307,7 +319,7 @@ class ConversationStore:
             customer_message_at=at,
             profile_name=message.contact_name or None,
         )
-        return await self._record_message(
+        recorded = await self._record_message(
             conn,
             self._sql.inbound_by_wamid,
             self._sql.upsert_inbound,
@@ -324,6 +336,17 @@ class ConversationStore:
             created_at=at,
             received_at=_time(message.received_at),
         )
+        if recorded is Recorded.NEW:
+            await conn.execute(
+                self._sql.resume_marketing,
+                {
+                    "where_tenant": message.tenant,
+                    "where_contact": message.contact,
+                    "where_written_at": at,
+                    "updated_at": _now(),
+                },
+            )
+        return recorded
 
     async def _write_outbound(self, conn: AsyncConnection, command: outbound_pb2.OutboundCommand) -> Recorded:
         kind = command.WhichOneof("body")
@@ -476,6 +499,8 @@ class ConversationStore:
                     for wamid in dict.fromkeys(turn.inbound_wamids)
                 ],
             )
+        if OPT_OUT_ACTION in turn.actions:
+            await record_opt_out(conn, turn.tenant, turn.contact, "keyword", created_at)
         return Recorded.NEW
 
     async def close_conversation(self, tenant: str, contact: str, at: datetime) -> bool:

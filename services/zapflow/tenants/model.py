@@ -224,9 +224,6 @@ class RateLimitSpec(Model):
     )
 
 
-# WhatsApp's messaging limits: unique customers a business may reach outside their 24-hour window
-# in a moving 24 hours (None: unlimited).
-MESSAGING_TIERS = (250, 2_000, 10_000, 100_000)
 DEFAULT_OPT_OUT_KEYWORDS = ("stop", "parar", "sair", "cancelar", "baja", "unsubscribe")
 
 
@@ -245,13 +242,47 @@ class TemplateRefSpec(Model):
     )
 
 
+class ReengagementRuleSpec(Model):
+    """A nudge to a customer whose conversation went quiet; the first rule that fits a turn applies."""
+
+    name: str = Field(description="The rule's name (in metrics and logs).", pattern=r"^[a-z0-9][-a-z0-9_]{0,62}$")
+    when: Literal["unanswered", "quiet"] = Field(
+        default="unanswered",
+        description="unanswered: the bot's last answer was a fallback (it did not understand, or failed);"
+        " quiet: any conversation the bot answered last.",
+    )
+    after_hours: float = Field(
+        gt=0, le=720, description="Hours after the customer's last message; cancelled if they write before."
+    )
+    text: str | None = Field(
+        default=None, description="Sent inside the customer's 24-hour window.", min_length=1, max_length=4096
+    )
+    template: TemplateRefSpec | None = Field(
+        default=None, description="Sent outside the window (unset: no nudge once the window closed)."
+    )
+
+    @model_validator(mode="after")
+    def _something_to_send(self) -> Self:
+        if self.text is None and self.template is None:
+            raise ValueError(f"re-engagement rule {self.name} needs a text, a template, or both")
+        return self
+
+
+class ReengagementSpec(Model):
+    """Nudges to customers who went quiet: at most one per customer per 24 h, within WhatsApp's rules."""
+
+    rules: list[ReengagementRuleSpec] = Field(
+        default_factory=list, description="Tried in order; none: no re-engagement.", max_length=10
+    )
+
+
 class MessagingSpec(Model):
     """WhatsApp's rules for messages the business starts: limits, opt-outs, late messages."""
 
-    messaging_limit: int | None = Field(
+    messaging_limit: Literal[250, 2_000, 10_000, 100_000, "unlimited"] = Field(
         default=250,
-        description="Unique customers reached outside their window in a moving 24 h: 250, 2000, 10000, 100000,"
-        " or null for unlimited (the business's tier in WhatsApp Manager).",
+        description="Unique customers reached outside their window in a moving 24 h: 250, 2000, 10000, 100000"
+        " or unlimited (the business's tier in WhatsApp Manager).",
     )
     campaign_share: float = Field(
         default=0.5,
@@ -274,11 +305,10 @@ class MessagingSpec(Model):
         description="Answer to a message that reached zapflow after its 24-hour window closed (unset: none).",
     )
 
-    @model_validator(mode="after")
-    def _known_tier(self) -> Self:
-        if self.messaging_limit is not None and self.messaging_limit not in MESSAGING_TIERS:
-            raise ValueError(f"messaging_limit must be one of {', '.join(map(str, MESSAGING_TIERS))} or null")
-        return self
+    @property
+    def customers_per_day(self) -> int | None:
+        """The messaging limit as a number (None: unlimited)."""
+        return None if self.messaging_limit == "unlimited" else self.messaging_limit
 
 
 class IdempotencySpec(Model):
@@ -519,6 +549,9 @@ class TenantSpec(Model):
     handoff: HandoffSpec = Field(default_factory=HandoffSpec, description="Human handoff and the agent inbox.")
     messaging: MessagingSpec = Field(
         default_factory=MessagingSpec, description="Messaging limits, opt-outs and late messages."
+    )
+    reengagement: ReengagementSpec = Field(
+        default_factory=ReengagementSpec, description="Nudges to customers whose conversation went quiet."
     )
 
 
