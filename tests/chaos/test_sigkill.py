@@ -95,6 +95,9 @@ def stack(nats: ManagedServer, redis: ManagedServer, tmp_path: Path) -> Iterator
         fallback={"text": "ok"},
         quoteAfterMessages=1,  # every reply quotes its turn's last message: replies map to turns
         typingIndicator=False,
+        # Up to ten replies to one customer within seconds: paced like WhatsApp's pair rate, the last
+        # would wait half a minute. Recovery is what this test times, so replies are not paced.
+        spec={"rateLimits": {"messagesPerSecond": 1000, "perCustomerIntervalSeconds": 0}},
     )
     tenant_file = tmp_path / "tenant.yaml"
     tenant_file.write_text(yaml.safe_dump(document))
