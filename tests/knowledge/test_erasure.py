@@ -13,6 +13,7 @@ from tests.knowledge.conftest import Embedding
 from tests.support.platform import eventually, running_platform
 from zapflow.knowledge.client import KnowledgeClient
 from zapflow.knowledge.messages import SearchRequest
+from zapflow.platform import bus, catalogue
 from zapflow.platform.settings import CoreSettings
 from zapflow.privacy.erasure import Eraser
 from zapflow.store.engine import create_engine
@@ -56,6 +57,8 @@ async def test_erasing_a_contact_erases_their_turn_vectors_everywhere(
 
         await eventually(both_indexed, timeout=30, what="both customers' turns indexed")
 
+        # The scheduler serves erasures and declares every stream; here the eraser stands alone.
+        await bus.ensure_streams(js, catalogue.ALL_STREAMS)
         redis = Redis.from_url(core.redis_url)
         eraser = Eraser(create_engine(core.database_url), redis, js, tmp_path / "analytics.duckdb", "secret")
         try:
