@@ -189,11 +189,11 @@ class Egress:
             await self._already_handled(command, str(state))
             return
         whatsapp, limits = tenant.spec.whatsapp, tenant.spec.rate_limits
-        waited = 0.0
-        if command.WhichOneof("body") != "mark_read":
+        if command.WhichOneof("body") == "mark_read":  # not a message: no pacing
+            waited = await self._limiter.acquire(command.tenant, whatsapp.phone_number_id, limits.messages_per_second)
+        else:
             contact = keys.ContactKeys(command.tenant, command.contact)
-            waited = await self._limiter.pace(contact, limits.per_customer_interval_seconds, limits.per_customer_burst)
-        waited += await self._limiter.acquire(command.tenant, whatsapp.phone_number_id, limits.messages_per_second)
+            waited = await self._limiter.send_to(contact, whatsapp.phone_number_id, limits)
         if waited > 1.0:
             await msg.in_progress()
         if not await self._redis.set(key, f"calling:{time.time():.3f}", nx=True, ex=self._settings.sent_key_ttl_s):

@@ -9,6 +9,7 @@ the scheduler need not run for a campaign to be created, and sends it once it do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,8 +149,18 @@ def campaign_create(
         raise typer.Exit(code=1) from None
 
     async def create(store: CampaignStore, connections: Connections) -> CampaignInfo:
+        from nats.js.errors import NoStreamResponseError
+
+        from zapflow.scheduler.timers import schedule_timer
+        from zapflow.scheduler.wakeups import CAMPAIGN
+
         await _known_tenant(connections, tenant)
-        return await store.create(new, recipients, now)
+        campaign = await store.create(new, recipients, now)
+        # Woken at its start by the scheduler; without the timers' stream (no scheduler ran on this bus
+        # yet), the scheduler's tick starts it once one runs.
+        with contextlib.suppress(NoStreamResponseError):
+            await schedule_timer(connections.js, CAMPAIGN, campaign.tenant, campaign.id, campaign.start_at)
+        return campaign
 
     campaign = _with_store(data_dir, create, tenants=True)
     starts = "now" if campaign.start_at <= now else f"at {_when(campaign.start_at)}"

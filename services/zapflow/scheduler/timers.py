@@ -141,24 +141,7 @@ class Timers:
 
     async def schedule(self, kind: str, tenant: str, key: str, due_at: datetime, payload: bytes = b"") -> str:
         """Fire at `due_at` (timezone-aware), replacing an earlier timer of (kind, tenant, key); the timer's id."""
-        for name, value in (("kind", kind), ("tenant", tenant), ("key", key)):
-            _require_token(name, value)
-        if due_at.tzinfo is None:
-            raise ValueError("due_at must be timezone-aware")
-        timer = Timer(timer_id=uuid.uuid4().hex, kind=kind, tenant=tenant, key=key, payload=payload)
-        timer.due_at.FromDatetime(due_at)
-        timer.scheduled_at.GetCurrentTime()
-        headers = inject_headers(
-            {
-                Header.SCHEDULE.value: f"@at {_rfc3339(due_at)}",
-                Header.SCHEDULE_TARGET.value: due_subject(kind, tenant, key),
-                TTL_HEADER: NEVER,
-                TYPE_HEADER: Timer.DESCRIPTOR.full_name,
-            }
-        )
-        await self._js.publish(timer_subject(kind, tenant, key), timer.SerializeToString(), headers=headers)
-        metrics.TIMERS_SCHEDULED.labels(tenant, kind).inc()
-        return timer.timer_id
+        return await schedule_timer(self._js, kind, tenant, key, due_at, payload)
 
     async def cancel(self, kind: str, tenant: str, key: str) -> bool:
         """Cancel the timer of (kind, tenant, key), waiting or fired and not yet handled; whether there was one."""
@@ -217,6 +200,30 @@ class Timers:
         except NotFoundError:
             return None
         return Timer.FromString(found.data or b"")
+
+
+async def schedule_timer(
+    js: JetStreamContext, kind: str, tenant: str, key: str, due_at: datetime, payload: bytes = b""
+) -> str:
+    """`Timers.schedule` for a process that handles no timers (a command line): it needs the bus alone."""
+    for name, value in (("kind", kind), ("tenant", tenant), ("key", key)):
+        _require_token(name, value)
+    if due_at.tzinfo is None:
+        raise ValueError("due_at must be timezone-aware")
+    timer = Timer(timer_id=uuid.uuid4().hex, kind=kind, tenant=tenant, key=key, payload=payload)
+    timer.due_at.FromDatetime(due_at)
+    timer.scheduled_at.GetCurrentTime()
+    headers = inject_headers(
+        {
+            Header.SCHEDULE.value: f"@at {_rfc3339(due_at)}",
+            Header.SCHEDULE_TARGET.value: due_subject(kind, tenant, key),
+            TTL_HEADER: NEVER,
+            TYPE_HEADER: Timer.DESCRIPTOR.full_name,
+        }
+    )
+    await js.publish(timer_subject(kind, tenant, key), timer.SerializeToString(), headers=headers)
+    metrics.TIMERS_SCHEDULED.labels(tenant, kind).inc()
+    return timer.timer_id
 
 
 def _require_token(name: str, value: str) -> None:
