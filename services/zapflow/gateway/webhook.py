@@ -30,6 +30,7 @@ from opentelemetry.trace import SpanKind
 
 from zapflow.gateway.runtime import CurrentRuntime, GatewayRuntime
 from zapflow.platform import bus, catalogue, metrics
+from zapflow.platform.http import read_bounded_body
 from zapflow.platform.logging import get_logger
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.secrets import SecretUnavailable
@@ -73,20 +74,6 @@ async def verify(
         if expected is not None and hmac.compare_digest(token.encode(), expected.encode()):
             return challenge
     raise HTTPException(status_code=403, detail="verify token does not match any tenant")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _refuse(status: int, outcome: str, reason: str, tenant: str = "unknown") -> HTTPException:
@@ -138,7 +125,8 @@ async def receive(
 
 async def _accept(request: Request, runtime: GatewayRuntime, signature: str | None) -> dict[str, object]:
     started = time.perf_counter()
-    body = await _read_body(request, runtime.settings.max_body_bytes)
+    limit = runtime.settings.max_body_bytes
+    body = await read_bounded_body(request, limit, f"body larger than {limit} bytes")
     tenants = _verified_tenants(runtime, body, signature)
     signer = next(iter(tenants.values())).name
     try:

@@ -6,7 +6,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, Header, HTTPException, Request, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, SecretStr
@@ -77,3 +77,18 @@ def require_admin(admin_token: SecretStr) -> Callable[[str | None], Awaitable[No
             )
 
     return check
+
+
+async def read_bounded_body(request: Request, limit: int, too_large: str) -> bytes:
+    """The request's body, refused with 413 (`too_large` says why) once it passes `limit` bytes, declared or read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(status_code=413, detail=too_large)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status_code=413, detail=too_large)
+        chunks.append(chunk)
+    return b"".join(chunks)

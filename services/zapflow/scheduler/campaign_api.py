@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field, SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
-from zapflow.platform.http import problems, require_admin
+from zapflow.platform.http import problems, read_bounded_body, require_admin
 from zapflow.platform.logging import get_logger
 from zapflow.scheduler.campaigns import (
     MAX_RECIPIENTS,
@@ -141,18 +141,10 @@ def _unavailable(error: Exception) -> HTTPException:
 
 
 async def _read_csv(request: Request) -> str:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_CSV_BYTES:
-        raise HTTPException(status_code=413, detail=f"the CSV is larger than {MAX_CSV_BYTES // (1024 * 1024)} MB")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_CSV_BYTES:
-            raise HTTPException(status_code=413, detail=f"the CSV is larger than {MAX_CSV_BYTES // (1024 * 1024)} MB")
-        chunks.append(chunk)
+    too_large = f"the CSV is larger than {MAX_CSV_BYTES // (1024 * 1024)} MB"
+    body = await read_bounded_body(request, MAX_CSV_BYTES, too_large)
     try:
-        return b"".join(chunks).decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPException(status_code=400, detail="the CSV is not UTF-8 text (save it as CSV UTF-8)") from None
 
