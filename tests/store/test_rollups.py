@@ -8,10 +8,11 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.store.events import at, inbound
+from tests.store.events import T0, at, inbound
 from tests.support.servers import ManagedServer
 from zapflow.platform.redis import connect_redis
 from zapflow.scheduler import rollups
+from zapflow.store.campaigns import CampaignStore, NewCampaign, NewRecipient
 from zapflow.store.lifecycle import close_idle_conversations
 from zapflow.store.repository import ConversationStore
 from zapflow.tenants.model import DataSpec
@@ -33,11 +34,48 @@ async def test_open_conversations_and_contacts_inside_their_window_per_tenant(
     assert (await rollups.compute(engine, now)).open_conversations == {}
 
 
+async def test_campaign_progress_counts_the_recipients_of_campaigns_still_going(engine: AsyncEngine) -> None:
+    campaigns = CampaignStore(engine)
+
+    async def a_campaign(tenant: str, contacts: int) -> str:
+        new = NewCampaign(tenant, "december", "promo_dec", "pt_BR", "marketing", T0, "cli")
+        recipients = [NewRecipient(f"551198765{i:04d}", {}) for i in range(contacts)]
+        return (await campaigns.create(new, recipients, T0)).id
+
+    running = await a_campaign("shop", 5)
+    await campaigns.claim(running, at(1), 2)
+    await a_campaign("shop", 3)
+    cancelled = await a_campaign("clinic", 4)
+    await campaigns.cancel(cancelled, at(2))
+
+    figures = await rollups.compute(engine, at(3))
+
+    assert figures.active_campaigns == {"shop": 2}
+    assert figures.campaign_recipients == {
+        "shop": {"queued": 6, "sending": 2, "sent": 0, "delivered": 0, "read": 0, "failed": 0, "skipped": 0}
+    }
+
+
 def test_the_gauges_hold_the_last_figures_and_are_cleared_off_the_leader() -> None:
-    rollups.export(rollups.Rollup(open_conversations={"shop": 2}, contacts_in_window={"shop": 1}))
+    states = {"queued": 6, "sending": 2}
+    rollups.export(
+        rollups.Rollup(
+            open_conversations={"shop": 2},
+            contacts_in_window={"shop": 1},
+            active_campaigns={"shop": 1},
+            campaign_recipients={"shop": states},
+        )
+    )
     assert REGISTRY.get_sample_value("zapflow_conversations_open", {"tenant": "shop"}) == 2
-    rollups.export(rollups.Rollup(open_conversations={"clinic": 1}, contacts_in_window={}))
+    assert REGISTRY.get_sample_value("zapflow_campaigns_active", {"tenant": "shop"}) == 1
+    assert REGISTRY.get_sample_value("zapflow_campaign_recipients", {"tenant": "shop", "state": "queued"}) == 6
+    rollups.export(
+        rollups.Rollup(
+            open_conversations={"clinic": 1}, contacts_in_window={}, active_campaigns={}, campaign_recipients={}
+        )
+    )
     assert REGISTRY.get_sample_value("zapflow_conversations_open", {"tenant": "shop"}) is None
+    assert REGISTRY.get_sample_value("zapflow_campaign_recipients", {"tenant": "shop", "state": "queued"}) is None
     rollups.clear()
     assert REGISTRY.get_sample_value("zapflow_conversations_open", {"tenant": "clinic"}) is None
 

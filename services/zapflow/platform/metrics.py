@@ -200,6 +200,17 @@ CONTACTS_IN_WINDOW = Gauge(
     "Contacts who wrote in the last 24 hours (free text may reach them), per tenant (scheduler's leader).",
     ["tenant"],
 )
+CAMPAIGNS_ACTIVE = Gauge(
+    "zapflow_campaigns_active",
+    "Campaigns scheduled, running or waiting (for the messaging limit, a retry), per tenant (scheduler's leader).",
+    ["tenant"],
+)
+CAMPAIGN_RECIPIENTS = Gauge(
+    "zapflow_campaign_recipients",
+    "Recipients of the tenant's active campaigns by state (queued, sending, sent, delivered, read, failed,"
+    " skipped): their progress, computed by the scheduler's leader once per interval.",
+    ["tenant", "state"],
+)
 REENGAGEMENTS = Counter(
     "zapflow_scheduler_reengagements_total",
     "Re-engagement nudges that came due, by rule and outcome (sent_text, sent_template, skipped_<why>).",
