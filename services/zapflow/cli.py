@@ -32,6 +32,7 @@ from zapflow.platform.stackfile import (
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
+    from zapflow.analytics.report import CampaignRow, Period
     from zapflow.knowledge.client import KnowledgeError
     from zapflow.knowledge.messages import Hit
 
@@ -324,12 +325,18 @@ def report(
     until: Annotated[str | None, typer.Option(help="Last UTC day, YYYY-MM-DD (default: today).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     plot: Annotated[Path | None, typer.Option(help="Also draw daily volumes and response times into this PNG.")] = None,
+    campaigns: Annotated[
+        bool, typer.Option("--campaigns", help="One row per campaign created in the period instead of per day.")
+    ] = False,
     analytics: Annotated[
         Path | None, typer.Option(help="The DuckDB analytics file (ZAPFLOW_ANALYTICS_PATH, .zapflow/analytics.duckdb).")
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Daily figures per tenant and UTC day: volumes, response times, fallback, handoff, delivery, top rules."""
+    """Daily figures per tenant and UTC day: volumes, response times, fallback, handoff, delivery, top rules.
+
+    With --campaigns: each campaign created in the period, its recipients sent, delivered, read, failed, skipped.
+    """
     import datetime as dt
 
     from zapflow.analytics import report as reports
@@ -337,6 +344,8 @@ def report(
 
     if output_format not in reports.FORMATS:
         raise _fail(f"--format: {escape(repr(output_format))} is not one of {', '.join(reports.FORMATS)}")
+    if campaigns and plot is not None:
+        raise _fail("--plot draws the daily figures: it cannot be combined with --campaigns")
     try:
         period = reports.report_period(since, until, today=dt.datetime.now(dt.UTC).date())
     except reports.ReportError as error:
@@ -347,16 +356,24 @@ def report(
     # variable must exist, the stack's or the default one need not yet.
     archived = path.exists() or target.given("analytics_path")
     rows: list[reports.ReportRow] = []
+    campaign_rows: list[reports.CampaignRow] = []
     try:
         if archived:
             connection = open_warehouse(path, read_only=True)
             try:
-                archived = reports.archived_sessions(connection) > 0
-                rows = reports.build_report(connection, period, tenant) if archived else []
+                if campaigns:
+                    archived = reports.archived_campaigns(connection) > 0
+                    campaign_rows = reports.build_campaign_report(connection, period, tenant) if archived else []
+                else:
+                    archived = reports.archived_sessions(connection) > 0
+                    rows = reports.build_report(connection, period, tenant) if archived else []
             finally:
                 connection.close()
     except WarehouseError as error:
         raise _fail(escape(str(error))) from None
+    if campaigns:
+        _print_campaign_report(campaign_rows, period, tenant, output_format, archived, path)
+        return
     if plot is not None:
         # matplotlib takes a while to import: only when a plot is asked for.
         from zapflow.analytics.plot import plot_report
@@ -376,6 +393,26 @@ def report(
         (out if output_format == "table" else err).print(escape(reports.nothing_archived(path)), soft_wrap=True)
     elif not rows and output_format == "table":
         out.print(f"no data between {period.since} and {period.until}" + (f" for {escape(tenant)}" if tenant else ""))
+
+
+def _print_campaign_report(
+    rows: list[CampaignRow], period: Period, tenant: str | None, output_format: str, archived: bool, path: Path
+) -> None:
+    from zapflow.analytics import report as reports
+
+    if output_format == "json":
+        print(reports.campaigns_to_json(rows), end="")
+    elif output_format == "csv":
+        print(reports.campaigns_to_csv(rows), end="")
+    elif rows:
+        out.print(reports.campaigns_to_table(rows, period))
+    if not archived:
+        (out if output_format == "table" else err).print(escape(reports.no_campaigns_archived(path)), soft_wrap=True)
+    elif not rows and output_format == "table":
+        out.print(
+            f"no campaigns created between {period.since} and {period.until}"
+            + (f" for {escape(tenant)}" if tenant else "")
+        )
 
 
 def _nats_settings(data_dir: Path | None, nats_url: str | None) -> CoreSettings:

@@ -1,4 +1,4 @@
-"""Archives closed conversations and resolved handoffs from the relational store into the analytics file.
+"""Archives closed conversations, resolved handoffs and campaigns' figures from the relational store into DuckDB.
 
 Sessions: the job is idempotent and all-or-nothing per batch of sessions:
 
@@ -16,6 +16,12 @@ Handoffs have no archived mark in SQL: the warehouse keeps how far it has got in
 resolved since then, less a margin for resolutions committed late, and replaces them by
 (tenant, handoff id): one row per handoff however often it is read. A handoff is archived once
 resolved, and only then (a resolved handoff no longer changes).
+
+Campaigns change after they end: a delivered or read receipt (or a late failure) can come weeks
+after the send. So each run copies again, replacing by (tenant, campaign id) in one transaction,
+every campaign created in the last `CAMPAIGN_SETTLE` and every one still active whatever its age;
+an older one stays as it was last copied. Its recipients are counted by state, and its failed and
+skipped ones by reason, inside SQL: the copy is a few rows per campaign however long its list.
 
 Only figures cross over: types, statuses, times, outcomes and pseudonyms, never a message's
 text, a note, a phone number or an agent.
@@ -36,18 +42,25 @@ from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zapflow.analytics import pseudonym
-from zapflow.analytics.warehouse import SESSION_TABLES, open_warehouse, transaction
+from zapflow.analytics.warehouse import CAMPAIGN_TABLES, SESSION_TABLES, open_warehouse, transaction
+from zapflow.store.campaigns import FAILED, SKIPPED
+from zapflow.store.lifecycle import DataSpecOf
 from zapflow.store.models import (
+    CAMPAIGN_ACTIVE,
     CONVERSATION_CLOSED,
     HANDOFF_RESOLVED,
     INBOUND,
     OUTBOUND,
+    RECIPIENT_STATES,
+    Campaign,
+    CampaignRecipient,
     Conversation,
     Handoff,
     HandoffEvent,
     Message,
     Turn,
 )
+from zapflow.tenants.model import DataSpec
 
 # Sessions per DuckDB transaction: big enough that a commit is rare, small enough that a batch
 # of long conversations stays a few megabytes in memory.
@@ -62,6 +75,9 @@ LATE_RESOLUTION = timedelta(minutes=10)
 HANDOFF_PROGRESS = "handoffs"
 # The timeline events that give a handoff to an agent (HandoffEvent's kinds): the first one ends its wait.
 TO_AN_AGENT = ("assigned", "transferred")
+# How long after its creation a campaign is copied again: Meta keeps an undelivered message for up
+# to 30 days, so a receipt can come that late; 5 days more cover a campaign that took days to send.
+CAMPAIGN_SETTLE = timedelta(days=35)
 
 MESSAGE_COLUMNS = (
     "tenant",
@@ -124,6 +140,23 @@ HANDOFF_COLUMNS = (
     "resolve_s",
     "archived_at",
 )
+CAMPAIGN_COLUMNS = (
+    "tenant",
+    "campaign_id",
+    "name",
+    "template_name",
+    "template_language",
+    "template_category",
+    "status",
+    "reason",
+    "created_at",
+    "start_at",
+    "updated_at",
+    "recipients",
+    *RECIPIENT_STATES,
+    "archived_at",
+)
+OUTCOME_COLUMNS = ("tenant", "campaign_id", "status", "reason", "error_code", "count")
 
 
 @dataclass
@@ -136,16 +169,27 @@ class ArchiveBatch:
     turns: dict[str, list[Any]]
 
 
-class Archiver:
-    """Copies closed conversations and resolved handoffs into the analytics file."""
+def _default_terms(_tenant: str) -> DataSpec:
+    return DataSpec()
 
-    def __init__(self, engine: AsyncEngine, warehouse: Path, pseudonym_secret: str) -> None:
+
+class Archiver:
+    """Copies closed conversations, resolved handoffs and campaigns' figures into the analytics file.
+
+    `data_of` gives each tenant's analytics retention: a campaign older than it is not copied again
+    once retention has deleted it.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, warehouse: Path, pseudonym_secret: str, data_of: DataSpecOf = _default_terms
+    ) -> None:
         self._engine = engine
         self._warehouse = warehouse
         self._secret = pseudonym_secret
+        self._data_of = data_of
 
     async def archive_closed(self, now: datetime | None = None, batch_sessions: int = BATCH_SESSIONS) -> int:
-        """Archive every closed conversation not archived yet, then the resolved handoffs; returns how many sessions."""
+        """Archive the closed conversations not archived yet, then handoffs and campaigns; returns how many sessions."""
         archived = 0
         while True:
             # One archival time per batch: the warehouse's archived_at and SQL's agree.
@@ -157,6 +201,7 @@ class Archiver:
             await self._mark_archived(batch.session_ids, at)
             archived += sum(len(ids) for ids in batch.session_ids.values())
         await self.archive_resolved_handoffs(now)
+        await self.archive_campaigns(now)
         return archived
 
     async def archive_resolved_handoffs(self, now: datetime | None = None, batch_handoffs: int = BATCH_HANDOFFS) -> int:
@@ -175,6 +220,103 @@ class Archiver:
             if len(handoffs) < batch_handoffs:
                 return copied
             after = (handoffs[-1].resolved_at, handoffs[-1].id)
+
+    async def archive_campaigns(self, now: datetime | None = None) -> int:
+        """Copy again the campaigns created in the last CAMPAIGN_SETTLE and the active ones; returns how many."""
+        at = now or datetime.now(UTC)
+        campaigns, outcomes = await self._read_campaigns(at)
+        if campaigns["campaign_id"]:
+            await asyncio.to_thread(self._write_campaigns, campaigns, outcomes)
+        return len(campaigns["campaign_id"])
+
+    async def _read_campaigns(self, now: datetime) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+        """The campaigns to copy, with their recipients counted by state, and their outcomes, column by column."""
+        unsettled = or_(Campaign.created_at >= now - CAMPAIGN_SETTLE, Campaign.status.in_(CAMPAIGN_ACTIVE))
+        recipients_of_unsettled = CampaignRecipient.campaign_id.in_(select(Campaign.id).where(unsettled))
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(select(Campaign).where(unsettled))).all()
+            by_status = await conn.execute(
+                select(CampaignRecipient.campaign_id, CampaignRecipient.status, func.count())
+                .where(recipients_of_unsettled)
+                .group_by(CampaignRecipient.campaign_id, CampaignRecipient.status)
+            )
+            by_reason = await conn.execute(
+                select(
+                    CampaignRecipient.campaign_id,
+                    CampaignRecipient.status,
+                    CampaignRecipient.reason,
+                    CampaignRecipient.error_code,
+                    func.count(),
+                )
+                .where(recipients_of_unsettled, CampaignRecipient.status.in_((FAILED, SKIPPED)))
+                .group_by(
+                    CampaignRecipient.campaign_id,
+                    CampaignRecipient.status,
+                    CampaignRecipient.reason,
+                    CampaignRecipient.error_code,
+                )
+            )
+        # Once past its tenant's retention a campaign is deleted from the file: not to come back.
+        tenant_of = {
+            row.id: row.tenant
+            for row in found
+            if row.created_at >= now - timedelta(days=self._data_of(row.tenant).analytics_retention_days)
+        }
+        counts: dict[str, dict[str, int]] = {
+            campaign_id: dict.fromkeys(RECIPIENT_STATES, 0) for campaign_id in tenant_of
+        }
+        for campaign_id, status, count in by_status:
+            # Not a campaign to copy: past its retention, or created after the first read (the next run's).
+            if campaign_id in counts:
+                counts[campaign_id][status] = int(count)
+        campaigns: dict[str, list[Any]] = {name: [] for name in CAMPAIGN_COLUMNS}
+        for row in found:
+            if row.id in tenant_of:
+                _append(
+                    campaigns,
+                    tenant=row.tenant,
+                    campaign_id=row.id,
+                    name=row.name,
+                    template_name=row.template_name,
+                    template_language=row.template_language,
+                    template_category=row.template_category,
+                    status=row.status,
+                    reason=row.reason,
+                    created_at=_naive(row.created_at),
+                    start_at=_naive(row.start_at),
+                    updated_at=_naive(row.updated_at),
+                    recipients=sum(counts[row.id].values()),
+                    **counts[row.id],
+                    archived_at=_naive(now),
+                )
+        outcomes: dict[str, list[Any]] = {name: [] for name in OUTCOME_COLUMNS}
+        for campaign_id, status, reason, error_code, count in by_reason:
+            if campaign_id in tenant_of:
+                _append(
+                    outcomes,
+                    tenant=tenant_of[campaign_id],
+                    campaign_id=campaign_id,
+                    status=status,
+                    reason=reason,
+                    error_code=error_code,
+                    count=int(count),
+                )
+        return campaigns, outcomes
+
+    def _write_campaigns(self, campaigns: dict[str, list[Any]], outcomes: dict[str, list[Any]]) -> None:
+        """Replace the campaigns and their outcomes in the warehouse, in one transaction."""
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for tenant, campaign_id in zip(campaigns["tenant"], campaigns["campaign_id"], strict=True):
+            by_tenant[tenant].append(campaign_id)
+        with open_warehouse(self._warehouse) as warehouse, transaction(warehouse):
+            for tenant, ids in by_tenant.items():
+                for table in CAMPAIGN_TABLES:
+                    warehouse.execute(
+                        f"DELETE FROM {table} WHERE tenant = ? AND list_contains(?, campaign_id)",  # noqa: S608
+                        [tenant, ids],
+                    )
+            _insert_columns(warehouse, "campaigns", campaigns)
+            _insert_columns(warehouse, "campaign_outcomes", outcomes)
 
     async def _read_batch(self, limit: int, now: datetime) -> ArchiveBatch | None:
         async with self._engine.connect() as conn:

@@ -1,7 +1,8 @@
 """`zapflow report`: figures per tenant and UTC day from the analytics file, and their renderings.
 
 Every figure is aggregated inside DuckDB, so the report costs one scan of each table whatever
-its size; Python only shapes the few rows that come back (one per tenant and day).
+its size; Python only shapes the few rows that come back (one per tenant and day). With
+`--campaigns`, one row per campaign created in the period instead.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from zapflow.tenants.model import DataSpec
 
 DEFAULT_DAYS = 30
 TOP_RULES = 3
+TOP_REASONS = 3
 FORMATS = ("table", "csv", "json")
 
 
@@ -78,6 +80,45 @@ class ReportRow:
 
 
 COLUMNS = tuple(field.name for field in fields(ReportRow))
+
+
+@dataclass(frozen=True)
+class OutcomeCount:
+    """A campaign's recipients that failed, or were skipped, for one reason (and Meta's error code)."""
+
+    status: str  # failed | skipped
+    reason: str | None
+    error_code: int | None
+    count: int
+
+    @property
+    def label(self) -> str:
+        """`failed marketing_stopped (131050)`, `skipped opted_out`: the status, as a reason may be either's."""
+        code = f" ({self.error_code})" if self.error_code is not None else ""
+        return " ".join(part for part in (self.status, self.reason) if part) + code
+
+
+@dataclass(frozen=True)
+class CampaignRow:
+    """One campaign created in the period, its recipients as last archived; a rate is None when none was sent."""
+
+    tenant: str
+    campaign: str  # its id
+    name: str
+    template: str  # the template's name
+    created: dt.datetime  # UTC
+    status: str  # scheduled | running | waiting | done | cancelled | failed
+    recipients: int
+    sent: int  # messages that reached Meta: sent, delivered or read
+    delivery_rate: float | None  # delivered or read / sent
+    read_rate: float | None  # read / sent
+    failed: int
+    skipped: int
+    waiting: int  # queued (deferred ones included) or sending
+    top_reasons: tuple[OutcomeCount, ...]  # the largest groups of failed and skipped recipients
+
+
+CAMPAIGN_COLUMNS = tuple(field.name for field in fields(CampaignRow))
 
 
 def report_period(since: str | None, until: str | None, *, today: dt.date) -> Period:
@@ -225,6 +266,79 @@ def build_report(connection: duckdb.DuckDBPyConnection, period: Period, tenant: 
     return [_report_row(record) for record in records]
 
 
+# A campaign counts in the period it was created in, whatever its recipients did since; its figures
+# are those of its last copy. Its outcome groups are ranked by size, then status, reason and code.
+CAMPAIGN_REPORT_SQL = """
+WITH
+bounds AS (
+    SELECT $since::TIMESTAMP AS first_instant, ($until::DATE + 1)::TIMESTAMP AS end_instant
+),
+created AS (
+    SELECT campaigns.*, sent + delivered + read AS reached
+    FROM campaigns, bounds
+    WHERE created_at >= first_instant AND created_at < end_instant AND ($tenant IS NULL OR tenant = $tenant)
+),
+ranked AS (
+    SELECT tenant, campaign_id, outcome.status, outcome.reason, outcome.error_code, outcome.count
+    FROM campaign_outcomes AS outcome JOIN created USING (tenant, campaign_id)
+    QUALIFY row_number() OVER (
+        PARTITION BY tenant, campaign_id
+        ORDER BY outcome.count DESC, outcome.status, outcome.reason NULLS FIRST, outcome.error_code NULLS FIRST
+    ) <= $top_reasons
+),
+reasons AS (
+    SELECT tenant, campaign_id,
+           list({'status': status, 'reason': reason, 'error_code': error_code, 'count': count}
+                ORDER BY count DESC, status, reason NULLS FIRST, error_code NULLS FIRST) AS top_reasons
+    FROM ranked
+    GROUP BY ALL
+)
+SELECT tenant,
+       campaign_id,
+       name,
+       template_name,
+       created_at,
+       status,
+       recipients,
+       reached,
+       (delivered + read) / nullif(reached, 0),
+       read / nullif(reached, 0),
+       failed,
+       skipped,
+       queued + sending,
+       coalesce(top_reasons, [])
+FROM created
+LEFT JOIN reasons USING (tenant, campaign_id)
+ORDER BY tenant, created_at, campaign_id
+"""
+
+
+def build_campaign_report(
+    connection: duckdb.DuckDBPyConnection, period: Period, tenant: str | None = None
+) -> list[CampaignRow]:
+    """The campaigns created in the period, ordered by tenant then creation; `tenant` None means every tenant."""
+    parameters = {"since": period.since, "until": period.until, "tenant": tenant, "top_reasons": TOP_REASONS}
+    try:
+        records = readable(connection).execute(CAMPAIGN_REPORT_SQL, parameters).fetchall()
+    except duckdb.Error as error:
+        raise WarehouseError(f"cannot read the analytics tables: {str(error).splitlines()[0]}") from None
+    return [_campaign_row(record) for record in records]
+
+
+def archived_campaigns(connection: duckdb.DuckDBPyConnection) -> int:
+    """How many campaigns the analytics file holds: none before the scheduler's first archival of one."""
+    row = readable(connection).execute("SELECT count(*) FROM campaigns").fetchone()
+    return int(row[0]) if row else 0
+
+
+def no_campaigns_archived(path: Path) -> str:
+    """Why a campaign report is empty when the analytics file is missing or holds no campaign."""
+    return (
+        f"no campaign archived yet in {path}: the scheduler copies a campaign into it at its first tick "
+        "after the campaign is created"
+    )
+
+
 def archived_sessions(connection: duckdb.DuckDBPyConnection) -> int:
     """How many sessions the analytics file holds: none before the scheduler's first archival."""
     try:
@@ -250,8 +364,93 @@ def _report_row(record: tuple[Any, ...]) -> ReportRow:
     return ReportRow(**figures)
 
 
+def _campaign_row(record: tuple[Any, ...]) -> CampaignRow:
+    figures = dict(zip(CAMPAIGN_COLUMNS, record, strict=True))
+    figures["top_reasons"] = tuple(OutcomeCount(**group) for group in figures["top_reasons"])
+    return CampaignRow(**figures)
+
+
 def _plain(row: ReportRow) -> dict[str, Any]:
     return asdict(row) | {"day": row.day.isoformat()}
+
+
+def _plain_campaign(row: CampaignRow) -> dict[str, Any]:
+    return asdict(row) | {"created": _utc(row.created)}
+
+
+def _utc(moment: dt.datetime) -> str:
+    """ISO 8601 to the second, with its zone: 2026-03-01T09:00:00Z."""
+    return moment.isoformat(timespec="seconds") + "Z"
+
+
+def campaigns_to_json(rows: list[CampaignRow]) -> str:
+    return json.dumps([_plain_campaign(row) for row in rows], indent=2) + "\n"
+
+
+def campaigns_to_csv(rows: list[CampaignRow]) -> str:
+    """One line per campaign; an empty cell is a None; reasons as `failed marketing_stopped (131050):3;...`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CAMPAIGN_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        reasons = ";".join(f"{group.label}:{group.count}" for group in row.top_reasons)
+        writer.writerow(_plain_campaign(row) | {"top_reasons": reasons})
+    return buffer.getvalue()
+
+
+def campaigns_to_table(rows: list[CampaignRow], period: Period) -> RenderableType:
+    """Two tables with a row per campaign, by its id: what it is, then what became of its recipients.
+
+    One table of fourteen columns would not fit a 100-column terminal.
+    """
+    described = Table(
+        "tenant",
+        "campaign",
+        Column("name", overflow="fold"),
+        Column("template", overflow="fold"),
+        "created (UTC)",
+        "status",
+        Column("recipients", justify="right"),
+        title=f"campaigns created {period.since} to {period.until} (UTC days)",
+    )
+    figures = ("sent", "delivered", "read", "failed", "skipped", "waiting")
+    outcomes = Table(
+        "campaign",
+        *(Column(header, justify="right") for header in figures),
+        Column("top reasons", overflow="fold"),
+        title="their recipients: delivered and read of those sent",
+    )
+    for row in rows:
+        described.add_row(
+            *map(
+                Text,
+                (
+                    row.tenant,
+                    row.campaign,
+                    row.name,
+                    row.template,
+                    f"{row.created:%Y-%m-%d %H:%M}",
+                    row.status,
+                    f"{row.recipients:,}",
+                ),
+            )
+        )
+        outcomes.add_row(
+            *map(
+                Text,
+                (
+                    row.campaign,
+                    f"{row.sent:,}",
+                    _percent(row.delivery_rate),
+                    _percent(row.read_rate),
+                    f"{row.failed:,}",
+                    f"{row.skipped:,}",
+                    f"{row.waiting:,}",
+                    "\n".join(f"{group.label}:{group.count}" for group in row.top_reasons),
+                ),
+            )
+        )
+    return Group(described, outcomes)
 
 
 def to_json(rows: list[ReportRow]) -> str:

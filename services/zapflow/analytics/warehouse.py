@@ -102,6 +102,48 @@ CREATE TABLE IF NOT EXISTS handoffs (
 )
 """
 
+# Every campaign, as figures: what it sent and how far its recipients got, never who they are
+# (no phone number, no template parameter). Copied again at every archival while receipts can
+# still change it (archive.py), so the counts are as of `archived_at`.
+CAMPAIGNS_DDL = """
+CREATE TABLE IF NOT EXISTS campaigns (
+    tenant             VARCHAR   NOT NULL,
+    campaign_id        VARCHAR   NOT NULL,  -- campaigns.id in the relational store
+    name               VARCHAR   NOT NULL,
+    template_name      VARCHAR   NOT NULL,
+    template_language  VARCHAR   NOT NULL,
+    template_category  VARCHAR   NOT NULL,  -- marketing | utility | authentication
+    status             VARCHAR   NOT NULL,  -- scheduled | running | waiting | done | cancelled | failed
+    reason             VARCHAR,             -- why it waits or failed, as the tenant is told
+    created_at         TIMESTAMP NOT NULL,
+    start_at           TIMESTAMP NOT NULL,
+    updated_at         TIMESTAMP NOT NULL,
+    recipients         INTEGER   NOT NULL,
+    -- Recipients by state: a column per state of the store's RECIPIENT_STATES, spelt out rather
+    -- than imported, which would load SQLAlchemy into `zapflow report` (a test keeps them equal).
+    queued             INTEGER   NOT NULL,
+    sending            INTEGER   NOT NULL,
+    sent               INTEGER   NOT NULL,
+    delivered          INTEGER   NOT NULL,
+    read               INTEGER   NOT NULL,
+    failed             INTEGER   NOT NULL,
+    skipped            INTEGER   NOT NULL,
+    archived_at        TIMESTAMP NOT NULL
+)
+"""
+
+# A campaign's failed and skipped recipients grouped by why, as `zapflow campaign show` groups them.
+CAMPAIGN_OUTCOMES_DDL = """
+CREATE TABLE IF NOT EXISTS campaign_outcomes (
+    tenant       VARCHAR NOT NULL,
+    campaign_id  VARCHAR NOT NULL,
+    status       VARCHAR NOT NULL,  -- failed | skipped
+    reason       VARCHAR,           -- opted_out, marketing_stopped, window_closed, cancelled, ...
+    error_code   INTEGER,           -- Meta's, when it refused the message: 131050, 131026, ...
+    count        INTEGER NOT NULL
+)
+"""
+
 # How far the incremental archives (handoffs: there is no archived mark in SQL to set) have got.
 ARCHIVE_PROGRESS_DDL = """
 CREATE TABLE IF NOT EXISTS archive_progress (
@@ -112,12 +154,23 @@ CREATE TABLE IF NOT EXISTS archive_progress (
 
 # The rows of a session, replaced together when the session is archived again.
 SESSION_TABLES = ("sessions", "messages", "turns")
-# Every table with a contact_key: what an erasure anonymises.
+# The rows of a campaign, replaced together at each copy.
+CAMPAIGN_TABLES = ("campaigns", "campaign_outcomes")
+# Every table with a contact_key: what an erasure anonymises. Not the campaign tables: they count
+# recipients and name no one, so an erasure has nothing to unlink there.
 TABLES = (*SESSION_TABLES, "handoffs")
-SCHEMA = (SESSIONS_DDL, MESSAGES_DDL, TURNS_DDL, HANDOFFS_DDL, ARCHIVE_PROGRESS_DDL)
+SCHEMA = (
+    SESSIONS_DDL,
+    MESSAGES_DDL,
+    TURNS_DDL,
+    HANDOFFS_DDL,
+    CAMPAIGNS_DDL,
+    CAMPAIGN_OUTCOMES_DDL,
+    ARCHIVE_PROGRESS_DDL,
+)
 # Tables added after the first release: a file written before them lacks them until a writer
 # opens it, so a reader is given an empty stand-in instead of an error (`readable`).
-LATER_TABLES = {"handoffs": HANDOFFS_DDL}
+LATER_TABLES = {"handoffs": HANDOFFS_DDL, "campaigns": CAMPAIGNS_DDL, "campaign_outcomes": CAMPAIGN_OUTCOMES_DDL}
 
 # How long to wait for another process (a job, a report) to let go of the file.
 LOCK_WAIT_S = 30.0
@@ -182,24 +235,30 @@ def changed_rows(result: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def delete_sessions_opened_before(connection: duckdb.DuckDBPyConnection, tenant: str, cutoff: datetime) -> int:
-    """Delete a tenant's sessions opened (with their rows) and handoffs requested before `cutoff` (naive UTC)."""
-    expired = "SELECT session_id FROM sessions WHERE tenant = $tenant AND opened_at < $cutoff"
+def delete_figures_before(connection: duckdb.DuckDBPyConnection, tenant: str, cutoff: datetime) -> int:
+    """Delete a tenant's sessions opened, handoffs requested and campaigns created before `cutoff` (naive UTC)."""
+    params = {"tenant": tenant, "cutoff": cutoff}
+    expired_sessions = "SELECT session_id FROM sessions WHERE tenant = $tenant AND opened_at < $cutoff"
+    expired_campaigns = "SELECT campaign_id FROM campaigns WHERE tenant = $tenant AND created_at < $cutoff"
+    # The table that dates a row set last: the others find their rows through it.
+    expiring = (
+        ("messages", "session_id", expired_sessions),
+        ("turns", "session_id", expired_sessions),
+        ("sessions", "session_id", expired_sessions),
+        ("campaign_outcomes", "campaign_id", expired_campaigns),
+        ("campaigns", "campaign_id", expired_campaigns),
+    )
     deleted = 0
     with transaction(connection):
-        # Sessions last: the others find their rows through them.
-        for table in ("messages", "turns", "sessions"):
+        for table, key, expired in expiring:
             deleted += changed_rows(
                 connection.execute(
-                    f"DELETE FROM {table} WHERE tenant = $tenant AND session_id IN ({expired})",  # noqa: S608
-                    {"tenant": tenant, "cutoff": cutoff},
+                    f"DELETE FROM {table} WHERE tenant = $tenant AND {key} IN ({expired})",  # noqa: S608
+                    params,
                 )
             )
         # On their own clock: a handoff may belong to no archived session.
         deleted += changed_rows(
-            connection.execute(
-                "DELETE FROM handoffs WHERE tenant = $tenant AND requested_at < $cutoff",
-                {"tenant": tenant, "cutoff": cutoff},
-            )
+            connection.execute("DELETE FROM handoffs WHERE tenant = $tenant AND requested_at < $cutoff", params)
         )
     return deleted

@@ -1,9 +1,10 @@
 """The scheduler's jobs, run one after the other at every tick.
 
 1. close_idle: conversations idle longer than their tenant's `sessionIdleMinutes` are closed;
-2. archive: closed conversations are copied into the analytics file;
+2. archive: closed conversations, resolved handoffs and campaigns' figures are copied into the
+   analytics file;
 3. retention: archived conversations older than `retentionDays` leave the relational store,
-   and archived sessions older than `analyticsRetentionDays` leave the analytics file;
+   and archived figures older than `analyticsRetentionDays` leave the analytics file;
 4. campaigns: active campaigns whose next slice is overdue are woken (wakeups.py, a safety net);
 5. rollups: the per-tenant gauges (rollups.py), once per time bucket across replicas.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from zapflow.analytics.archive import Archiver
-from zapflow.analytics.warehouse import delete_sessions_opened_before, open_warehouse
+from zapflow.analytics.warehouse import delete_figures_before, open_warehouse
 from zapflow.platform import metrics
 from zapflow.platform.logging import get_logger
 from zapflow.scheduler import rollups
@@ -45,7 +46,7 @@ class Jobs:
         self._wake_campaigns = wake_campaigns
         self._warehouse = warehouse
         self._data_of = data_of
-        self._archiver = Archiver(engine, warehouse, pseudonym_secret)
+        self._archiver = Archiver(engine, warehouse, pseudonym_secret, data_of)
 
     async def run_all(
         self, now: datetime | None = None, rollup_claim: Callable[[datetime], Awaitable[bool]] | None = None
@@ -95,11 +96,13 @@ class Jobs:
             return 0
         deleted = 0
         with open_warehouse(self._warehouse) as warehouse:
-            known = warehouse.execute("SELECT tenant FROM sessions UNION SELECT tenant FROM handoffs").fetchall()
+            known = warehouse.execute(
+                "SELECT tenant FROM sessions UNION SELECT tenant FROM handoffs UNION SELECT tenant FROM campaigns"
+            ).fetchall()
             tenants = [row[0] for row in known]
             for tenant in tenants:
                 cutoff = now - timedelta(days=self._data_of(tenant).analytics_retention_days)
-                deleted += delete_sessions_opened_before(warehouse, tenant, cutoff.replace(tzinfo=None))
+                deleted += delete_figures_before(warehouse, tenant, cutoff.replace(tzinfo=None))
         return deleted
 
 
