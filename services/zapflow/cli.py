@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from zapflow.gateway.settings import GatewayRole
 from zapflow.platform.logging import configure_logging
 from zapflow.platform.settings import CoreSettings
 from zapflow.platform.stackfile import (
@@ -178,13 +179,25 @@ def _target(data_dir: Path | None, uses: tuple[Address, ...], **overrides: Any) 
 
 
 @app.command()
-def gateway(host: Host = None, port: Port = None) -> None:
-    """Run the gateway: the WhatsApp webhook and the Graph API egress."""
-    from zapflow.gateway.app import GATEWAY
+def gateway(
+    host: Host = None,
+    port: Port = None,
+    role: Annotated[
+        GatewayRole | None,
+        typer.Option(
+            help="webhook: Meta's webhooks in; egress: outbound commands to the Graph API; all: both "
+            "(ZAPFLOW_GATEWAY_ROLE, default all).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run the gateway: the WhatsApp webhook and the Graph API egress, or one of them (--role)."""
+    from zapflow.gateway.app import gateway_service
     from zapflow.gateway.settings import GatewaySettings
     from zapflow.platform.service import run
 
-    run(GATEWAY, _settings(GatewaySettings, host=host, port=port))
+    settings = _settings(GatewaySettings, host=host, port=port, role=role)
+    run(gateway_service(settings.role), settings)
 
 
 @app.command()

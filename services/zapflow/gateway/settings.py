@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from zapflow.platform.settings import Port, ServiceSettings
 from zapflow.whatsapp.bounded import JsonLimits
+
+# webhook: Meta's webhooks in; egress: the outbound commands out to the Graph API; all: both.
+GatewayRole = Literal["all", "webhook", "egress"]
 
 
 class GatewaySettings(ServiceSettings):
@@ -15,6 +20,10 @@ class GatewaySettings(ServiceSettings):
     port: Port = 8000
     """The webhook, health and metrics. The deployment zapflow replaces listened on 8000; load balancers and
     Meta configs expect it."""
+    role: GatewayRole = "all"
+    """What this process does: `webhook` takes Meta's webhooks in, `egress` sends the outbound commands to the
+    Graph API, `all` both (what `zapflow dev` runs). In a cluster they run apart, so that the webhook scales on
+    CPU and egress on its consumer's lag."""
     max_body_bytes: int = 4 * 1024 * 1024
     """The largest webhook body accepted, then 413: Meta's payloads reach 3 MB, plus a little headroom."""
     max_json_depth: int = Field(default=JsonLimits.max_depth, ge=8, le=200)
