@@ -770,6 +770,46 @@ def dead_letters_purge(
     out.print(f"purged {purged} dead letters {escape(scope)}")
 
 
+@app.command()
+def status(
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.5, help="Seconds between refreshes; the turn rate is over this window.")
+    ] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit (for scripts).")] = False,
+    output_format: Annotated[str, typer.Option("--format", help="With --once: table or json.")] = "table",
+    nats_url: NatsUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """A live view of the platform: services and replicas, streams, consumers, dead letters, tenants, turn rate."""
+    from nats.errors import Error as NatsError
+
+    from zapflow.platform.status import Snapshot, StatusReader, render, watch
+
+    if output_format not in ("table", "json"):
+        raise _fail(f"--format: {escape(repr(output_format))} is not one of table, json")
+    if output_format == "json" and not once:
+        raise _fail("--format json prints one snapshot: add --once")
+    core = _nats_settings(data_dir, nats_url)
+
+    async def show(connections: Any) -> Snapshot | None:
+        reader = StatusReader(connections, window_s=interval, follow_tenants=not once)
+        if once:
+            return await reader.read()
+        await watch(reader, interval, out)
+        return None
+
+    try:
+        snapshot = _with_nats(core, show, tenants=False)
+    except KeyboardInterrupt:  # Ctrl-C ends the live view
+        return
+    except (NatsError, OSError, TimeoutError) as error:
+        raise _nats_unreachable(core.nats_url, error) from None
+    if snapshot is not None and output_format == "json":
+        print(json.dumps(snapshot.document(), indent=2))
+    elif snapshot is not None:
+        out.print(render(snapshot))
+
+
 kb_app = typer.Typer(
     no_args_is_help=True, help="Tenants' knowledge bases: ingest files, list, show and remove documents."
 )

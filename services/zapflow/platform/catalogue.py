@@ -13,6 +13,7 @@ customer:
     zf.knowledge.<tenant>.<kind>             knowledge changes         ZF_KNOWLEDGE
     zf.kb.<operation>.<tenant>               knowledge requests        (core NATS request/reply)
     zf.inbox.<tenant>                        inbox activity            (core NATS, to every handoff replica)
+    zf.health.<service>.<instance>           a replica's readiness     (core NATS request/reply)
     zf.timer.<kind>.<tenant>.<key>           timers waiting (schedules) ZF_TIMERS
     zf.due.<kind>.<tenant>.<key>             timers fired              ZF_TIMERS
 """
@@ -122,6 +123,7 @@ DEAD_LETTER_PREFIX = f"{ROOT}.dlq"
 KNOWLEDGE_PREFIX = f"{ROOT}.knowledge"
 KNOWLEDGE_REQUEST_PREFIX = f"{ROOT}.kb"
 INBOX_PREFIX = f"{ROOT}.inbox"
+HEALTH_PREFIX = f"{ROOT}.health"
 TIMER_PREFIX = f"{ROOT}.timer"
 DUE_PREFIX = f"{ROOT}.due"
 
@@ -176,6 +178,22 @@ def inbox_subject(tenant: str = "*") -> str:
     Core NATS, not a stream: an inbox that misses a change re-reads the queue when it reconnects.
     """
     return f"{INBOX_PREFIX}.{tenant}"
+
+
+# Every running service is on the NATS service API ($SRV.PING / INFO / STATS) under this name, so
+# `zapflow status` counts its replicas with their version and uptime; "zapflow-" keeps zapflow's
+# apart from other applications' services on a shared NATS.
+SERVICE_API_PREFIX = "zapflow-"
+
+
+def service_api_name(service: str) -> str:
+    """The name a service answers the NATS service API under."""
+    return f"{SERVICE_API_PREFIX}{service}"
+
+
+def health_subject(service: str, instance: str) -> str:
+    """Where one replica of a service answers with its readiness (its service API instance id)."""
+    return f"{HEALTH_PREFIX}.{service}.{instance}"
 
 
 def timer_subject(kind: str, tenant: str, key: str) -> str:

@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import nats.micro
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from nats.micro.request import Request as ServiceRequest
 
+from zapflow import __version__
+from zapflow.platform import catalogue
 from zapflow.platform.connections import Connections, Needs, connected
 from zapflow.platform.http import FASTAPI_TELEMETRY_OFF, ops_router
 from zapflow.platform.logging import configure_logging, get_logger
@@ -66,6 +73,8 @@ def create_app(service: Service[SettingsT, PartsT], settings: SettingsT) -> Fast
         async with (
             connected(service.name, settings.core, service.needs) as connections,
             service.build(settings, connections) as parts,
+            # Announced once built: a replica counts from when it can serve.
+            announced(service.name, connections) if service.needs.bus or service.needs.tenants else nullcontext(),
         ):
             app.state.runtime = Runtime(settings, connections, parts)
             # What start-up loaded (modules, settings, tenants) lives as long as the process:
@@ -119,6 +128,33 @@ def create_app(service: Service[SettingsT, PartsT], settings: SettingsT) -> Fast
         return JSONResponse({"detail": f"internal error: {type(error).__name__}"}, status_code=500)
 
     return app
+
+
+@asynccontextmanager
+async def announced(name: str, connections: Connections) -> AsyncIterator[None]:
+    """The process on the NATS service API, where `zapflow status` counts replicas and asks each one's health."""
+    api = await nats.micro.add_service(
+        connections.nc,
+        name=catalogue.service_api_name(name),
+        version=__version__,
+        description=f"zapflow {name}",
+        # In a cluster the host name is the pod's name.
+        metadata={"hostname": socket.gethostname(), "pid": str(os.getpid())},
+    )
+
+    # The service's one endpoint, on the replica's own subject: what /readyz answers.
+    async def health(request: ServiceRequest) -> None:
+        checks = await connections.readiness()
+        await request.respond(json.dumps({"ready": all(checks.values()), "checks": checks}).encode())
+
+    try:
+        await api.add_endpoint(name="health", subject=catalogue.health_subject(name, api.id), handler=health)
+        yield
+    finally:
+        # Away from NATS, there is nothing to withdraw: the subscriptions end with the connection,
+        # and draining them would wait for a server that is not there.
+        if connections.nc.is_connected:
+            await api.stop()
 
 
 def run(service: Service[SettingsT, PartsT], settings: SettingsT) -> None:
