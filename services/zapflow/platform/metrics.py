@@ -110,13 +110,6 @@ HANDLER_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
-# Conversation.
-REPLIES = Counter(
-    "zapflow_conversation_replies_total",
-    "Answers produced, by outcome (rule, greeting, fallback, button).",
-    ["tenant", "outcome"],
-)
-
 # Tenants.
 TENANTS_LOADED = Gauge(
     "zapflow_tenants_loaded",
@@ -167,21 +160,22 @@ HELD_MESSAGES = Gauge(
     "zapflow_conversation_held_messages",
     "Inbound messages this process holds unacknowledged until their turn is answered.",
 )
+# `job_name`, not `job`: Prometheus' own `job` label (the scrape's) would rename ours to `exported_job`.
 JOB_SECONDS = Histogram(
     "zapflow_scheduler_job_seconds",
     "Duration of one run of a scheduler job (close_idle, archive, retention).",
-    ["job"],
+    ["job_name"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0),
 )
 JOB_FAILURES = Counter(
     "zapflow_scheduler_job_failures_total",
     "Scheduler job runs that failed; the job runs again at the next interval.",
-    ["job"],
+    ["job_name"],
 )
 JOB_LAST_SUCCESS = Gauge(
     "zapflow_scheduler_job_last_success_timestamp_seconds",
     "When each scheduler job last completed (alert when it falls behind).",
-    ["job"],
+    ["job_name"],
 )
 SESSIONS_CLOSED = Counter("zapflow_scheduler_sessions_closed_total", "Idle conversations closed.")
 SESSIONS_ARCHIVED = Counter("zapflow_scheduler_sessions_archived_total", "Closed conversations archived to analytics.")
