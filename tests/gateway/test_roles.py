@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from nats.js import JetStreamContext
 
-from tests.support.http import serve
+from tests.support.http import bound_socket, serve
 from tests.support.platform import Platform, eventually, register_number
 from tests.support.servers import ManagedServer, free_port
 from tests.support.tenants import make_tenant
@@ -35,7 +35,8 @@ EGRESS_STREAMS = {catalogue.OUTBOUND.name, catalogue.EVENTS.name, catalogue.DEAD
 @contextlib.asynccontextmanager
 async def gateway_in_role(core: CoreSettings, registry: TenantRegistry, role: GatewayRole) -> AsyncIterator[Platform]:
     """The sandbox as Meta, relaying its chat to a gateway that runs in `role`."""
-    gateway_port = free_port()
+    gateway_socket = bound_socket()
+    gateway_port = gateway_socket.getsockname()[1]
     # No status webhooks: an egress-only gateway would answer them 404, and no test here reads them.
     sandbox = SandboxSettings(webhook_url=f"http://127.0.0.1:{gateway_port}/webhook/whatsapp", statuses="off")
     async with (
@@ -47,7 +48,7 @@ async def gateway_in_role(core: CoreSettings, registry: TenantRegistry, role: Ga
         await register_number(sandbox_client, tenant)
         settings = GatewaySettings(core=core, port=gateway_port, role=role)
         async with (
-            serve(create_app(gateway_service(role), settings), port=gateway_port) as gateway_url,
+            serve(create_app(gateway_service(role), settings), sock=gateway_socket) as gateway_url,
             httpx.AsyncClient(base_url=gateway_url, timeout=10) as gateway_client,
         ):
             yield Platform(sandbox_client, gateway_client, registry, tenant)

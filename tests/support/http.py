@@ -29,19 +29,37 @@ def _base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-@contextlib.asynccontextmanager
-async def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Run the app (its lifespan included) and yield its base URL; stop it on exit.
+def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to the port (0: a free one) for `serve`: the port is ours from now on.
 
-    Port 0 picks a free port. The socket is bound here, before uvicorn starts, so the port
-    is known and held from the first moment; readiness is uvicorn's own `started` flag.
+    Bind first when a peer must know the address before the server starts (the sandbox, the
+    gateway's webhook URL): a port only looked up free may be taken by another test meanwhile.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must say TCP: asyncio only sets TCP_NODELAY on sockets that do, and without it
     # every response pays a 40 ms Nagle / delayed-ACK stall.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: Callable[..., Any], host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
+) -> AsyncIterator[str]:
+    """Run the app (its lifespan included) and yield its base URL; stop it on exit.
+
+    Port 0 picks a free port; `sock` (from `bound_socket`) serves on a port bound beforehand. Either
+    way the port is held from the first moment; readiness is uvicorn's own `started` flag.
+    """
+    if sock is None:
+        sock = bound_socket(host, port)
+    host = sock.getsockname()[0]
     bound_port: int = sock.getsockname()[1]
     config = uvicorn.Config(
         app,

@@ -15,8 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from tests.support.http import serve
-from tests.support.servers import free_port
+from tests.support.http import bound_socket, serve
 from tests.support.tenants import make_tenant, secret
 from zapflow.conversation.app import conversation_service
 from zapflow.conversation.responder import Responder
@@ -174,7 +173,9 @@ async def running_platform(
     The handoff service needs a migrated database (`core.database_url`) and records nothing itself:
     run it with `record=True` so that the recorder writes the messages its transcripts show.
     """
-    gateway_port = free_port()
+    # Bound before the sandbox starts, which needs the webhook's address.
+    gateway_socket = bound_socket()
+    gateway_port = gateway_socket.getsockname()[1]
     sandbox = SandboxSettings(webhook_url=f"http://127.0.0.1:{gateway_port}/webhook/whatsapp", statuses="delivered")
     async with serve(create_app(sandbox_service(sandbox), sandbox)) as sandbox_url:
         tenant = make_tenant(sandbox_url, messages_per_second, debounce, spec, **bot)
@@ -183,7 +184,7 @@ async def running_platform(
             await register_number(sandbox_client, tenant)
             gateway_settings = GatewaySettings(core=core, port=gateway_port)
             async with (
-                serve(create_app(GATEWAY, gateway_settings), port=gateway_port) as gateway_url,
+                serve(create_app(GATEWAY, gateway_settings), sock=gateway_socket) as gateway_url,
                 serve(create_app(conversation_service(responders), ConversationSettings(core=core))),
                 httpx.AsyncClient(base_url=gateway_url, timeout=10) as gateway_client,
                 serve(create_app(RECORDER, RecorderSettings(core=core))) if record else contextlib.nullcontext(""),

@@ -20,6 +20,7 @@ services from here, so all three run them the same way. The persistence choices,
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import socket
 import sys
@@ -180,9 +181,29 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+# Below the kernel's ephemeral range (where it takes the local port of every outgoing connection)
+# and above the usual well-known and registered services.
+CHOSEN_PORTS_FROM = 10_000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL_START = 32_768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free now; another process may take it before ours binds it (see port_was_taken)."""
+    """A port free now, for a server started next; another process may take it before that server binds it.
+
+    Picked at random below the ephemeral range: a port the kernel hands out (port 0) is also the
+    next local port of some outgoing connection, so with many clients and servers starting at once
+    (tests in parallel) it is soon taken; one of these is only taken by another such choice.
+    """
+    try:
+        ephemeral_start = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = DEFAULT_EPHEMERAL_START
+    for _ in range(100):
+        port = CHOSEN_PORTS_FROM + secrets.randbelow(max(1, ephemeral_start - CHOSEN_PORTS_FROM))
+        if port_is_free(port, host):
+            return port
     with socket.socket() as probe:
         probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+        chosen: int = probe.getsockname()[1]
+        return chosen
