@@ -276,14 +276,20 @@ def test_the_table_is_two_tables_that_fit_100_columns(warehouse: Path) -> None:
     assert max(len(line) for line in lines) <= 100
     # Each row's cells; a cell too long for its column goes on in the row's next line.
     described = cells(lines, "campaigns created 2026-03-01 to 2026-03-03 (UTC days)")
-    assert [row for row in described if row[0]] == [
-        ["acme", "aaaa00000001", "March promo", "march_promo", "2026-03-01", "done", "17"],
-        ["acme", "aaaa00000003", "Easter", "easter", "2026-03-02", "cancelled", "4"],
-        ["acme", "aaaa00000002", "Reminder", "payment_remind", "2026-03-03", "running", "10"],
-        ["bolt", "bbbb00000002", "Welcome back", "welcome", "2026-03-01", "done", "2"],
-        ["bolt", "bbbb00000001", "Launch", "launch_v2", "2026-03-02", "failed", "6"],
+    # A row's cells with their wrapped words put back together.
+    joined: list[list[str]] = []
+    for row in described:
+        if row[0]:
+            joined.append(row)
+        else:
+            joined[-1] = [f"{cell} {more}" if more else cell for cell, more in zip(joined[-1], row, strict=True)]
+    assert joined == [
+        ["acme", "aaaa00000001", "March promo", "march_promo", "2026-03-01 09:00", "done", "17"],
+        ["acme", "aaaa00000003", "Easter", "easter", "2026-03-02 10:00", "cancelled", "4"],
+        ["acme", "aaaa00000002", "Reminder", "payment_reminder", "2026-03-03 23:30", "running", "10"],
+        ["bolt", "bbbb00000002", "Welcome back", "welcome", "2026-03-01 08:00", "done", "2"],
+        ["bolt", "bbbb00000001", "Launch", "launch_v2", "2026-03-02 12:00", "failed", "6"],
     ]
-    assert described[1] == ["", "", "", "", "09:00", "", ""]
     assert cells(lines, "their recipients") == [
         ["aaaa00000001", "10", "80.0%", "30.0%", "4", "3", "0", "failed marketing_stopped"],
         ["", "", "", "", "", "", "", "(131050):3"],

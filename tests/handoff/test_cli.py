@@ -24,6 +24,10 @@ from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
 
+# A dozen `zapflow` processes per test, each paying Python's start-up: on a loaded machine
+# (two test workers on two cores) that alone nears the default 120 s.
+pytestmark = pytest.mark.timeout(300)
+
 PHONE = "+55 11 98765-4321"
 CONTACT = "5511987654321"
 NOTICE = "Um atendente já vai falar com você."

@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -16,6 +17,10 @@ from tests.support.servers import ManagedServer
 from zapflow.platform import bus, catalogue
 from zapflow.platform.servers import zapflow_command
 from zapflow.v1 import inbound_pb2
+
+# A dozen `zapflow` processes per test, each paying Python's start-up: on a loaded machine
+# (two test workers on two cores) that alone nears the default 120 s.
+pytestmark = pytest.mark.timeout(300)
 
 ACME, GLOBEX = "acme", "globex"
 CUSTOMER = "5511977770001"

@@ -24,6 +24,10 @@ from zapflow.knowledge.text import LanguageDetector
 from zapflow.platform import bus, catalogue
 from zapflow.v1 import turn_pb2
 
+# A dozen `zapflow` processes per test, each paying Python's start-up: on a loaded machine
+# (two test workers on two cores) that alone nears the default 120 s.
+pytestmark = pytest.mark.timeout(300)
+
 KB = Path(__file__).resolve().parents[2] / "bench" / "retrieval" / "kb"
 PT_FILES = [
     "account.md",

@@ -21,6 +21,10 @@ from zapflow.store.engine import create_engine
 from zapflow.tenants.model import BotTenant
 from zapflow.tenants.registry import TenantRegistry
 
+# A dozen `zapflow` processes per test, each paying Python's start-up: on a loaded machine
+# (two test workers on two cores) that alone nears the default 120 s.
+pytestmark = pytest.mark.timeout(300)
+
 ADMIN = {"Authorization": "Bearer changethis"}
 CREATED = re.compile(r"campaign ([0-9a-f]{12}) created")
 

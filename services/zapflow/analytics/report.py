@@ -403,19 +403,21 @@ def campaigns_to_table(rows: list[CampaignRow], period: Period) -> RenderableTyp
 
     One table of fourteen columns would not fit a 100-column terminal.
     """
+    # Ids and names a person copies (the campaign for `zapflow campaign show`, the template) are
+    # never cut: the campaign's own name wraps instead.
     described = Table(
         "tenant",
-        "campaign",
+        Column("campaign", no_wrap=True),
         Column("name", overflow="fold"),
-        Column("template", overflow="fold"),
-        "created (UTC)",
+        Column("template", no_wrap=True),
+        Column("created (UTC)", no_wrap=True),
         "status",
         Column("recipients", justify="right"),
         title=f"campaigns created {period.since} to {period.until} (UTC days)",
     )
     figures = ("sent", "delivered", "read", "failed", "skipped", "waiting")
     outcomes = Table(
-        "campaign",
+        Column("campaign", no_wrap=True),
         *(Column(header, justify="right") for header in figures),
         Column("top reasons", overflow="fold"),
         title="their recipients: delivered and read of those sent",

@@ -26,6 +26,7 @@ def startup_sheet(plan: DevPlan) -> str:
         f"  nats                {addresses.nats_url}\n"
         f"  redis               {addresses.redis_url}\n"
         f"  logs                {plan.logs}/\n"
+        "  a live view         zapflow status (services, lag, dead letters, turn rate)\n"
         "A process that stops is restarted, as in a cluster; "
         f"{RESTART.crash_loop_restarts + 1} exits within {RESTART.crash_loop_window_s:.0f} s stop the stack.\n"
         "Press Ctrl-C to stop."

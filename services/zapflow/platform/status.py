@@ -27,7 +27,7 @@ from nats.micro.service import ServiceStats, ServiceVerb, control_subject
 from rich.console import Console, Group, RenderableType
 from rich.filesize import decimal
 from rich.live import Live
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from zapflow.platform import catalogue
@@ -436,9 +436,11 @@ def _streams_table(streams: Iterable[StreamFigures]) -> Table:
 
 
 def _consumers_table(snapshot: Snapshot) -> Table:
+    # The names are what a person looks for: the figures' headers wrap first on a narrow terminal.
     table = Table(
-        "consumer", "stream", "pending", "ack pending", "redelivered", "last active", title="consumers",
-        title_justify="left",
+        Column("consumer", no_wrap=True), Column("stream", no_wrap=True), Column("pending", justify="right"),
+        Column("ack pending", justify="right"), Column("redelivered", justify="right"), "last active",
+        title="consumers", title_justify="left",
     )  # fmt: skip
     for consumer in snapshot.consumers:
         active = consumer.last_active
@@ -453,8 +455,10 @@ def _consumers_table(snapshot: Snapshot) -> Table:
     return table
 
 
-def _dead_letters_table(reasons: list[ReasonCount]) -> Table:
+def _dead_letters_table(reasons: list[ReasonCount]) -> RenderableType:
     total = sum(reason.count for reason in reasons)
+    if not reasons:
+        return Text("dead letters: none")
     table = Table("service", "count", "reason", title=f"dead letters: {total:,}", title_justify="left")
     for reason in reasons[:SHOWN_REASONS]:
         table.add_row(Text(reason.service), f"{reason.count:,}", Text(printable(reason.reason)))
