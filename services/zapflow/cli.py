@@ -274,6 +274,34 @@ def scheduler(
 
 
 @app.command()
+def operator(
+    host: Host = None,
+    port: Port = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="Watch BotTenants in this namespace only (default: every namespace).")
+    ] = None,
+    standalone: Annotated[
+        bool | None, typer.Option("--standalone", help="Run without kopf peering (a single replica).")
+    ] = None,
+) -> None:
+    """Run the Kubernetes operator: BotTenant resources into the tenant registry, with status conditions."""
+    from nats.errors import NoServersError
+
+    from zapflow.operator.handlers import run as run_operator
+    from zapflow.operator.settings import OperatorSettings
+    from zapflow.store.errors import StoreError
+
+    settings = _settings(OperatorSettings, host=host, port=port, namespace=namespace, standalone=standalone)
+    configure_logging("operator", settings.core.log_level, settings.core.log_json)
+    try:
+        asyncio.run(run_operator(settings))
+    except StoreError as error:
+        raise _fail(str(error)) from None
+    except (NoServersError, OSError, TimeoutError) as error:
+        raise _nats_unreachable(settings.core.nats_url, error) from None
+
+
+@app.command()
 def sandbox(
     host: Host = None,
     port: Port = None,

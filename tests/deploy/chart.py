@@ -25,6 +25,10 @@ NAMESPACE = "zapflow"
 
 Object = dict[str, Any]
 
+# Custom resources of the CRDs the chart ships (crds/), which Kubernetes' own schemas do not know:
+# tests/deploy/test_operator_chart.py validates them against those CRDs.
+CHART_CRD_API_VERSIONS = ("kopf.dev/v1",)
+
 
 @functools.cache
 def chart() -> helm_python.Chart:

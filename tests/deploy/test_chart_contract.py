@@ -59,6 +59,9 @@ SERVICES: dict[str, Callable[[], tuple[Service[Any, Any], ServiceSettings]]] = {
 # The catalogue's service name of each workload's consumers (egress is the gateway's egress role).
 CATALOGUE_SERVICE = {"egress": catalogue.GATEWAY_SERVICE}
 KEDA_SCALED_ON_LAG = ("egress", "conversation", "recorder", "embedding", "handoff")
+OPERATOR = "operator"
+# The operator's connections: the registry and timers (NATS), campaigns (PostgreSQL), the Kubernetes API.
+OPERATOR_DESTINATIONS = ("nats", "postgresql", "kubernetes-api")
 STORE_VARIABLES = {"nats": "ZAPFLOW_NATS_URL", "redis": "ZAPFLOW_REDIS_URL", "postgresql": "ZAPFLOW_DATABASE_URL"}
 
 
@@ -70,7 +73,8 @@ def staging() -> list[Object]:
 
 @pytest.fixture(scope="module")
 def deployments(staging: list[Object]) -> dict[str, Object]:
-    return by_component(staging, "Deployment")
+    """The services' workloads; the operator (kopf, no service app) is checked in test_operator_chart.py."""
+    return {name: item for name, item in by_component(staging, "Deployment").items() if name != OPERATOR}
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +127,23 @@ def parse(args: list[str]) -> dict[str, Any]:
     return params
 
 
-def test_every_service_command_has_a_workload_and_every_workload_a_command(deployments: dict[str, Object]) -> None:
+def test_every_service_command_has_a_workload_and_every_workload_a_command(staging: list[Object]) -> None:
     commands = service_commands()
-    assert set(commands) == {"gateway", "conversation", "recorder", "embedding", "handoff", "scheduler", "sandbox"}
-    used = {container(deployment)["args"][0] for deployment in deployments.values()}
+    services = {"gateway", "conversation", "recorder", "embedding", "handoff", "scheduler", "sandbox"}
+    assert set(commands) == services | {OPERATOR}
+    workloads = by_component(staging, "Deployment").values()
+    used = {container(deployment)["args"][0] for deployment in workloads}
     assert used == set(commands)
-    roles = {parse(container(deployment)["args"]).get("role") for deployment in deployments.values()}
+    roles = {parse(container(deployment)["args"]).get("role") for deployment in workloads}
     # `all` is what `zapflow dev` runs; a cluster runs each role as its own workload.
     assert roles - {None} == set(get_args(GatewayRole)) - {"all"}
 
 
-def test_every_workload_command_parses(deployments: dict[str, Object], staging: list[Object]) -> None:
+def test_every_workload_command_parses(staging: list[Object]) -> None:
     jobs = [job["spec"]["template"]["spec"]["containers"][0]["args"] for job in of_kind(staging, "Job")]
     assert jobs == [["db", "upgrade"]]
-    for args in [container(deployment)["args"] for deployment in deployments.values()] + jobs:
+    workloads = by_component(staging, "Deployment").values()
+    for args in [container(deployment)["args"] for deployment in workloads] + jobs:
         parse(args)
     with pytest.raises(Exception, match="bogus"):
         parse(["gateway", "--role", "bogus"])
@@ -365,8 +372,13 @@ def zapflow_pods(objects: list[Object]) -> dict[str, Endpoint]:
 
 def expected_flows(name: str, pods: Mapping[str, Endpoint]) -> set[tuple[str, str]]:
     """The flows a scenario must admit, as (source, destination) names; every other one must be refused."""
-    workloads = set(pods) - {"migrations"}
+    workloads = set(pods) - {"migrations", OPERATOR}
     flows = {(source, "dns") for source in pods}
+    if OPERATOR in pods:
+        flows |= {(OPERATOR, target) for target in OPERATOR_DESTINATIONS}
+        if name != "production":
+            # The API server's default peer is any address on its ports: 443 reaches the Internet too.
+            flows |= {(OPERATOR, "graph-api"), (OPERATOR, "public")}
     flows |= {("prometheus", workload) for workload in workloads}
     flows |= {("controller", "gateway"), ("controller", "handoff")}
     flows |= {(workload, store) for workload in workloads for store in stores_used(workload)}
@@ -374,7 +386,7 @@ def expected_flows(name: str, pods: Mapping[str, Endpoint]) -> set[tuple[str, st
     internet = dict(INTERNET_CLIENTS)
     if name == "production":
         # Only Meta's ranges for the Graph API; the LLM and notifications keep the public Internet.
-        flows |= {(workload, "otel") for workload in workloads}
+        flows |= {(workload, "otel") for workload in workloads | {OPERATOR}}
         flows.add(("ops", "scheduler"))
         flows.add(("egress", "graph-api"))
         del internet["egress"]

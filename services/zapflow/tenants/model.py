@@ -538,6 +538,26 @@ class HandoffSpec(Model):
     notify: NotifySpec | None = Field(default=None, description="A webhook that tells agents about handoffs.")
 
 
+class ScalingSpec(Model):
+    """Where this tenant's turns are answered: the shared conversation workload, or one of its own."""
+
+    dedicated: bool = Field(
+        default=False,
+        description="Run a conversation Deployment for this tenant alone, scaled by KEDA on its own consumer's lag "
+        "(not acted on yet: docs/operator.md, 'A dedicated conversation workload').",
+    )
+    min_replicas: int = Field(
+        default=1, ge=1, le=100, description="Fewest replicas of the dedicated workload (held messages need one)."
+    )
+    max_replicas: int = Field(default=4, ge=1, le=100, description="Most replicas of the dedicated workload.")
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) is above maxReplicas ({self.max_replicas})")
+        return self
+
+
 class TenantSpec(Model):
     whatsapp: WhatsAppSpec = Field(description="The WhatsApp Cloud API number and its credentials.")
     bot: BotSpec = Field(default_factory=BotSpec, description="The responder and its settings.")
@@ -552,6 +572,14 @@ class TenantSpec(Model):
     )
     reengagement: ReengagementSpec = Field(
         default_factory=ReengagementSpec, description="Nudges to customers whose conversation went quiet."
+    )
+    scaling: ScalingSpec = Field(
+        default_factory=ScalingSpec, description="A dedicated conversation workload for this tenant, or the shared one."
+    )
+    deletion_policy: Literal["Retain"] = Field(
+        default="Retain",
+        description="What deleting the BotTenant does to the tenant's stored data: Retain keeps it (conversations, "
+        "analytics, campaign history). Erase is not available yet: no whole-tenant erasure exists.",
     )
 
 

@@ -1,0 +1,1 @@
+"""The kopf operator of BotTenant custom resources (docs/operator.md)."""

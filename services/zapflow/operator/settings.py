@@ -1,0 +1,31 @@
+"""Operator settings (ZAPFLOW_OPERATOR_*); the NATS URL and the database come from CoreSettings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from zapflow.platform.settings import Port, ServiceSettings
+
+
+class OperatorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ZAPFLOW_OPERATOR_")
+
+    port: Port = 8010
+    """The liveness endpoint (/healthz) kopf serves for the probes."""
+    namespace: str | None = None
+    """Watch BotTenants (and Secrets) in this namespace only; unset: in every namespace."""
+    peering_name: str = "zapflow"
+    """The kopf peering object the replicas share: one of them acts, the others wait."""
+    priority: int | None = None
+    """This replica's peering priority: the highest acts, the others stand by (unset: a random one)."""
+    standalone: bool = False
+    """Run without peering (one replica only, or tests)."""
+    secret_retry_seconds: float = Field(default=30.0, gt=0)
+    """How long a tenant waiting for a missing Secret waits before it checks again."""
+    registry_retry_seconds: float = Field(default=10.0, gt=0)
+    """How long a tenant whose registry write failed waits before it tries again."""
+    resync_seconds: float = Field(default=300.0, gt=0)
+    """How often each tenant's registry entry is compared with its resource and repaired."""
+    cancel_campaigns: bool = True
+    """Cancel a deleted tenant's active campaigns: needs the database (ZAPFLOW_DATABASE_URL), migrated."""

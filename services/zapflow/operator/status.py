@@ -1,0 +1,85 @@
+"""A BotTenant's status: its conditions and what they say, computed without a cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SECRETS_RESOLVED = "SecretsResolved"
+REGISTRY_SYNCED = "RegistrySynced"
+READY = "Ready"
+# Ready sums these up: a tenant answers only once its secrets exist and the services see it.
+PARTS = (SECRETS_RESOLVED, REGISTRY_SYNCED)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition as the operator found it; `merge` gives it its transition time."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def ready(parts: Iterable[Condition]) -> Condition:
+    """Ready from the other conditions: True when all are, else the first one that is not, by its reason."""
+    known = {part.type: part for part in parts}
+    for kind in PARTS:
+        part = known.get(kind)
+        if part is None:
+            return Condition(READY, False, "Pending", f"{kind} has not been checked yet")
+        if not part.status:
+            return Condition(READY, False, part.reason, part.message)
+    return Condition(READY, True, "Synced", "the services serve this tenant")
+
+
+def invalid_spec(message: str) -> list[Condition]:
+    """The conditions of a spec that does not validate: Ready False, naming the broken fields."""
+    return [Condition(READY, False, "InvalidSpec", message)]
+
+
+def merge(previous: Iterable[Mapping[str, Any]], found: Iterable[Condition], now: datetime) -> list[dict[str, Any]]:
+    """The status.conditions list: `found` replaces its types, keeping lastTransitionTime when the status is the same.
+
+    Conditions of other types stay as they were, so a condition one sync did not check is not lost.
+    """
+    by_type = {str(condition.get("type")): dict(condition) for condition in previous}
+    for condition in found:
+        status = "True" if condition.status else "False"
+        before = by_type.get(condition.type, {})
+        unchanged = before.get("status") == status and before.get("lastTransitionTime")
+        by_type[condition.type] = {
+            "type": condition.type,
+            "status": status,
+            "reason": condition.reason,
+            "message": condition.message,
+            "lastTransitionTime": before["lastTransitionTime"] if unchanged else timestamp(now),
+        }
+    order = {kind: index for index, kind in enumerate((READY, *PARTS))}
+    return sorted(by_type.values(), key=lambda condition: (order.get(condition["type"], len(order)), condition["type"]))
+
+
+def status_patch(
+    previous: Mapping[str, Any], found: Iterable[Condition], generation: int | None, now: datetime
+) -> dict[str, Any]:
+    """The fields of status to patch after a sync of `generation` found these conditions."""
+    found = list(found)
+    conditions = merge(previous.get("conditions") or [], found, now)
+    patch: dict[str, Any] = {"conditions": conditions}
+    if generation is not None:
+        patch["observedGeneration"] = generation
+    return patch
+
+
+def synced_before(status: Mapping[str, Any]) -> bool:
+    """Whether the last sync wrote the tenant to the registry (what drift repair may restore)."""
+    conditions = status.get("conditions") or []
+    return any(c.get("type") == REGISTRY_SYNCED and c.get("status") == "True" for c in conditions)
+
+
+def timestamp(moment: datetime) -> str:
+    """RFC 3339 to the second, as Kubernetes writes times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
