@@ -41,7 +41,7 @@ from zapflow.store.engine import create_engine
 from zapflow.store.models import HandoffEvent
 from zapflow.tenants.registry import TenantRegistry
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(120)]
 
 SEED = int(os.environ.get("ZAPFLOW_CHAOS_SEED", "20261125"))
 CUSTOMER = "5511955554444"

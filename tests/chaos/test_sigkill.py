@@ -37,7 +37,7 @@ from zapflow.platform import catalogue
 from zapflow.platform.servers import zapflow_command
 from zapflow.v1 import turn_pb2
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(300)]
 
 CONTACTS = 200
 MESSAGES_PER_CONTACT = 10

@@ -14,7 +14,8 @@ import pytest
 
 from tests.support.devstack import DevProcess, converse, poll_until, replies, write
 
-pytestmark = pytest.mark.slow
+# Whole stacks of processes: beside another test worker, start-up alone takes a minute or more.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 CUSTOMER = "5511955554444"
 CROWD = [f"5511966{i:06d}" for i in range(20)]
 GREETING = "Hi! I'm the zapflow demo bot"

@@ -15,7 +15,8 @@ import pytest
 from tests.support.devstack import DEMO_TENANT, DevProcess, converse, poll_until
 from zapflow.platform import catalogue
 
-pytestmark = pytest.mark.slow
+# Whole stacks of processes: beside another test worker, start-up alone takes a minute or more.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 FORGOTTEN = "5511977770001"
 FORGOTTEN_WORDS = "my passport number is XK-4471-SECRET"
 KEPT = "5511977770002"
