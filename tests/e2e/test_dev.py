@@ -76,7 +76,6 @@ def test_a_taken_port_gives_a_clear_message(tmp_path: Path, ports: dict[str, int
     assert "Traceback" not in result.stderr + result.stdout
 
 
-@pytest.mark.timeout(300)
 def test_a_killed_service_is_restarted_while_the_others_serve_and_every_customer_is_answered(dev: DevProcess) -> None:
     dev.wait_for_line("Press Ctrl-C to stop.")
     for restart, (text, answer) in enumerate((("hello", GREETING), ("what are your hours?", HOURS)), start=1):

@@ -109,6 +109,7 @@ async def cluster(
         standalone=True,
         secret_retry_seconds=0.3,
         registry_retry_seconds=0.3,
+        secret_propagation_seconds=0,
         resync_seconds=0.5,
     )
     server = str(kmock.url).rstrip("/")

@@ -25,6 +25,9 @@ class OperatorSettings(ServiceSettings):
     """How long a tenant waiting for a missing Secret waits before it checks again."""
     registry_retry_seconds: float = Field(default=10.0, gt=0)
     """How long a tenant whose registry write failed waits before it tries again."""
+    secret_propagation_seconds: float = Field(default=90.0, ge=0)
+    """How long after a Secret's data changes its tenants get a new registry revision: the kubelet
+    refreshes mounted Secrets within about a minute, and a service reads each secret once per revision."""
     resync_seconds: float = Field(default=300.0, gt=0)
     """How often each tenant's registry entry is compared with its resource and repaired."""
     cancel_campaigns: bool = True

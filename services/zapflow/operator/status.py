@@ -74,6 +74,25 @@ def status_patch(
     return patch
 
 
+@dataclass(frozen=True)
+class Figures:
+    """A tenant's figures at a glance; None: not read (no database, no knowledge service, no turn yet)."""
+
+    agents: int | None = None
+    last_turn_at: datetime | None = None
+    knowledge_chunks: int | None = None
+
+
+def figures_patch(previous: Mapping[str, Any], figures: Figures) -> dict[str, Any]:
+    """The status fields to patch for these figures: the changed ones; None removes one no longer read."""
+    found = {
+        "agents": figures.agents,
+        "lastTurnAt": timestamp(figures.last_turn_at) if figures.last_turn_at else None,
+        "knowledgeChunks": figures.knowledge_chunks,
+    }
+    return {field: value for field, value in found.items() if previous.get(field) != value}
+
+
 def synced_before(status: Mapping[str, Any]) -> bool:
     """Whether the last sync wrote the tenant to the registry (what drift repair may restore)."""
     conditions = status.get("conditions") or []

@@ -10,6 +10,8 @@ removes only its own. Deleting a tenant also cancels its timers (ZF_TIMERS) and 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -98,6 +100,28 @@ def check_secrets(tenant: BotTenant, namespace: str, keys_of: SecretKeys, allow_
     if problems:
         return Condition(SECRETS_RESOLVED, False, "SecretMissing", "; ".join(problems))
     return Condition(SECRETS_RESOLVED, True, "Found", "every referenced Secret key exists")
+
+
+def secret_data(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a Secret holds, `stringData` over `data` (the API server folds one into the other; kmock does not)."""
+    return dict(body.get("data") or {}) | dict(body.get("stringData") or {})
+
+
+class SecretRotations:
+    """Tells a Secret whose data changed from one only relabelled: a digest of each one's data, kept in memory."""
+
+    def __init__(self) -> None:
+        self._digests: dict[tuple[str, str], str] = {}
+
+    def rotated(self, namespace: str, name: str, data: Mapping[str, Any]) -> bool:
+        """Record the Secret's data; whether it differs from what was recorded before (False when first seen)."""
+        digest = hashlib.sha256(json.dumps(dict(data), sort_keys=True).encode()).hexdigest()
+        previous = self._digests.get((namespace, name))
+        self._digests[(namespace, name)] = digest
+        return previous is not None and previous != digest
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._digests.pop((namespace, name), None)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from zapflow.platform import metrics
@@ -68,12 +68,19 @@ class TenantRegistry:
         return True
 
     async def load_all(self) -> list[BotTenant]:
-        try:
-            names = await self._kv.keys()
-        except NoKeysError:
-            return []
-        tenants = [await self.get(name) for name in sorted(names)]
+        tenants = [await self.get(name) for name in sorted(await self._names())]
         return [t for t in tenants if t is not None]
+
+    async def _names(self) -> list[str]:
+        """Every key the bucket has held (a deleted one reads as no tenant).
+
+        From the stream's own subject index, not KeyValue.keys(): its watcher may end before it has
+        seen every key (nats-io/nats.py#842), which let a second tenant take a number already in use.
+        """
+        # nats-py keeps the bucket's stream and subject prefix private; they are KV's fixed layout.
+        prefix: str = self._kv._pre
+        info = await self._kv._js.stream_info(self._kv._stream, subjects_filter=f"{prefix}>")
+        return [subject.removeprefix(prefix) for subject in (info.state.subjects or {})]
 
     # --- the live view the services use ---
 
