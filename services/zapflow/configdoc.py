@@ -47,7 +47,12 @@ TYPE_NAMES: dict[Any, str] = {
 BOUNDS = (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
 # Keys outside the per-tenant schema (`keys.KINDS`), with what they hold.
 GLOBAL_KEYS = (
-    (keys.DUE, "conversation", "sorted set of the contacts with a pending turn, scored by their debounce deadline"),
+    (
+        keys.DUE,
+        "conversation",
+        "sorted set of the contacts with a pending turn, scored by their debounce deadline (a dedicated tenant's"
+        " are in its own `due:contacts` key instead: docs/operator.md)",
+    ),
     (keys.SCHEDULER_LEADER, "scheduler", "the lease of the replica that runs the jobs, renewed while they run"),
 )
 IDENTIFIERS = {"contact": "<contact>", "fact": "<id>", "tenant": "<id>", "agent": "<session>"}

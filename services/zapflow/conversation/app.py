@@ -51,7 +51,13 @@ def conversation_service(
         )
         await engine.start()
         try:
-            spec = dataclasses.replace(catalogue.CONVERSATION_INBOUND, ack_wait_s=settings.ack_wait_s)
+            # A tenant's own replicas consume its messages again: the shared consumer ingests every tenant's.
+            inbound = (
+                catalogue.dedicated_conversation_consumer(settings.dedicated_tenant)
+                if settings.dedicated_tenant is not None
+                else catalogue.CONVERSATION_INBOUND
+            )
+            spec = dataclasses.replace(inbound, ack_wait_s=settings.ack_wait_s)
             await connections.consume(spec, inbound_pb2.InboundMessage, engine.ingest)
             yield engine
         finally:

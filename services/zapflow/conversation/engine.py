@@ -5,9 +5,9 @@ How it works (docs/architecture.md has the why; this package's README says which
 * The inbound stream is the buffer. A contact's pending messages are the ZF_INBOUND messages
   on its subject after its cursor (the stream sequence up to which everything is settled).
   Turns are read from the stream in sequence order, so arrival order is JetStream's order.
-* Ingest (any replica) records the arrival in Redis — the debounce deadline in a sorted set
-  shared by all replicas, sliding by the window and capped by the maximum wait — and *holds*
-  the JetStream message unacknowledged, sending in-progress heartbeats.
+* Ingest (any replica) records the arrival in Redis — the debounce deadline in a due set,
+  sliding by the window and capped by the maximum wait — and *holds* the JetStream message
+  unacknowledged, sending in-progress heartbeats.
 * The closer (every replica) takes due contacts, locks the contact (one turn at a time per
   contact, across replicas), writes the turn's range to an in-flight record, asks the
   responder, publishes the outbound commands with dedup ids derived from the turn id, then the
@@ -16,6 +16,16 @@ How it works (docs/architecture.md has the why; this package's README says which
 * A crash anywhere leaves messages unacknowledged: they are redelivered, and the re-run of an
   in-flight turn has the same id, so its publishes collapse (JetStream dedup, 2 min) and the
   turn key (1 h by default) makes it skip the responder entirely.
+
+A tenant served by a workload of its own (`BotTenant.served_by_dedicated_workload`) has its due
+set of its own, read only by its replicas (`ConversationSettings.dedicated_tenant`); every other
+tenant's contacts wait in the shared due set, read by the shared replicas. Ingest still runs
+everywhere: the shared `conversation` consumer takes every tenant's messages, and a dedicated
+replica's consumer its tenant's again (the second ingest of a message holds it too), so a tenant
+changing sides never leaves a message unread, and each message's due entry goes where the
+registry says at that moment. The shared replicas move what a tenant's own due set still holds
+once the tenant is no longer dedicated: on the registry's change, and on a timer for entries its
+replicas wrote late.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from zapflow.conversation.planning import PendingTurn
 from zapflow.conversation.reader import TurnReader
 from zapflow.conversation.responder import Answer, Responder
 from zapflow.conversation.settings import ConversationSettings
-from zapflow.conversation.turnstate import Answered, TurnState
+from zapflow.conversation.turnstate import Answered, DueSets, TurnState, read_by
 from zapflow.platform import bus, catalogue, metrics
 from zapflow.platform.keys import ContactKeys
 from zapflow.platform.logging import get_logger
@@ -77,7 +87,7 @@ class Engine:
         self._responders = responders
         self._settings = settings
         self._history = HistoryCache(redis, history_store, settings.history_max_turns, settings.history_ttl_s)
-        self._state = TurnState(redis, self._history)
+        self._state = TurnState(redis, self._history, read_by(settings.dedicated_tenant))
         self._reader = TurnReader(js, self._state, settings.max_turn_messages)
         self._held = HeldMessages()
         self._closer = Closer(self._state, settings, self._run_turn)
@@ -85,19 +95,30 @@ class Engine:
         self._stopping = asyncio.Event()
         self._heartbeats: asyncio.Task[None] | None = None
         self._turn_events: Subscription | None = None
+        # Shared replicas only: tenants whose own due set may need moving into the shared one.
+        self._sweeps: asyncio.Task[None] | None = None
+        self._undedicated: set[str] = set()
+        self._registry_changed = asyncio.Event()
 
     # --- lifecycle ---
 
     async def start(self) -> None:
-        self._turn_events = await self._nc.subscribe(catalogue.events_of(catalogue.TURN), cb=self._on_turn_event)
+        # A dedicated replica holds its tenant's messages only: their turn events are all it needs.
+        turns = catalogue.events_of(catalogue.TURN, self._settings.dedicated_tenant or "*")
+        self._turn_events = await self._nc.subscribe(turns, cb=self._on_turn_event)
         self._closer.start()
         self._heartbeats = asyncio.create_task(self._heartbeat(), name="engine-heartbeat")
+        if self._settings.dedicated_tenant is None:
+            self._registry.on_change(self._on_tenant_change)
+            self._sweeps = asyncio.create_task(self._sweep_undedicated(), name="engine-undedicated-sweep")
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._registry_changed.set()  # wakes the sweep loop, which then sees it is stopping
         await self._closer.stop()
-        if self._heartbeats is not None:
-            await self._heartbeats
+        for task in (self._heartbeats, self._sweeps):
+            if task is not None:
+                await task
         if self._turn_events is not None:
             with contextlib.suppress(Exception):  # shutting down: the connection may be closed already
                 await self._turn_events.unsubscribe()
@@ -111,13 +132,14 @@ class Engine:
         keys = ContactKeys(message.tenant, message.contact)
         seq = msg.metadata.sequence.stream
         debounce, message_key_ttl_s = tenant.spec.debounce, self._message_ttl(tenant)
+        due = self._due_sets(keys.tenant)
         # Meta's timestamp of the message (when the customer sent it) opens the window, not the webhook's arrival.
         sent_at_s = (message.sent_at if message.HasField("sent_at") else message.received_at).seconds
-        state = await self._state.arrive(keys, message.wamid, seq, sent_at_s, debounce, message_key_ttl_s)
+        state = await self._state.arrive(keys, due, message.wamid, seq, sent_at_s, debounce, message_key_ttl_s)
         if state == "no_cursor":
             # Rare (a new contact, or Redis lost its data): rebuild it off the hot path, then retry.
             await self._reader.cursor(keys)
-            state = await self._state.arrive(keys, message.wamid, seq, sent_at_s, debounce, message_key_ttl_s)
+            state = await self._state.arrive(keys, due, message.wamid, seq, sent_at_s, debounce, message_key_ttl_s)
         if state in ("duplicate", "settled"):
             # A duplicate is counted once, by the turn that skips it in the stream.
             return bus.Disposition.ACK
@@ -145,7 +167,8 @@ class Engine:
                 span.set_attribute("zapflow.turn_id", pending.turn_id)
                 answered = await self._answer(tenant, keys, pending, closed_at, closed_stamp)
         last_seq = pending.last_seq if pending else None
-        settled = await self._state.settle(keys, token, last_seq, answered, tenant.spec.debounce)
+        due = self._due_sets(keys.tenant)
+        settled = await self._state.settle(keys, token, last_seq, answered, tenant.spec.debounce, due)
         await self._held.acknowledge_through(keys, settled)
 
     async def _answer(
@@ -262,11 +285,56 @@ class Engine:
             if self._stopping.is_set():
                 return
             contacts = await self._held.keep_alive()
+            by_due_set: dict[DueSets, list[ContactKeys]] = {}
+            for keys in contacts:
+                by_due_set.setdefault(self._due_sets(keys.tenant), []).append(keys)
             try:
-                await self._state.rearm(contacts, int(time.time() * 1000))
+                await self._state.rearm(by_due_set, int(time.time() * 1000))
             except Exception as error:  # Redis away: the next heartbeat tries again
                 metrics.ENGINE_FAILURES.labels("rearm").inc()
                 log.warning("re-arming held contacts' deadlines failed", contacts=len(contacts), error=str(error))
+
+    # --- due sets: a tenant's own, or the shared one ---
+
+    def _due_sets(self, tenant_name: str) -> DueSets:
+        """Where the tenant's contacts wait for their turns, as the registry says now (the shared set if unknown)."""
+        tenant = self._registry.by_name(tenant_name)
+        return DueSets.of(tenant_name, tenant is not None and tenant.served_by_dedicated_workload)
+
+    def _on_tenant_change(self, name: str, tenant: BotTenant | None) -> None:
+        """The registry's listener: a tenant no longer dedicated (or removed) has its own due set moved at once."""
+        if tenant is None or not tenant.served_by_dedicated_workload:
+            self._undedicated.add(name)
+            self._registry_changed.set()
+
+    async def _sweep_undedicated(self) -> None:
+        """Move the due sets of tenants no longer dedicated into the shared one, so the shared closers answer them.
+
+        At once for a tenant the registry just changed (or removed); every sweep interval for every tenant
+        not dedicated, for the entries a dedicated replica still running (or dying) wrote after that.
+        """
+        interval = self._settings.dedicated_sweep_interval_s
+        next_sweep = time.monotonic()
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._registry_changed.wait(), timeout=max(next_sweep - time.monotonic(), 0))
+            self._registry_changed.clear()
+            if self._stopping.is_set():
+                return
+            changed, self._undedicated = self._undedicated, set()
+            tenants = set(changed)
+            if time.monotonic() >= next_sweep:
+                tenants |= {t.name for t in self._registry.all() if not t.served_by_dedicated_workload}
+                next_sweep = time.monotonic() + interval
+            try:
+                moved = await self._state.move_to_shared(tenants)
+            except Exception as error:  # Redis away: the changed tenants are tried again at the next sweep
+                self._undedicated |= changed
+                metrics.ENGINE_FAILURES.labels("sweep").inc()
+                log.warning("moving dedicated due sets into the shared one failed", error=str(error))
+                continue
+            if moved:
+                log.info("pending turns of tenants no longer dedicated moved to the shared replicas", contacts=moved)
 
 
 def _trace_context(pending: PendingTurn) -> tuple[Context | None, list[trace.Link]]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from zapflow.platform.settings import Port, ServiceSettings
+from zapflow.tenants.model import TENANT_NAME_PATTERN
 
 
 class ConversationSettings(ServiceSettings):
@@ -43,3 +46,18 @@ class ConversationSettings(ServiceSettings):
     """How long a turn waits for a knowledge search (the faq responder, grounding) before it answers without one."""
     history_ttl_s: int = 3_600
     """How long the Redis history cache outlives a contact's last turn."""
+    dedicated_tenant: str | None = None
+    """The tenant this replica answers alone (the operator sets it on a tenant's dedicated workload): it consumes
+    `conversation-<tenant>` and runs the turns of that tenant's due set only. Unset: a shared replica, which runs
+    the turns of every tenant not served by a workload of its own."""
+    dedicated_sweep_interval_s: float = Field(default=30.0, gt=0)
+    """How often a shared replica moves the pending turns of tenants no longer dedicated (left by their own
+    replicas) into the shared due set; a registry change moves them at once."""
+
+    @field_validator("dedicated_tenant")
+    @classmethod
+    def _dns_label(cls, value: str | None) -> str | None:
+        # It becomes a NATS subject token, a consumer's name and part of a Redis key.
+        if value is not None and not re.fullmatch(TENANT_NAME_PATTERN, value):
+            raise ValueError(f"{value!r} is not a DNS label (lower-case letters, digits and '-')")
+        return value

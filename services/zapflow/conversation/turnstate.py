@@ -2,15 +2,23 @@
 
 A contact's conversation hash holds its cursor (the inbound stream sequence up to which
 everything is settled), `last_seen` (the newest sequence ingested), `first` (when the pending
-burst began) and `last_at` (when its latest message arrived); the due set holds its debounce
+burst began) and `last_at` (when its latest message arrived); a due set holds its debounce
 deadline; the lock makes one turn at a time per contact across replicas; the in-flight record
 lets a crashed turn re-run with the same id.
+
+Two due sets can hold a contact: the shared one, which the shared replicas' closers read, and
+its tenant's own, read by the replicas of a tenant served by a workload of its own. Arrivals and
+turns put the contact in the one its tenant's registry entry chooses (`DueSets`) and take it out
+of the other, in the same script, so a tenant that changes sides moves its contacts over as they
+write or are answered; `move_to_shared` brings back what a dedicated tenant left behind. A contact
+found in both (replicas whose registry views differ for a moment) is harmless: its lock and cursor
+let one turn run, and the other finds nothing to answer.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -19,12 +27,13 @@ from redis.asyncio import Redis
 from zapflow.conversation.handoff import Streaks
 from zapflow.conversation.history import HistoryCache
 from zapflow.conversation.planning import PendingTurn
-from zapflow.platform.keys import DUE, ContactKeys, parse_due_member
+from zapflow.platform.keys import DUE, ContactKeys, parse_due_member, tenant_due_key
 from zapflow.tenants.model import DebounceSpec
 from zapflow.whatsapp.messages import HistoryEntry
 
 # Arrival of a message: decide whether it is settled, a duplicate, or pending, and slide the
-# contact's debounce deadline. Runs on the Redis clock so every replica agrees.
+# contact's debounce deadline in its tenant's due set (KEYS[2]), out of the other one (KEYS[5]).
+# Runs on the Redis clock so every replica agrees.
 _INGEST = """
 local cursor_value = redis.call('HGET', KEYS[1], 'cursor')
 if not cursor_value then return 'no_cursor' end
@@ -52,6 +61,7 @@ else
 end
 local deadline = math.min(now + tonumber(ARGV[3]), first + tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[2], deadline, ARGV[5])
+redis.call('ZREM', KEYS[5], ARGV[5])
 return 'pending'
 """
 
@@ -67,12 +77,14 @@ return ARGV[1]
 # A turn is done: advance the cursor, and keep the contact due only if newer messages came.
 # Those begin the next burst: its maximum wait counts from now rather than from the answered
 # burst's start (which would close it at once, splitting a burst still being typed), and its
-# deadline from its own latest arrival.
+# deadline from its own latest arrival. The contact leaves the due set its tenant no longer uses
+# (KEYS[5]) either way.
 _FINISH = """
 local cursor = tonumber(redis.call('HGET', KEYS[1], 'cursor') or '-1')
 local last = tonumber(ARGV[1])
 if last > cursor then redis.call('HSET', KEYS[1], 'cursor', last) end
 redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[5], ARGV[2])
 local last_seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '0')
 if last_seen <= last then
   redis.call('ZREM', KEYS[2], ARGV[2])
@@ -88,6 +100,30 @@ if redis.call('GET', KEYS[4]) == ARGV[3] then redis.call('DEL', KEYS[4]) end
 return 1
 """
 
+# Held messages whose contact is due nowhere (Redis lost its data): due now, in their tenant's due set
+# (KEYS[1]). One already due in either set keeps its deadline.
+_REARM = """
+for i = 2, #ARGV do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) and not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+  end
+end
+return 1
+"""
+
+# A tenant's own due set into the shared one, a batch at a time; a contact due in both keeps the
+# earlier deadline (the one the dedicated replicas would have kept). Each contact leaves one set
+# and enters the other in one step, so none is lost to a concurrent arrival or turn.
+_MOVE_TO_SHARED = """
+local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+for i = 1, #popped, 2 do
+  redis.call('ZADD', KEYS[2], 'LT', popped[i + 1], popped[i])
+end
+return #popped / 2
+"""
+# Contacts moved by one run of the script: keeps each run short, as Redis runs nothing else meanwhile.
+MOVE_BATCH = 500
+
 _EXTEND_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -99,6 +135,25 @@ WINDOW_MEMORY_S = 8 * 86_400
 
 # no_cursor: Redis does not know the contact (new, or Redis lost its data); rebuild it and retry.
 Arrival = Literal["no_cursor", "settled", "duplicate", "pending"]
+
+
+@dataclass(frozen=True)
+class DueSets:
+    """Where a tenant's contacts wait for their turn (`key`), and the due set they leave (`other`)."""
+
+    key: str
+    other: str
+
+    @classmethod
+    def of(cls, tenant: str, dedicated: bool) -> DueSets:
+        """A dedicated tenant's own due set, else the shared one."""
+        own = tenant_due_key(tenant)
+        return cls(own, DUE) if dedicated else cls(DUE, own)
+
+
+def read_by(dedicated_tenant: str | None) -> str:
+    """The due set a replica's closer reads: its tenant's own, or the shared one."""
+    return tenant_due_key(dedicated_tenant) if dedicated_tenant is not None else DUE
 
 
 @dataclass(frozen=True)
@@ -171,21 +226,31 @@ OPTED_OUT_FIELD = "opted_out"
 
 
 class TurnState:
-    def __init__(self, redis: Redis, history: HistoryCache) -> None:
+    def __init__(self, redis: Redis, history: HistoryCache, closer_due_set: str = DUE) -> None:
+        """`closer_due_set`: the due set this replica's closer reads (`read_by`)."""
         self._redis = redis
         self._history = history
+        self._closer_due_set = closer_due_set
         self._ingest = redis.register_script(_INGEST)
         self._claim = redis.register_script(_CLAIM)
         self._extend = redis.register_script(_EXTEND_LOCK)
+        self._move = redis.register_script(_MOVE_TO_SHARED)
 
     # --- arrivals ---
 
     async def arrive(
-        self, keys: ContactKeys, wamid: str, seq: int, sent_at_s: int, debounce: DebounceSpec, message_key_ttl_s: int
+        self,
+        keys: ContactKeys,
+        due: DueSets,
+        wamid: str,
+        seq: int,
+        sent_at_s: int,
+        debounce: DebounceSpec,
+        message_key_ttl_s: int,
     ) -> Arrival:
         """Record a message's arrival and when the customer sent it; a pending one slides the contact's deadline."""
         state = await self._ingest(
-            keys=[keys.conversation, DUE, keys.message(wamid), keys.window],
+            keys=[keys.conversation, due.key, keys.message(wamid), keys.window, due.other],
             args=[seq, message_key_ttl_s, *_debounce_args(debounce), keys.due_member, sent_at_s, WINDOW_MEMORY_S],
         )
         return cast(Arrival, state)
@@ -199,17 +264,39 @@ class TurnState:
         await self._redis.hsetnx(keys.conversation, "cursor", cursor)
         return int(await self._redis.hget(keys.conversation, "cursor") or cursor)
 
-    async def rearm(self, contacts: Iterable[ContactKeys], now_ms: int) -> None:
-        """Make contacts due now unless they already are (after Redis lost its due set)."""
-        members = {keys.due_member: now_ms for keys in contacts}
-        if members:
-            await self._redis.zadd(DUE, members, nx=True)
+    async def rearm(self, contacts: Mapping[DueSets, Iterable[ContactKeys]], now_ms: int) -> None:
+        """Make contacts due now, in the given due sets, unless they are due already (after Redis lost its due set)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for due, group in contacts.items():
+                members = [keys.due_member for keys in group]
+                if members:
+                    # EVAL in a pipeline, as in `settle`: the registered script would cost a round trip.
+                    pipe.eval(_REARM, 2, due.key, due.other, now_ms, *members)
+            await pipe.execute()
+
+    async def move_to_shared(self, tenants: Iterable[str]) -> int:
+        """Move the own due sets of these tenants (no longer dedicated) into the shared one; how many contacts."""
+        names = list(tenants)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(tenant_due_key(name))
+            found = await pipe.execute()
+        moved = 0
+        for name, exists in zip(names, found, strict=True):
+            if not exists:
+                continue
+            while True:
+                batch = int(await self._move(keys=[tenant_due_key(name), DUE], args=[MOVE_BATCH]))
+                moved += batch
+                if batch < MOVE_BATCH:
+                    break
+        return moved
 
     # --- the closer's side: deadlines and locks ---
 
     async def due(self, now_ms: int, limit: int) -> list[ContactKeys]:
-        """Contacts whose deadline has passed, earliest first."""
-        members = await self._redis.zrangebyscore(DUE, "-inf", now_ms, start=0, num=limit)
+        """Contacts whose deadline has passed in the closer's due set, earliest first."""
+        members = await self._redis.zrangebyscore(self._closer_due_set, "-inf", now_ms, start=0, num=limit)
         return [ContactKeys(*parse_due_member(str(member))) for member in members]
 
     async def lock(self, contacts: Sequence[tuple[ContactKeys, str]], lease_ms: int) -> list[bool]:
@@ -225,7 +312,8 @@ class TurnState:
 
     async def postpone(self, contacts: Iterable[ContactKeys], until_ms: int) -> None:
         """Look at busy contacts again later, unless they are due later already or no longer due."""
-        await self._redis.zadd(DUE, {keys.due_member: until_ms for keys in contacts}, xx=True, gt=True)
+        members = {keys.due_member: until_ms for keys in contacts}
+        await self._redis.zadd(self._closer_due_set, members, xx=True, gt=True)
 
     # --- a turn's life: position, claims, in-flight record, settlement ---
 
@@ -282,6 +370,7 @@ class TurnState:
         last_seq: int | None,
         answered: Answered | None,
         debounce: DebounceSpec,
+        due: DueSets,
     ) -> int:
         """Record the answer, advance the cursor and release the lock; returns the sequence settled.
 
@@ -307,7 +396,7 @@ class TurnState:
                     )
             # EVAL, not the registered script: in a pipeline, redis-py would first ask SCRIPT
             # EXISTS, a round trip more; Redis caches the compiled script by its hash anyway.
-            finish_keys = (keys.conversation, DUE, keys.inflight, keys.lock)
+            finish_keys = (keys.conversation, due.key, keys.inflight, keys.lock, due.other)
             finish_args = (last_seq, keys.due_member, token, *_debounce_args(debounce))
             pipe.eval(_FINISH, len(finish_keys), *finish_keys, *finish_args)
             await pipe.execute()

@@ -86,6 +86,8 @@ class ConsumerSpec:
     max_in_flight: int = 256
     # Several filters instead of `filter_subject` (a shard's tenants); NATS 2.10 and later.
     filter_subjects: tuple[str, ...] = ()
+    # Start with the messages published after the consumer is created, not the stream's oldest.
+    deliver_new: bool = False
 
     def config(self) -> api.ConsumerConfig:
         several = len(self.filter_subjects) > 1
@@ -94,7 +96,7 @@ class ConsumerSpec:
             filter_subject=None if several else (self.filter_subjects or (self.filter_subject,))[0],
             filter_subjects=list(self.filter_subjects) if several else None,
             ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL,
+            deliver_policy=api.DeliverPolicy.NEW if self.deliver_new else api.DeliverPolicy.ALL,
             ack_wait=self.ack_wait_s,
             max_deliver=self.max_attempts + 1,
             max_ack_pending=self.max_ack_pending,
@@ -221,7 +223,8 @@ def events_of(kind: str, tenant: str = "*") -> str:
 DOCUMENT_CHANGED = "document"  # a document was ingested, replaced or removed (reload it from SQL)
 TURN_EMBEDDED = "turn"  # a turn was embedded (load its row)
 TURNS_FORGOTTEN = "forget"  # turn rows were erased or expired (drop them)
-KNOWLEDGE_CHANGES = (DOCUMENT_CHANGED, TURN_EMBEDDED, TURNS_FORGOTTEN)
+TENANT_ERASED = "erased"  # every row of the tenant was erased (reload the tenant from SQL: nothing)
+KNOWLEDGE_CHANGES = (DOCUMENT_CHANGED, TURN_EMBEDDED, TURNS_FORGOTTEN, TENANT_ERASED)
 
 # Knowledge requests, served by the embedding service in one queue group.
 KNOWLEDGE_OPERATIONS = ("search", "embed", "commit", "list", "show", "remove")
@@ -353,6 +356,29 @@ def contact_subjects(tenant: str, contact: str) -> dict[str, tuple[str, ...]]:
     }
 
 
+def tenant_subjects(tenant: str) -> dict[str, tuple[str, ...]]:
+    """Every subject that can carry a message of the tenant, by stream (what a tenant erasure purges).
+
+    Each filter puts the tenant at its kind's own position: one like zf.*.<tenant>.> would also
+    take every tenant's turns when a tenant is named after an event kind ("turn").
+    """
+    tenant_second = [every(f"{prefix}.{tenant}") for prefix in (INBOUND_PREFIX, STATUS_PREFIX, OUTBOUND_PREFIX)]
+    knowledge = every(f"{KNOWLEDGE_PREFIX}.{tenant}")
+    events = every(f"{EVENTS_PREFIX}.*.{tenant}")
+    timers = (every(f"{TIMER_PREFIX}.*.{tenant}"), every(f"{DUE_PREFIX}.*.{tenant}"))
+    originals = (*tenant_second, knowledge, events, *timers)
+    return {
+        INBOUND.name: (tenant_second[0],),
+        STATUS.name: (tenant_second[1],),
+        OUTBOUND.name: (tenant_second[2],),
+        EVENTS.name: (events,),
+        # Unattributed letters (zf.in.<tenant>.unknown) included.
+        DEAD_LETTER.name: tuple(dead_letter_subject("*", original) for original in originals),
+        KNOWLEDGE.name: (knowledge,),
+        TIMER_STREAM.name: timers,
+    }
+
+
 # --- durable consumers ---
 
 CONVERSATION_INBOUND = ConsumerSpec(
@@ -475,6 +501,16 @@ def turns_of(tenants: Sequence[str]) -> tuple[str, ...]:
 def shard_consumer(spec: ConsumerSpec, shard: str, filters: tuple[str, ...]) -> ConsumerSpec:
     """The consumer of one shard of tenants: a durable of its own, over its tenants' subjects only."""
     return replace(spec, durable=f"{spec.durable}-{shard}", filter_subjects=filters)
+
+
+def dedicated_conversation_consumer(tenant: str) -> ConsumerSpec:
+    """The consumer of a tenant's own conversation replicas (`conversation-<tenant>`): its inbound messages.
+
+    It starts with the messages published after it was created: the shared `conversation` consumer
+    ingests every tenant's messages, these included, so nothing before it is left unread.
+    """
+    shard = shard_consumer(CONVERSATION_INBOUND, tenant, (every(f"{INBOUND_PREFIX}.{tenant}"),))
+    return replace(shard, deliver_new=True)
 
 
 ALL_CONSUMERS = (

@@ -4,14 +4,16 @@ Keys are `zf:<tenant>:<kind>:<id>`, so one tenant's state can be found and count
 kind says whose it is:
 
 - contact: state about one customer, keyed by their WhatsApp id. Erasing a contact deletes
-  every kind of this scope (`ContactKeys.all()`), plus its entry in the due set.
+  every kind of this scope (`ContactKeys.all()`), plus its entry in the due sets.
 - fact: an idempotency key of one message, turn or command. It holds a sequence number or a
   state word, never personal data, and expires on its own.
 - tenant: shared by a tenant's contacts (the per-number rate limit, agents' presence).
 - agent: an agent's sign-in session; deleted when the agent is removed.
 
-Two keys span tenants: the due set (the debounce deadlines every replica reads) and the
-scheduler's lease. Nothing outside this module spells a key (a test scans for literals).
+Two keys span tenants: the shared due set (the debounce deadlines every shared conversation
+replica reads) and the scheduler's lease; a tenant served by conversation replicas of its own
+has a due set of its own instead (`tenant_due_key`). Nothing outside this module spells a key
+(a test scans for literals).
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ REACHED = KeyKind(
     " the messaging limit's moving 24 hours",
 )
 SESSION = KeyKind("session", "agent", "hash: an agent's inbox session (email, CSRF token); expires when idle")
+TENANT_DUE = KeyKind(
+    "due",
+    "tenant",
+    "sorted set: the contacts with a pending turn of a tenant served by conversation replicas of its own, scored"
+    " by their debounce deadline (ms epoch); moved into zf:due when the tenant stops being dedicated",
+)
 
 KINDS = (
     CONVERSATION,
@@ -101,18 +109,23 @@ KINDS = (
     AGENTS_ONLINE,
     ROUND_ROBIN,
     REACHED,
+    TENANT_DUE,
     SESSION,
 )
 
-# Sorted set of every contact with a pending turn, scored by its debounce deadline (ms epoch).
+# Sorted set of the contacts with a pending turn, scored by their debounce deadline (ms epoch): every
+# tenant's but those served by conversation replicas of their own (`tenant_due_key`).
 DUE = f"{PREFIX}:due"
 # The scheduler replica that holds this runs the jobs.
 SCHEDULER_LEADER = f"{PREFIX}:scheduler:leader"
 
 
+ROLLUP_PREFIX = f"{PREFIX}:scheduler:rollup:"
+
+
 def rollup_bucket_key(bucket: int) -> str:
     """Taken by the scheduler replica that computes the per-tenant figures of this time bucket."""
-    return f"{PREFIX}:scheduler:rollup:{bucket}"
+    return f"{ROLLUP_PREFIX}{bucket}"
 
 
 def due_member(tenant: str, contact: str) -> str:
@@ -212,3 +225,18 @@ def rate_key(tenant: str, phone_number_id: str) -> str:
 
 def reached_key(tenant: str) -> str:
     return REACHED.key(tenant, "24h")
+
+
+def tenant_due_key(tenant: str) -> str:
+    """The due set of a tenant served by conversation replicas of its own (the others' are in `DUE`)."""
+    return TENANT_DUE.key(tenant, "contacts")
+
+
+def tenant_keys_pattern(tenant: str) -> str:
+    """SCAN's pattern for every key of one tenant (a tenant name holds no glob character); see `spans_tenants`."""
+    return f"{PREFIX}:{tenant}:*"
+
+
+def spans_tenants(key: str) -> bool:
+    """A key no tenant owns that a tenant's pattern can match: the lease and rollups, for a tenant named "scheduler"."""
+    return key == SCHEDULER_LEADER or key.startswith(ROLLUP_PREFIX)
