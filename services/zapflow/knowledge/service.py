@@ -308,6 +308,9 @@ class Knowledge:
             index = self.index_of(change.tenant)
             for row in change.turn_rows:
                 index.turns.remove(str(row))
+        elif kind == catalogue.TENANT_ERASED:
+            # SQL holds nothing of the tenant any more: the reload leaves an empty index and zero figures.
+            await self._reload_tenant(change.tenant)
         self._observe_size(change.tenant)
 
     # --- internals ---

@@ -1,4 +1,4 @@
-"""The erasures resource of the admin API: erase a contact, list past erasures."""
+"""The erasures resource of the admin API: erase a contact or a whole tenant, list past erasures."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from sqlalchemy.exc import SQLAlchemyError
 
 from zapflow.platform.http import problems, require_admin
@@ -15,6 +15,7 @@ from zapflow.privacy.erasure import (
     ErasureError,
     ErasureIncomplete,
     ErasureRecord,
+    TenantStillRegistered,
     list_erasures,
     normalise_phone,
 )
@@ -38,6 +39,19 @@ class ErasureRequest(BaseModel):
         return phone
 
 
+class TenantErasureRequest(BaseModel):
+    """The tenant's name twice: a typo must not erase another business."""
+
+    tenant: str = Field(pattern=TENANT_NAME_PATTERN, description="The tenant erased, deleted from the registry first.")
+    confirm: str = Field(description="The tenant's name again, exactly.")
+
+    @model_validator(mode="after")
+    def _confirmed(self) -> TenantErasureRequest:
+        if self.confirm != self.tenant:
+            raise ValueError(f"confirm must repeat the tenant's name exactly: {self.confirm!r} is not {self.tenant!r}")
+        return self
+
+
 def erasures_router(admin_token: SecretStr, current_eraser: Callable[..., Awaitable[Eraser]]) -> APIRouter:
     """The routes, served by whichever service holds an Eraser (`current_eraser` finds it)."""
     # A default rather than an Annotated alias: FastAPI resolves annotations in the module's
@@ -51,6 +65,16 @@ def erasures_router(admin_token: SecretStr, current_eraser: Callable[..., Awaita
         """Erase one contact of a tenant from every store; the record holds no personal data."""
         try:
             return await service.erase(erasure.tenant, erasure.phone, "admin-api")
+        except ErasureIncomplete as error:
+            raise HTTPException(status_code=503, detail=f"erasure incomplete: {error}") from None
+
+    @router.post("/tenants", status_code=201, responses=problems(409, 503))
+    async def erase_tenant(erasure: TenantErasureRequest, service: Eraser = eraser) -> ErasureRecord:
+        """Erase every trace of a tenant deleted from the registry; the record holds no personal data."""
+        try:
+            return await service.erase_tenant(erasure.tenant, "admin-api")
+        except TenantStillRegistered as error:
+            raise HTTPException(status_code=409, detail=str(error)) from None
         except ErasureIncomplete as error:
             raise HTTPException(status_code=503, detail=f"erasure incomplete: {error}") from None
 

@@ -78,8 +78,7 @@ async def build(settings: SchedulerSettings, connections: Connections) -> AsyncI
     wakeups = CampaignWakeups(campaigns, timers)
     jobs = _jobs(core, connections, connections.registry.by_name, wakeups.wake_due)
     scheduler = Scheduler(jobs, connections.redis, settings.interval_seconds)
-    secret = core.pseudonym_secret.get_secret_value()
-    eraser = Eraser(connections.database, connections.redis, connections.js, core.analytics_path, secret)
+    eraser = Eraser.over(connections, core, connections.registry)
     await CampaignResults(campaigns.store).start(connections)
     reengagement = Reengagement(
         connections.js, connections.redis, connections.database, connections.registry.by_name, timers

@@ -1,4 +1,4 @@
-"""The end of a conversation's life: closing idle sessions, retention, and erasing a contact.
+"""The end of a conversation's life: closing idle sessions, retention, and erasing a contact or a tenant.
 
 Each change about one contact runs in a transaction that first locks the contact's row (on
 PostgreSQL; SQLite has one writer at a time), the lock every recording transaction takes first
@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import ColumnElement, Select, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, Table, delete, exists, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zapflow.store.campaigns import delete_ended_campaigns, erase_contact_campaign_rows
@@ -20,11 +21,19 @@ from zapflow.store.models import (
     CONVERSATION_CLOSED,
     CONVERSATION_OPEN,
     HANDOFF_RESOLVED,
+    Agent,
+    AgentToken,
+    Base,
     Campaign,
+    CampaignRecipient,
     Contact,
+    ContactPreference,
     Conversation,
     Handoff,
     HandoffEvent,
+    KnowledgeChunk,
+    KnowledgeDocument,
+    KnowledgeVector,
     Message,
     MessageStatus,
     Turn,
@@ -37,6 +46,31 @@ from zapflow.tenants.model import DataSpec
 RETENTION_BATCH = 200
 
 DataSpecOf = Callable[[str], DataSpec]
+
+# Rows deleted per transaction when a whole tenant is erased: recording for the other tenants
+# (SQLite has one writer at a time) waits for one batch at most, never for the whole tenant.
+TENANT_ERASURE_BATCH = 2_000
+# Every table with a tenant's rows, each before the tables its rows point at: what erasing a
+# tenant empties. Not `erasures`: its rows name no one, and they are the proof that the tenant's
+# customers were erased when they asked.
+TENANT_TABLES: tuple[type[Base], ...] = (
+    HandoffEvent,
+    Handoff,
+    TurnVector,
+    MessageStatus,
+    Message,
+    Turn,
+    Conversation,
+    CampaignRecipient,
+    Campaign,
+    ContactPreference,
+    Contact,
+    AgentToken,
+    Agent,
+    KnowledgeChunk,
+    KnowledgeDocument,
+    KnowledgeVector,
+)
 
 
 @dataclass
@@ -198,6 +232,25 @@ async def erase_contact(engine: AsyncEngine, tenant: str, contact: str) -> Delet
             deleted.add(table, count)
         contacts = await conn.execute(delete(Contact).where(Contact.tenant == tenant, Contact.wa_id == contact))
         deleted.add("contacts", contacts.rowcount)
+    return deleted
+
+
+async def erase_tenant(engine: AsyncEngine, tenant: str) -> Deleted:
+    """Delete every row of a tenant, table by table in `TENANT_TABLES` order, a batch per transaction.
+
+    Idempotent: a run stopped halfway leaves whole batches deleted, and the next one goes on.
+    """
+    deleted = Deleted()
+    for table in (cast(Table, model.__table__) for model in TENANT_TABLES):
+        primary_key = list(table.primary_key.columns)
+        batch = select(*primary_key).where(table.c.tenant == tenant).limit(TENANT_ERASURE_BATCH)
+        key = tuple_(*primary_key)
+        while True:
+            async with engine.begin() as conn:
+                count = (await conn.execute(delete(table).where(key.in_(batch)))).rowcount
+            deleted.add(table.name, count)
+            if count < TENANT_ERASURE_BATCH:
+                break
     return deleted
 
 

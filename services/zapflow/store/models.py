@@ -399,14 +399,22 @@ class AgentToken(Base):
     created_at: Mapped[datetime]
 
 
+# What an erasure erased: one customer of a tenant, or the whole tenant.
+ERASURE_SCOPES = ("contact", "tenant")
+
+
 class Erasure(Base):
-    """A contact erased at a tenant's request: when, by what, and how much, never whom."""
+    """A contact, or a whole tenant, erased: when, by what, and how much, never whom."""
 
     __tablename__ = "erasures"
-    __table_args__ = (Index("ix_erasures_tenant_requested_at", "tenant", "requested_at"),)
+    __table_args__ = (
+        Index("ix_erasures_tenant_requested_at", "tenant", "requested_at"),
+        CheckConstraint(f"scope IN ({', '.join(repr(scope) for scope in ERASURE_SCOPES)})", name="scope"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH))
+    scope: Mapped[str] = mapped_column(String(16), server_default=ERASURE_SCOPES[0])
     # cli | admin-api
     requested_by: Mapped[str] = mapped_column(String(32))
     requested_at: Mapped[datetime]

@@ -20,8 +20,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class KnowledgeChange(_message.Message):
-    """Subject: zf.knowledge.<tenant>.<kind>, kind document | turn | forget.
-    It names a document or rows of turn_vectors, never a contact: the rows are in SQL.
+    """Subject: zf.knowledge.<tenant>.<kind>, kind document | turn | forget | erased.
+    It names a document or rows of turn_vectors, never a contact: the rows are in SQL. erased: the
+    tenant alone (every row of it left SQL: reload it).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
