@@ -497,6 +497,9 @@ def tenant_apply(
         raise _fail(str(error)) from None
     core = _nats_settings(data_dir, nats_url)
     for tenant in tenants:
+        if tenant.owner_uid:
+            # It marks an entry the operator wrote for a BotTenant resource (and owns).
+            raise _fail(f"{tenant.name}: metadata.uid is set by the operator, not in tenant files: remove it")
         inline = tenant.inline_secrets()
         if inline and not core.is_development:
             raise _fail(f"{tenant.name}: {', '.join(inline)}: inline values are refused outside development")
@@ -508,6 +511,13 @@ def tenant_apply(
             except TenantError as error:
                 raise _fail(f"{tenant.name}: {error}") from None
             out.print(f"tenant [bold]{tenant.name}[/] applied (revision {revision})")
+            if tenant.spec.scaling.dedicated:
+                out.print(
+                    f"note: {tenant.name}: spec.scaling.dedicated has no effect on a tenant applied from a file "
+                    "(only the operator creates a dedicated workload, for a BotTenant resource): "
+                    "the shared conversation replicas answer it",
+                    soft_wrap=True,
+                )
 
     _with_registry(core, apply)
 
@@ -564,6 +574,35 @@ def tenant_delete(name: str, nats_url: NatsUrl = None, data_dir: DataDir = None)
     if not _with_registry(_nats_settings(data_dir, nats_url), remove):
         raise _fail(f"no tenant named {name}")
     out.print(f"tenant [bold]{name}[/] deleted")
+
+
+@tenant_app.command("erase")
+def tenant_erase(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: the tenant's data cannot be brought back.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Erase every trace of a tenant deleted from the registry (LGPD / GDPR); recorded without its data."""
+    from zapflow.privacy.erasure import ErasureError, ErasureIncomplete, erase_tenant_once
+    from zapflow.store.errors import StoreError
+    from zapflow.tenants.model import TENANT_NAME_PATTERN
+
+    if not re.match(TENANT_NAME_PATTERN, name):
+        raise _fail(escape(f"not a tenant name: {name!r}"))
+    if not yes:
+        raise _fail(
+            f"this erases every conversation, message, handoff, campaign, agent, knowledge document and figure of "
+            f"{name} from every store, and cannot be undone: run it again with --yes"
+        )
+    core = _target(data_dir, ("nats_url", "redis_url", "database_url", "analytics_path")).core
+    try:
+        record = asyncio.run(erase_tenant_once(core, name))
+    except ErasureIncomplete as error:
+        raise _fail(escape(f"erasure incomplete: {error}")) from None
+    except (ErasureError, StoreError) as error:
+        raise _fail(escape(str(error))) from None
+    out.print(f"tenant {escape(name)} erased (erasure {record.id})")
+    out.print_json(json.dumps(record.summary))
 
 
 @tenant_app.command("schema")

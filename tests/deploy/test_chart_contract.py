@@ -60,8 +60,9 @@ SERVICES: dict[str, Callable[[], tuple[Service[Any, Any], ServiceSettings]]] = {
 CATALOGUE_SERVICE = {"egress": catalogue.GATEWAY_SERVICE}
 KEDA_SCALED_ON_LAG = ("egress", "conversation", "recorder", "embedding", "handoff")
 OPERATOR = "operator"
-# The operator's connections: the registry and timers (NATS), campaigns (PostgreSQL), the Kubernetes API.
-OPERATOR_DESTINATIONS = ("nats", "postgresql", "kubernetes-api")
+# The operator's connections: the registry and timers (NATS), campaigns (PostgreSQL), the Kubernetes API,
+# the scheduler's admin API (erasing a tenant deleted with spec.deletionPolicy Erase).
+OPERATOR_DESTINATIONS = ("nats", "postgresql", "kubernetes-api", "scheduler")
 STORE_VARIABLES = {"nats": "ZAPFLOW_NATS_URL", "redis": "ZAPFLOW_REDIS_URL", "postgresql": "ZAPFLOW_DATABASE_URL"}
 
 
@@ -376,6 +377,7 @@ def expected_flows(name: str, pods: Mapping[str, Endpoint]) -> set[tuple[str, st
     flows = {(source, "dns") for source in pods}
     if OPERATOR in pods:
         flows |= {(OPERATOR, target) for target in OPERATOR_DESTINATIONS}
+        flows.add(("prometheus", OPERATOR))  # its /metrics
         if name != "production":
             # The API server's default peer is any address on its ports: 443 reaches the Internet too.
             flows |= {(OPERATOR, "graph-api"), (OPERATOR, "public")}

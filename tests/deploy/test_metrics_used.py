@@ -63,6 +63,8 @@ EXPORTER_METRICS: dict[str, set[str]] = {
     "redis_aof_last_write_status": set(),
     "kube_pod_container_status_restarts_total": {"namespace", "pod", "container", "uid"},
     "container_cpu_usage_seconds_total": {"namespace", "pod", "container", "id", "image", "name", "cpu"},
+    # prometheus_client's process collector, in every zapflow process (Linux).
+    "process_start_time_seconds": set(),
 }
 
 # A selector by name pattern: `{__name__=~"(a|b)_rest", ...}`, the only kind of pattern the queries use.
@@ -176,6 +178,8 @@ def test_the_tokenizer_finds_metrics_and_labels_and_skips_the_rest() -> None:
 def test_the_code_registers_the_metrics() -> None:
     assert "zapflow_conversation_turn_latency_seconds_bucket" in zapflow_metrics()
     assert "zapflow_gateway_webhook_requests_total" in zapflow_metrics()
+    # The operator's readiness is read on its youngest replica: every process exports its start time.
+    assert "process_start_time_seconds" in {family.name for family in REGISTRY.collect()}
 
 
 @pytest.mark.parametrize("source", ["dashboards", "rules"])

@@ -62,6 +62,7 @@ def test_a_service_monitor_scrapes_each_workload_on_its_service() -> None:
     monitors = by_component(objects, "ServiceMonitor")
     services = by_component(objects, "Service")
     assert set(monitors) == set(services)
+    assert "operator" in monitors
     for name, monitor in monitors.items():
         ServiceMonitor.model_validate(monitor, extra="forbid")
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"

@@ -83,6 +83,8 @@ def test_every_scenario_runs_the_operator_namespaced_by_default() -> None:
             "RoleBinding",
             "KopfPeering",
             "Deployment",
+            "Service",  # its /metrics
+            "PodDisruptionBudget",
             *(["NetworkPolicy"] if "netpol-off" not in path.name else []),
         }, path.name
         assert {item["metadata"]["namespace"] for item in objects.values()} == {NAMESPACE}
@@ -158,10 +160,39 @@ def test_the_operator_is_a_hot_standby_probed_on_kopfs_liveness_endpoint() -> No
 
 def test_the_operator_reaches_the_api_server_and_its_stores_and_nothing_reaches_it() -> None:
     policy = operator_objects(render([CHART_DIR / "ci" / "production-values.yaml"]))["NetworkPolicy"]["spec"]
-    assert policy["ingress"] == []
+    # Prometheus scrapes its /metrics; nothing else calls it.
+    (scrape,) = policy["ingress"]
+    assert scrape["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert scrape["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     ports = [{entry["port"] for entry in rule["ports"]} for rule in policy["egress"]]
-    assert ports == [{53}, {4222}, {5432}, {443, 6443}, {4318}]
+    assert ports == [{53}, {4222}, {5432}, {443, 6443}, {8080}, {4318}]
     assert policy["egress"][3]["to"] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}, {"ipBlock": {"cidr": "172.20.0.0/28"}}]
+
+
+def test_the_operator_reaches_the_schedulers_admin_api_to_erase_a_deleted_tenant() -> None:
+    objects = render([CHART_DIR / "ci" / "production-values.yaml"])
+    operator = operator_objects(objects)
+    env = env_of(operator["Deployment"])
+    scheduler = {item["kind"]: item for item in objects if component(item) == "scheduler"}
+    port = scheduler["Service"]["spec"]["ports"][0]["port"]
+    assert env["ZAPFLOW_OPERATOR_SCHEDULER_URL"] == f"http://{scheduler['Service']['metadata']['name']}:{port}"
+    assert env["ZAPFLOW_ADMIN_TOKEN"] == env_of(scheduler["Deployment"])["ZAPFLOW_ADMIN_TOKEN"]
+    operator_pods = operator["Deployment"]["spec"]["selector"]["matchLabels"]
+    scheduler_pods = scheduler["Deployment"]["spec"]["selector"]["matchLabels"]
+    pod_port = container(scheduler["Deployment"])["ports"][0]["containerPort"]
+    egress = operator["NetworkPolicy"]["spec"]["egress"]
+    assert {
+        "to": [{"podSelector": {"matchLabels": scheduler_pods}}],
+        "ports": [{"port": pod_port, "protocol": "TCP"}],
+    } in egress
+    ingress = scheduler["NetworkPolicy"]["spec"]["ingress"]
+    assert {
+        "from": [{"podSelector": {"matchLabels": operator_pods}}],
+        "ports": [{"port": "http", "protocol": "TCP"}],
+    } in ingress
+    without = render([CHART_DIR / "ci" / "production-values.yaml"], ["operator.enabled=false"])
+    (policy,) = [item for item in without if component(item) == "scheduler" and item["kind"] == "NetworkPolicy"]
+    assert len(policy["spec"]["ingress"]) == len(ingress) - 1
 
 
 def test_the_operator_can_be_left_out() -> None:

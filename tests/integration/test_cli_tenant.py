@@ -69,6 +69,17 @@ def test_two_tenants_cannot_share_a_number(nats: ManagedServer, tmp_path: Path) 
     assert "already belongs to tenant" in result.stderr
 
 
+def test_a_file_cannot_claim_to_be_the_operators_entry(nats: ManagedServer, tmp_path: Path) -> None:
+    document = tenant_document()
+    document["metadata"]["uid"] = "0b7c1a52-6f1e-4f63-9d0c-3c1f0c0ffee0"
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(document))
+    result = zapflow(nats, "tenant", "apply", "-f", str(path))
+    assert result.returncode == 1
+    assert "metadata.uid is set by the operator" in result.stderr
+    assert zapflow(nats, "tenant", "get", document["metadata"]["name"]).returncode == 1
+
+
 def test_inline_secrets_are_refused_in_production(nats: ManagedServer, tmp_path: Path) -> None:
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(tenant_document()))

@@ -1,4 +1,5 @@
-"""The dedicated conversation workload the operator builds for a tenant: valid objects, owned by the tenant."""
+"""The dedicated conversation workload the operator builds for a tenant: copies of the chart's shared
+conversation objects, valid for Kubernetes and KEDA, owned by the tenant, scaled on its own consumer."""
 
 from __future__ import annotations
 
@@ -10,13 +11,19 @@ import pytest
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from kubernetes_validate.utils import latest_version
 
+from tests.deploy.chart import CHART_DIR, NAMESPACE, render
 from zapflow.operator import children, crd
 from zapflow.platform import catalogue
 from zapflow.tenants.model import BotTenant
 
-IMAGE = "registry.example/zapflow:1.4.0"
-ENDPOINT = "nats-headless.nats.svc.cluster.local:8222"
-SHARED_ENV = [{"name": "ZAPFLOW_NATS_URL", "valueFrom": {"secretKeyRef": {"name": "zf-zapflow", "key": "nats-url"}}}]
+SHARED = "zf-zapflow-conversation"
+
+
+def shared_objects(scenario: str = "production") -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The shared conversation Deployment and ScaledObject as the chart renders them for a scenario."""
+    objects = render([CHART_DIR / "ci" / f"{scenario}-values.yaml"])
+    found = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    return found[("Deployment", SHARED)], found.get(("ScaledObject", SHARED))
 
 
 def tenant(name: str = "acme", **scaling: Any) -> tuple[BotTenant, dict[str, Any]]:
@@ -25,7 +32,7 @@ def tenant(name: str = "acme", **scaling: Any) -> tuple[BotTenant, dict[str, Any
     document = {
         "apiVersion": f"{crd.GROUP}/{crd.VERSION}",
         "kind": crd.KIND,
-        "metadata": {"name": name, "namespace": "tenants", "uid": "0b7c1a52-6f1e-4f63-9d0c-3c1f0c0ffee0"},
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": "0b7c1a52-6f1e-4f63-9d0c-3c1f0c0ffee0"},
         "spec": {
             "whatsapp": {"phoneNumberId": "123", "appSecret": secret, "accessToken": secret, "verifyToken": secret},
             "scaling": scaling,
@@ -34,11 +41,10 @@ def tenant(name: str = "acme", **scaling: Any) -> tuple[BotTenant, dict[str, Any
     return BotTenant.model_validate(document), document
 
 
-def build(name: str = "acme", **scaling: Any) -> list[dict[str, Any]]:
+def build(name: str = "acme", scenario: str = "production", **scaling: Any) -> list[dict[str, Any]]:
     model, body = tenant(name, **scaling)
-    return children.dedicated_conversation(
-        model.name, "tenants", model.spec, IMAGE, body, nats_monitoring_endpoint=ENDPOINT, env=SHARED_ENV
-    )
+    deployment, scaled = shared_objects(scenario)
+    return children.dedicated_conversation(model.name, model.spec.scaling, body, deployment, scaled)
 
 
 def test_a_tenant_without_a_dedicated_workload_gets_none() -> None:
@@ -66,48 +72,57 @@ def test_the_tenant_owns_both_objects() -> None:
             "controller": True,
             "blockOwnerDeletion": True,
         }
-        assert item["metadata"]["namespace"] == "tenants"
+        assert item["metadata"]["name"] == f"{SHARED}-acme"
+        assert item["metadata"]["namespace"] == NAMESPACE
         assert item["metadata"]["labels"]["zapflow.io/tenant"] == "acme"
-        assert item["metadata"]["labels"]["app.kubernetes.io/part-of"] == "zapflow"
+        assert item["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "zapflow-operator"
 
 
 def test_keda_scales_the_deployment_on_the_tenants_own_consumer_within_its_bounds() -> None:
-    deployment, scaled = build(dedicated=True, minReplicas=2, maxReplicas=6)
+    _, scaled = build(dedicated=True, minReplicas=2, maxReplicas=6)
+    _, shared_scaled = shared_objects()
+    assert shared_scaled is not None
     spec = scaled["spec"]
-    assert spec["scaleTargetRef"] == {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "name": deployment["metadata"]["name"],
-    }
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{SHARED}-acme"}
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 6)
+    assert spec["fallback"]["replicas"] == 2
     (trigger,) = spec["triggers"]
-    consumer = children.conversation_consumer("acme")
+    (shared_trigger,) = shared_scaled["spec"]["triggers"]
+    consumer = catalogue.dedicated_conversation_consumer("acme")
     assert trigger["type"] == "nats-jetstream"
     assert trigger["metadata"]["stream"] == catalogue.CONVERSATION_INBOUND.stream.name
     assert trigger["metadata"]["consumer"] == consumer.durable == "conversation-acme"
-    assert trigger["metadata"]["natsServerMonitoringEndpoint"] == ENDPOINT
-    assert all(isinstance(value, str) for value in trigger["metadata"].values()), "KEDA metadata values are strings"
+    # The rest (the monitoring endpoint or its TriggerAuthentication, thresholds) is the shared workload's.
+    unchanged = {k: v for k, v in trigger["metadata"].items() if k != "consumer"}
+    assert unchanged == {k: v for k, v in shared_trigger["metadata"].items() if k != "consumer"}
+    assert trigger.get("authenticationRef") == shared_trigger.get("authenticationRef")
     # The consumer sees this tenant's messages and no other's.
     assert consumer.filter_subjects == (catalogue.every(f"{catalogue.INBOUND_PREFIX}.acme"),)
-    assert consumer.filter_subjects != children.conversation_consumer("acme-2").filter_subjects
+    assert consumer.filter_subjects != catalogue.dedicated_conversation_consumer("acme-2").filter_subjects
 
 
-def test_the_pods_run_the_conversation_service_for_this_tenant_locked_down() -> None:
+def test_the_pods_run_what_the_shared_pods_run_for_this_tenant_alone() -> None:
     deployment, _ = build(dedicated=True)
-    template = deployment["spec"]["template"]
+    shared, _ = shared_objects()
+    template, shared_template = deployment["spec"]["template"], shared["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    (shared_container,) = shared_template["spec"]["containers"]
+    env = [entry for entry in container["env"] if entry["name"] != children.DEDICATED_TENANT_ENV]
+    assert env == shared_container["env"]
+    assert {"name": children.DEDICATED_TENANT_ENV, "value": "acme"} in container["env"]
+    for field in ("image", "args", "resources", "securityContext", "livenessProbe", "readinessProbe"):
+        assert container.get(field) == shared_container.get(field), field
+    assert template["spec"]["securityContext"] == shared_template["spec"]["securityContext"]
+    # The pods keep the shared pods' labels (Service, NetworkPolicy, ServiceMonitor), plus the tenant's...
+    assert shared_template["metadata"]["labels"].items() <= template["metadata"]["labels"].items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
-    pod = template["spec"]
-    (container,) = pod["containers"]
-    assert container["image"] == IMAGE
-    assert container["args"] == ["conversation", "--port", "8080"]
-    env = {entry["name"]: entry for entry in container["env"]}
-    assert env["ZAPFLOW_NATS_URL"] == SHARED_ENV[0]
-    assert env["ZAPFLOW_CONVERSATION_SHARD"]["value"] == "acme"
-    assert json.loads(env["ZAPFLOW_CONVERSATION_TENANTS"]["value"]) == ["acme"]
-    assert pod["automountServiceAccountToken"] is False
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # ...which the shared Deployment's selector leaves out, so the two never claim each other's pods.
+    assert {"key": children.TENANT_LABEL, "operator": "DoesNotExist"} in shared["spec"]["selector"]["matchExpressions"]
+
+
+def test_without_keda_the_deployment_keeps_its_minimum() -> None:
+    (deployment,) = build(scenario="keda-off", dedicated=True, minReplicas=3, maxReplicas=5)
+    assert deployment["spec"]["replicas"] == 3
 
 
 def test_two_tenants_get_distinct_workloads() -> None:

@@ -11,11 +11,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import kmock
 import kopf
 import pytest
+from lightkube import KubeConfig
+from lightkube.config import models as kube_models
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.http import bound_socket
 from tests.support.platform import eventually
@@ -39,6 +43,8 @@ class Cluster:
     api: kmock.KubernetesEmulator
     registry: TenantRegistry
     js: JetStreamContext
+    # The operator's /healthz, /readyz and /metrics.
+    operations_url: str = ""
 
     async def create(self, path: str, document: dict[str, Any]) -> None:
         # What the API server would add, and the emulator does not: kopf's patches test resourceVersion.
@@ -79,6 +85,11 @@ def secret(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NAMESPACE}, "data": data}
 
 
+def kube_config(server: str) -> KubeConfig:
+    """lightkube's configuration for the emulated API (no credentials: it takes any request)."""
+    return KubeConfig.from_one(cluster=kube_models.Cluster(server=server), user=kube_models.User())
+
+
 def free_port() -> int:
     # kopf's liveness endpoint takes a URL, where port 0 reads as the scheme's default.
     with bound_socket() as sock:
@@ -96,6 +107,13 @@ async def cluster(
     )
     kmock.resources["v1/secrets"] = kmock.ResourceInfo(kind="Secret", singular="secret", namespaced=True, verbs=VERBS)
     kmock.resources["v1/events"] = kmock.ResourceInfo(kind="Event", singular="event", namespaced=True, verbs=VERBS)
+    # A dedicated conversation workload: the operator copies the shared one's objects.
+    kmock.resources["apps/v1/deployments"] = kmock.ResourceInfo(
+        kind="Deployment", singular="deployment", namespaced=True, verbs=VERBS
+    )
+    kmock.resources["keda.sh/v1alpha1/scaledobjects"] = kmock.ResourceInfo(
+        kind="ScaledObject", singular="scaledobject", namespaced=True, verbs=VERBS
+    )
     # kopf starts its watchers once it has seen these two served (it watches them for new namespaces and CRDs).
     kmock.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=VERBS)
     kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
@@ -118,9 +136,10 @@ async def cluster(
         return kopf.ConnectionInfo(server=server)
 
     stop, ready = asyncio.Event(), asyncio.Event()
-    operator = asyncio.create_task(run(settings, login=login, stop_flag=stop, ready_flag=ready))
+    kube = kube_config(server)
+    operator = asyncio.create_task(run(settings, login=login, stop_flag=stop, ready_flag=ready, kube_config=kube))
     await asyncio.wait_for(ready.wait(), timeout=20)
-    yield Cluster(kmock, registry, js)
+    yield Cluster(kmock, registry, js, f"http://{settings.host}:{settings.port}")
     stop.set()
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(operator, timeout=20)
@@ -213,3 +232,27 @@ async def test_a_registry_entry_removed_by_hand_is_restored(cluster: Cluster) ->
 
     event = await eventually(drift_event, timeout=20, what="a RegistryDrift event")
     assert event["message"] == "the registry entry was removed; rewritten from the resource"
+
+
+async def test_the_operator_reports_each_tenants_readiness_in_its_metrics(cluster: Cluster) -> None:
+    ready_tenant = secret_refs(tenant_document(), "creds")
+    waiting_tenant = secret_refs(tenant_document(), "never-created")
+    await cluster.create(SECRETS, secret("creds"))
+    for document in (ready_tenant, waiting_tenant):
+        await cluster.create(TENANTS, document)
+    await cluster.condition(ready_tenant["metadata"]["name"], "Ready", "True")
+    await cluster.condition(waiting_tenant["metadata"]["name"], "Ready", "False")
+
+    async with httpx.AsyncClient(base_url=cluster.operations_url, timeout=10) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+        exposition = (await client.get("/metrics")).text
+
+    families = {family.name: family for family in text_string_to_metric_families(exposition)}
+    readiness = {s.labels["tenant"]: s.value for s in families["zapflow_operator_tenant_ready"].samples}
+    assert readiness[ready_tenant["metadata"]["name"]] == 1
+    assert readiness[waiting_tenant["metadata"]["name"]] == 0
+    syncs = {
+        s.labels["reason"]: s.value for s in families["zapflow_operator_syncs"].samples if s.name.endswith("_total")
+    }
+    assert syncs["Synced"] >= 1 and syncs["SecretMissing"] >= 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.operator.test_operator_kmock import NAMESPACE, TENANTS, Cluster, cluster  # noqa: F401 (the fixture)
+from tests.operator.test_operator_kmock import NAMESPACE, TENANTS, Cluster
 from tests.support.http import bound_socket, serve
 from tests.support.platform import Platform, eventually, register_number
 from tests.support.tenants import tenant_document
@@ -26,7 +26,7 @@ NEW_PRICE = "It costs $12 now."
 
 @pytest.mark.timeout(60)
 async def test_a_bottenant_answers_customers_and_its_updates_reach_the_running_service(
-    cluster: Cluster,  # noqa: F811 (the fixture imported above)
+    cluster: Cluster,
     core: CoreSettings,
 ) -> None:
     gateway_socket = bound_socket()

@@ -21,6 +21,7 @@ from tests.operator.test_operator_kmock import (
     VERBS,
     Cluster,
     free_port,
+    kube_config,
     secret,
     secret_refs,
 )
@@ -121,7 +122,15 @@ async def replicas(api: kmock.KubernetesEmulator, core: CoreSettings) -> AsyncIt
         async def operate() -> None:
             # kopf's flags in this loop, bridged to the test's thread-safe ones.
             kopf_stop, kopf_ready = asyncio.Event(), asyncio.Event()
-            operator = asyncio.create_task(run(settings, login=login, stop_flag=kopf_stop, ready_flag=kopf_ready))
+            operator = asyncio.create_task(
+                run(
+                    settings,
+                    login=login,
+                    stop_flag=kopf_stop,
+                    ready_flag=kopf_ready,
+                    kube_config=kube_config(server),
+                )
+            )
             await kopf_ready.wait()
             ready.set()
             await asyncio.to_thread(stop.wait)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from zapflow.operator.status import (
+    KNOWLEDGE_SYNCED,
     READY,
     REGISTRY_SYNCED,
     SECRETS_RESOLVED,
+    WORKLOAD_SYNCED,
     Condition,
     invalid_spec,
     merge,
@@ -20,10 +22,13 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
 SECRETS_OK = Condition(SECRETS_RESOLVED, True, "Found", "every referenced Secret key exists")
 SYNCED = Condition(REGISTRY_SYNCED, True, "Written", "the registry holds this spec")
+SHARED = Condition(WORKLOAD_SYNCED, True, "Shared", "the shared conversation workload answers this tenant")
+NO_KNOWLEDGE = Condition(KNOWLEDGE_SYNCED, True, "NoConfigMaps", "the spec names no knowledge ConfigMaps")
 
 
 def test_ready_when_every_part_is_true() -> None:
-    assert ready([SECRETS_OK, SYNCED]) == Condition(READY, True, "Synced", "the services serve this tenant")
+    every = [SECRETS_OK, SYNCED, SHARED, NO_KNOWLEDGE]
+    assert ready(every) == Condition(READY, True, "Synced", "the services serve this tenant")
 
 
 def test_not_ready_takes_the_reason_and_message_of_the_first_failing_part() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import uvicorn
+
+from zapflow.platform.http import InLoopServer
 
 START_TIMEOUT_S = 30.0
 # Connections still open when a test leaves `serve` (an event stream, a hung client) get this
@@ -16,13 +18,6 @@ START_TIMEOUT_S = 30.0
 GRACEFUL_SHUTDOWN_S = 3
 STOP_TIMEOUT_S = GRACEFUL_SHUTDOWN_S + 10.0
 _STARTED_POLL_S = 0.005
-
-
-class _InLoopServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # Signals belong to pytest: Ctrl-C must stop the run, not quietly stop one server of it.
-        yield
 
 
 def _base_url(host: str, port: int) -> str:
@@ -68,7 +63,8 @@ async def serve(
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    server = _InLoopServer(config)
+    # Signals belong to pytest: Ctrl-C must stop the run, not quietly stop one server of it.
+    server = InLoopServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(START_TIMEOUT_S):

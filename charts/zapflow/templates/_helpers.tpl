@@ -39,6 +39,21 @@ app.kubernetes.io/component: {{ . }}
 {{- end }}
 {{- end }}
 
+{{- /*
+A workload's label selector. The shared conversation workload leaves out the pods of tenants'
+dedicated conversation Deployments (the operator's; docs/operator.md), which carry its labels,
+so that its Service and NetworkPolicy cover them, plus the tenant's.
+*/}}
+{{- define "zapflow.workloadSelector" -}}
+matchLabels:
+  {{- include "zapflow.selectorLabels" . | nindent 2 }}
+{{- if eq (.component | default "") "conversation" }}
+matchExpressions:
+  - key: zapflow.io/tenant
+    operator: DoesNotExist
+{{- end }}
+{{- end }}
+
 {{- define "zapflow.labels" -}}
 helm.sh/chart: {{ include "zapflow.chart" .root }}
 {{ include "zapflow.selectorLabels" . }}

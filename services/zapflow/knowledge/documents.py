@@ -21,12 +21,20 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from pypdf import PdfReader
 from pypdf.errors import PyPdfError
 
-from zapflow.knowledge.messages import DOCUMENT_NAME_PATTERN, MAX_PASSAGES_PER_DOCUMENT, DocumentKind, Passage
+from zapflow.knowledge.messages import (
+    DOCUMENT_NAME_PATTERN,
+    MAX_PASSAGES_PER_DOCUMENT,
+    SPEC_PREFIX,
+    CommitRequest,
+    DocumentKind,
+    Origin,
+    Passage,
+)
 from zapflow.knowledge.text import LanguageDetector
 from zapflow.tenants.model import FaqEntrySpec
 
@@ -39,6 +47,9 @@ KINDS: dict[str, DocumentKind] = {
     ".pdf": "pdf",
 }
 MAX_FILE_BYTES = 50 * 1024 * 1024
+# A ConfigMap's keys are the documents `spec:configmap:<configmap>/<key>`: the spec sync reads them where
+# they are mounted, the operator from the Kubernetes API.
+CONFIGMAP_PREFIX = f"{SPEC_PREFIX}configmap:"
 # A passage longer than this is cut at paragraphs: a model reads about 512 tokens of it at most.
 MAX_PASSAGE_CHARS = 1_500
 # A CSV answer is one passage, never cut: at most what a passage's body holds.
@@ -65,6 +76,12 @@ class ParsedDocument:
     kind: DocumentKind
     content_hash: str
     passages: list[Passage]
+
+    def commit_request(self, origin: Origin) -> CommitRequest:
+        """The request that stores this document in a tenant's knowledge base."""
+        return CommitRequest(
+            name=self.name, kind=self.kind, origin=origin, content_hash=self.content_hash, passages=self.passages
+        )
 
 
 def expand(paths: Sequence[Path]) -> list[tuple[Path, str]]:
@@ -100,34 +117,53 @@ def _hidden(relative: Path) -> bool:
 
 def read_document(path: Path, name: str, language: str | None, detector: LanguageDetector) -> ParsedDocument:
     """Read and chunk one file; `language` None: detected from its text."""
-    kind = KINDS.get(path.suffix.lower())
-    if kind is None:
-        raise UnreadableDocument(f"{path}: not a Markdown, text, CSV or PDF file (by its extension)")
-    if not re.fullmatch(DOCUMENT_NAME_PATTERN, name):
-        raise UnreadableDocument(
-            f"{path}: {name!r} cannot name a document (at most 255 characters, no control characters)"
-        )
+    _kind(path)
+    _check_name(path, name)
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             raise UnreadableDocument(f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
         data = path.read_bytes()
     except OSError as error:
         raise UnreadableDocument(f"{path}: cannot be read ({error.strerror})") from None
+    return parse_document(data, path, name, language, detector)
+
+
+def parse_document(
+    data: bytes, source: PurePath, name: str, language: str | None, detector: LanguageDetector
+) -> ParsedDocument:
+    """Chunk a file's bytes held in memory (a ConfigMap's key): `source`'s extension gives its kind, its stem
+    titles passages without a heading, and it starts every error message; `language` None: detected."""
+    kind = _kind(source)
+    _check_name(source, name)
     try:
-        pieces = list(_READERS[kind](data, path.stem))
+        pieces = list(_READERS[kind](data, source.stem))
     except UnreadableDocument as error:
-        raise UnreadableDocument(f"{path}: {error}") from None
+        raise UnreadableDocument(f"{source}: {error}") from None
     if not pieces:
-        raise UnreadableDocument(f"{path}: has no text to ingest")
+        raise UnreadableDocument(f"{source}: has no text to ingest")
     if len(pieces) > MAX_PASSAGES_PER_DOCUMENT:
         raise UnreadableDocument(
-            f"{path}: {len(pieces)} passages; split it into files of at most {MAX_PASSAGES_PER_DOCUMENT}"
+            f"{source}: {len(pieces)} passages; split it into files of at most {MAX_PASSAGES_PER_DOCUMENT}"
         )
     document_language = language or detector.detect("\n".join(body for _, body, _ in pieces[:50]))
     passages = [
         Passage(title=title[:2000], body=body, language=own or document_language) for title, body, own in pieces
     ]
     return ParsedDocument(name, kind, hashlib.sha256(data).hexdigest(), passages)
+
+
+def _kind(source: PurePath) -> DocumentKind:
+    kind = KINDS.get(source.suffix.lower())
+    if kind is None:
+        raise UnreadableDocument(f"{source}: not a Markdown, text, CSV or PDF file (by its extension)")
+    return kind
+
+
+def _check_name(source: PurePath, name: str) -> None:
+    if not re.fullmatch(DOCUMENT_NAME_PATTERN, name):
+        raise UnreadableDocument(
+            f"{source}: {name!r} cannot name a document (at most 255 characters, no control characters)"
+        )
 
 
 def inline_document(

@@ -45,13 +45,7 @@ def read_sources(paths: Sequence[Path], language: str | None, detector: Language
     sources = []
     for path, name in expand(paths):
         document = read_document(path, name, language, detector)
-        request = CommitRequest(
-            name=document.name,
-            kind=document.kind,
-            origin="cli",
-            content_hash=document.content_hash,
-            passages=document.passages,
-        )
+        request = document.commit_request("cli")
         sources.append(Source(path, request))
     return sources
 

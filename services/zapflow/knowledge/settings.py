@@ -53,7 +53,8 @@ class EmbeddingSettings(ServiceSettings):
     spec_sync_interval_s: float = Field(default=300.0, gt=0)
     """How often the knowledge bases tenant specs name are re-read (folders change without the registry knowing)."""
     knowledge_dir: str = "/etc/zapflow/knowledge"
-    """Where ConfigMaps a tenant spec names are mounted: `<knowledge_dir>/<configmap name>/`."""
+    """Where the ConfigMaps a tenant file names are mounted: `<knowledge_dir>/<configmap name>/` (a BotTenant's
+    are read by the operator instead: docs/operator.md)."""
 
     @field_validator("shard", "tenants")
     @classmethod

@@ -6,6 +6,10 @@ Spec documents are named `spec:faq`, `spec:folder:<folder>/<file>` and `spec:con
 and have origin `spec`: a sync removes spec documents the spec no longer names, and never touches
 what `zapflow kb ingest` added. A source that cannot be read is logged with its reason and keeps its
 last good version. One replica syncs a tenant at a time (a Redis lease), the others skip it.
+
+The ConfigMaps of a tenant file are mounted under the knowledge directory. Those of a tenant the
+operator wrote (a BotTenant resource, its uid in the entry's metadata) are the operator's: it reads
+them from the Kubernetes API (operator/knowledge.py), and this sync neither reads nor removes them.
 """
 
 from __future__ import annotations
@@ -16,8 +20,15 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from zapflow.knowledge.documents import ParsedDocument, UnreadableDocument, expand, inline_document, read_document
-from zapflow.knowledge.messages import SPEC_PREFIX, CommitRequest, ListRequest, RemoveRequest
+from zapflow.knowledge.documents import (
+    CONFIGMAP_PREFIX,
+    ParsedDocument,
+    UnreadableDocument,
+    expand,
+    inline_document,
+    read_document,
+)
+from zapflow.knowledge.messages import SPEC_PREFIX, ListRequest, RemoveRequest
 from zapflow.knowledge.service import Knowledge
 from zapflow.knowledge.settings import EmbeddingSettings
 from zapflow.knowledge.text import LanguageDetector
@@ -53,7 +64,8 @@ def spec_documents(
     if spec.faq:
         documents.append(inline_document(FAQ_DOCUMENT, spec.faq, spec.language, detector))
     sources = [(Path(folder), f"{SPEC_PREFIX}folder:{folder.rstrip('/')}") for folder in spec.folders]
-    sources += [(knowledge_dir / name, f"{SPEC_PREFIX}configmap:{name}") for name in spec.config_maps]
+    if tenant.owner_uid is None:
+        sources += [(knowledge_dir / name, f"{CONFIGMAP_PREFIX}{name}") for name in spec.config_maps]
     for folder, prefix in sources:
         try:
             files = expand([folder])
@@ -66,6 +78,11 @@ def spec_documents(
             except UnreadableDocument as problem:
                 problems.append(Problem(f"{prefix}/{name}", str(problem)))
     return documents, problems
+
+
+def operator_document(tenant: BotTenant, document: str) -> bool:
+    """Whether the operator keeps this document: one of a BotTenant's ConfigMaps."""
+    return tenant.owner_uid is not None and document.startswith(CONFIGMAP_PREFIX)
 
 
 class SpecSync:
@@ -116,7 +133,8 @@ class SpecSync:
     async def _sync(self, tenant: BotTenant) -> None:
         documents: list[ParsedDocument] = []
         problems: list[Problem] = []
-        if tenant.spec.knowledge.faq or tenant.spec.knowledge.folders or tenant.spec.knowledge.config_maps:
+        spec = tenant.spec.knowledge
+        if spec.faq or spec.folders or (spec.config_maps and tenant.owner_uid is None):
             # Reading files (and PDFs) blocks: off the event loop.
             documents, problems = await asyncio.to_thread(self._read, tenant)
         for problem in problems:
@@ -124,13 +142,7 @@ class SpecSync:
         for document in documents:
             await self._knowledge.commit(
                 tenant.name,
-                CommitRequest(
-                    name=document.name,
-                    kind=document.kind,
-                    origin="spec",
-                    content_hash=document.content_hash,
-                    passages=document.passages,
-                ),
+                document.commit_request("spec"),
             )
         wanted = {document.name for document in documents}
         present = await self._knowledge.list_documents(tenant.name, ListRequest(origin="spec"))
@@ -138,7 +150,9 @@ class SpecSync:
         stale = [
             d.name
             for d in present.documents
-            if d.name not in wanted and not any(problem.covers(d.name) for problem in problems)
+            if d.name not in wanted
+            and not any(problem.covers(d.name) for problem in problems)
+            and not operator_document(tenant, d.name)
         ]
         if stale:
             await self._knowledge.remove_documents(tenant.name, RemoveRequest(names=stale))

@@ -8,6 +8,7 @@ runbook, docs/runbooks/<alert name in kebab case>.md, under a base URL the chart
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -134,8 +135,8 @@ def new_or_increased(selector: str, window: str, by: str) -> str:
     return f"sum by ({by}) (\n  ({selector} unless {selector} offset {window})\n  or increase({selector}[{window}])\n)"
 
 
-def _consumer_pattern(durables: list[str]) -> str:
-    """A regex matching the durables and their shards (`<durable>-<shard>`)."""
+def consumer_pattern(durables: list[str]) -> str:
+    """A regex matching the durables and their shards (`<durable>-<shard>`, a tenant's own `conversation-<tenant>`)."""
     return "(" + "|".join(sorted(durables)) + ")(-.+)?"
 
 
@@ -150,20 +151,55 @@ def jetstream(metric: str, *matchers: str) -> str:
     return "{" + ", ".join((name, *matchers)) + "}"
 
 
+def tenant_readiness(processes: str = "", tenants: str = "") -> str:
+    """Each BotTenant's Ready (1 or 0) by namespace and tenant, as the operator replica that acts reports it.
+
+    A standby keeps the figures it set while it last acted: after leadership moved, they may be stale, or
+    name a tenant deleted since. So only the youngest process among the replicas that report readiness
+    counts: kopf lets the replica with the highest priority of the live ones act, so a replica that started
+    after the acting one and acted would have outranked it, and would act still. Both selectors scope by
+    namespace (`processes` must not filter on tenants: the acting replica is chosen over all of them).
+    """
+    reporting = f"zapflow_operator_tenant_ready{processes}"
+    started = f"max by (namespace, pod) (process_start_time_seconds{processes} and on (namespace, pod) {reporting})"
+    return (
+        "max by (namespace, tenant) (\n"
+        f"  zapflow_operator_tenant_ready{tenants}\n"
+        f"  and on (namespace, pod) topk by (namespace) (\n    1, {started}\n  )\n"
+        ")"
+    )
+
+
 REPLY_PATH_CONSUMERS = [catalogue.CONVERSATION_INBOUND.durable, catalogue.EGRESS.durable]
 OTHER_CONSUMERS = [spec.durable for spec in catalogue.ALL_CONSUMERS if spec.durable not in REPLY_PATH_CONSUMERS]
 CONSUMER_LAG_THRESHOLD = 1000
+
+# A tenant's own conversation consumer, with `$1` for the tenant (a label_replace replacement).
+DEDICATED_CONSUMER = catalogue.dedicated_conversation_consumer("$1").durable
+
+
+def _not_serving_dedicated_consumers() -> str:
+    """The dedicated conversation consumers of BotTenants that are not Ready, by consumer_name.
+
+    Such a consumer fills up while its tenant's own replicas do not serve (starting, or handed back): the
+    shared replicas answer the tenant meanwhile, and ZapflowBotTenantNotReady tickets it.
+    """
+    not_ready = textwrap.indent(tenant_readiness() + " == 0", "  ")
+    return f'label_replace(\n{not_ready},\n  "consumer_name", "{DEDICATED_CONSUMER}", "tenant", "(.+)"\n)'
 
 
 def _consumer_lag(durables: list[str]) -> str:
     """Undelivered messages of the consumers' leaders above the threshold and not shrinking."""
     selector = jetstream(
-        "consumer_num_pending", 'is_consumer_leader="true"', f'consumer_name=~"{_consumer_pattern(durables)}"'
+        "consumer_num_pending", 'is_consumer_leader="true"', f'consumer_name=~"{consumer_pattern(durables)}"'
     )
-    return (
+    lag = (
         f"max by (stream_name, consumer_name) ({selector}) > {CONSUMER_LAG_THRESHOLD}\n"
         f"and max by (stream_name, consumer_name) (deriv({selector}[15m])) >= 0"
     )
+    if catalogue.CONVERSATION_INBOUND.durable in durables:
+        lag += f"\nunless on (consumer_name) {_not_serving_dedicated_consumers()}"
+    return lag
 
 
 def _ratio(numerator: str, denominator: str, by: str, window: str) -> str:
@@ -173,6 +209,8 @@ def _ratio(numerator: str, denominator: str, by: str, window: str) -> str:
 TENANT = "namespace, tenant"
 SIGNATURE_FAILURES = "zapflow_gateway_signature_failures_total"
 CAMPAIGN_FAILED = 'zapflow_scheduler_campaign_messages_total{outcome="failed"}'
+# Syncs that failed for the operator's own reach (the API, NATS), not for a tenant's spec or Secrets.
+OPERATOR_SYNCS_FAILING = 'zapflow_operator_syncs_total{reason=~"KubernetesApiError|RegistryUnavailable"}'
 
 ALERT_GROUPS: dict[str, list[Alert]] = {
     "zapflow-bus": [
@@ -313,6 +351,28 @@ ALERT_GROUPS: dict[str, list[Alert]] = {
             "A customer of {{ $labels.tenant }} has waited over 15 minutes for a person",
             "The oldest conversation in the tenant's handoff queue has waited more than 15 minutes for an agent.",
             wait="5m",
+        ),
+    ],
+    "zapflow-operator": [
+        Alert(
+            "ZapflowBotTenantNotReady",
+            tenant_readiness() + " == 0",
+            "ticket",
+            "BotTenant {{ $labels.tenant }} has not been Ready for 15 minutes",
+            "The operator reports the Ready condition of BotTenant {{ $labels.tenant }} False: the tenant is not"
+            " written to the registry, or not as its spec asks. Run `kubectl describe bottenant {{ $labels.tenant }}`"
+            " for the condition's reason and message.",
+            wait="15m",
+        ),
+        Alert(
+            "ZapflowOperatorSyncFailing",
+            new_or_increased(OPERATOR_SYNCS_FAILING, "10m", "namespace, reason") + " > 0",
+            "ticket",
+            "The operator's BotTenant syncs keep failing with {{ $labels.reason }}",
+            "For 15 minutes, syncs have ended in {{ $labels.reason }}: the operator cannot reach the Kubernetes API"
+            " or the registry (NATS), so no BotTenant change, new tenant or dedicated workload takes effect."
+            " The tenants already in the registry are still answered.",
+            wait="15m",
         ),
     ],
     "zapflow-platform": [

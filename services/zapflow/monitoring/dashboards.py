@@ -21,6 +21,10 @@ from grafana_foundation_sdk.models.dashboard import (
     DataSourceRef,
     Panel,
     RowPanel,
+    Threshold,
+    ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
     VariableOption,
     VariableRefresh,
     VariableSort,
@@ -31,7 +35,10 @@ from zapflow.monitoring.alerts import (
     TURN_LATENCY,
     TURN_LATENCY_THRESHOLD_S,
     WEBHOOK_AVAILABILITY,
+    consumer_pattern,
     jetstream,
+    new_or_increased,
+    tenant_readiness,
 )
 from zapflow.platform import catalogue
 
@@ -43,7 +50,9 @@ TAGS = ["zapflow"]
 WEBHOOK_REQUESTS = "zapflow_gateway_webhook_requests_total"
 UNAVAILABLE = 'outcome="unavailable"'
 LEADER = 'is_consumer_leader="true"'
-EGRESS_CONSUMER = f'consumer_name=~"{REPLY_PATH_CONSUMERS[1]}(-.+)?"'
+EGRESS_CONSUMER = f'consumer_name=~"{consumer_pattern([REPLY_PATH_CONSUMERS[1]])}"'
+# The shared conversation consumer and the tenants' own (`conversation-<tenant>`).
+CONVERSATION_CONSUMERS = f'consumer=~"{consumer_pattern([REPLY_PATH_CONSUMERS[0]])}"'
 ZAPFLOW_STREAMS = f'stream_name=~"{"|".join(stream.name for stream in catalogue.ALL_STREAMS)}"'
 PICKED_STREAMS = 'stream_name=~"$stream"'
 
@@ -118,6 +127,12 @@ def single(
         .graph_mode(BigValueGraphMode.NONE)
         .with_target(query.instant())
     )
+
+
+def red_from(value: float) -> dashboard.ThresholdsConfig:
+    """Green below the value, red from it."""
+    steps = [Threshold(value=None, color="green"), Threshold(value=value, color="red")]
+    return dashboard.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(steps)
 
 
 def datasource_variable() -> dashboard.DatasourceVariable:
@@ -368,6 +383,36 @@ def platform_overview() -> dashboard.Dashboard:
                 target(quantile(0.99, "zapflow_recorder_batch_events", zf_all()), "events per batch p99"),
             )
         )
+        .with_row(dashboard.Row("Operator"))
+        .with_panel(
+            single(
+                "BotTenants not ready",
+                "BotTenants whose Ready condition is False (kubectl describe bottenant <name> says why), as the"
+                " operator replica that acts reports them.",
+                "short",
+                target(f"count({tenant_readiness(zf_all(), zf())} == 0) or vector(0)"),
+                height=8,
+            ).thresholds(red_from(1))
+        )
+        .with_panel(
+            graph(
+                "BotTenant syncs",
+                "Syncs of BotTenants (create, update, resume, retries), by the reason of the Ready condition they"
+                " ended with: Synced, or what is wrong (docs/operator.md).",
+                "ops",
+                target(rate("zapflow_operator_syncs_total", zf_all(), "reason"), "{{reason}}"),
+                width=10,
+            )
+        )
+        .with_panel(
+            graph(
+                "Registry drift repaired",
+                "Registry entries edited or removed by hand that the operator's resync rewrote from their BotTenant.",
+                "ops",
+                target(rate("zapflow_operator_drift_repairs_total", zf(), "tenant"), "{{tenant}}"),
+                width=10,
+            )
+        )
         .with_row(dashboard.Row("Processes"))
         .with_panel(
             graph(
@@ -418,10 +463,32 @@ def tenant_view() -> dashboard.Dashboard:
         .with_row(dashboard.Row("Now"))
         .with_panel(
             single(
+                "BotTenant Ready",
+                "The Ready condition of the tenant's BotTenant, as the operator replica that acts reports it (kubectl"
+                " describe bottenant <name> says why it is not). No value: a tenant applied with zapflow tenant apply.",
+                "short",
+                target(tenant_readiness(zf_all(), one)),
+                width=6,
+            )
+            .mappings(
+                [
+                    ValueMap(
+                        {
+                            "1": ValueMappingResult(text="Ready", color="green"),
+                            "0": ValueMappingResult(text="Not ready", color="red"),
+                        }
+                    )
+                ]
+            )
+            .no_value("not a BotTenant")
+        )
+        .with_panel(
+            single(
                 "Open conversations",
                 "Conversations open now.",
                 "short",
                 target(f"sum(zapflow_conversations_open{one})"),
+                width=6,
             )
         )
         .with_panel(
@@ -430,6 +497,7 @@ def tenant_view() -> dashboard.Dashboard:
                 "Contacts who wrote in the last 24 hours.",
                 "short",
                 target(f"sum(zapflow_contacts_in_window{one})"),
+                width=6,
             )
         )
         .with_panel(
@@ -438,6 +506,7 @@ def tenant_view() -> dashboard.Dashboard:
                 "Conversations in the handoff queue.",
                 "short",
                 target(f"sum(zapflow_handoff_queue_length{one})"),
+                width=6,
             )
         )
         .with_panel(
@@ -446,6 +515,7 @@ def tenant_view() -> dashboard.Dashboard:
                 "How long the oldest conversation in the handoff queue has waited.",
                 "s",
                 target(f"max(zapflow_handoff_oldest_wait_seconds{one})"),
+                width=6,
             )
         )
         .with_panel(
@@ -454,6 +524,7 @@ def tenant_view() -> dashboard.Dashboard:
                 "Agents with an inbox open.",
                 "short",
                 target(f"sum(zapflow_handoff_agents_online{one})"),
+                width=6,
             )
         )
         .with_panel(
@@ -462,6 +533,19 @@ def tenant_view() -> dashboard.Dashboard:
                 "Campaigns scheduled, running or waiting.",
                 "short",
                 target(f"sum(zapflow_campaigns_active{one})"),
+                width=6,
+            )
+        )
+        .with_panel(
+            single(
+                "Registry drift repaired (24h)",
+                "Times the operator rewrote the tenant's registry entry from its BotTenant after a hand edit or"
+                " removal.",
+                "short",
+                target(
+                    new_or_increased(f"zapflow_operator_drift_repairs_total{one}", "24h", "tenant") + " or vector(0)"
+                ),
+                width=6,
             )
         )
         .with_row(dashboard.Row("Inbound"))
@@ -683,15 +767,16 @@ def conversation_engine() -> dashboard.Dashboard:
         .with_panel(
             graph(
                 "Stages p99",
-                "A message's way: the webhook (publishes included), the conversation consumer's handler, the"
-                " responder (and the knowledge search it waits for), publishing to JetStream, the Graph API call.",
+                "A message's way: the webhook (publishes included), the conversation consumers' handler (the shared"
+                " one and the tenants' own), the responder (and the knowledge search it waits for), publishing to"
+                " JetStream, the Graph API call.",
                 "s",
                 target(quantile(0.99, "zapflow_gateway_webhook_duration_seconds", zf()), "webhook"),
                 target(
                     quantile(
                         0.99,
                         "zapflow_bus_handler_duration_seconds",
-                        zf(f'consumer="{REPLY_PATH_CONSUMERS[0]}"'),
+                        zf(CONVERSATION_CONSUMERS),
                     ),
                     "conversation handler",
                 ),

@@ -12,7 +12,7 @@ class OperatorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ZAPFLOW_OPERATOR_")
 
     port: Port = 8010
-    """The liveness endpoint (/healthz) kopf serves for the probes."""
+    """/healthz, /readyz and /metrics (with ZAPFLOW_METRICS_TOKEN when set), as every zapflow process."""
     namespace: str | None = None
     """Watch BotTenants (and Secrets) in this namespace only; unset: in every namespace."""
     peering_name: str = "zapflow"
@@ -29,6 +29,20 @@ class OperatorSettings(ServiceSettings):
     """How long after a Secret's data changes its tenants get a new registry revision: the kubelet
     refreshes mounted Secrets within about a minute, and a service reads each secret once per revision."""
     resync_seconds: float = Field(default=300.0, gt=0)
-    """How often each tenant's registry entry is compared with its resource and repaired."""
+    """How often each tenant's registry entry and knowledge documents are compared with its resource and
+    ConfigMaps and repaired."""
+    configmap_retry_seconds: float = Field(default=30.0, gt=0)
+    """How long a tenant waiting for a missing (or unlabelled) knowledge ConfigMap waits before it checks again."""
+    knowledge_retry_seconds: float = Field(default=30.0, gt=0)
+    """How long a tenant whose knowledge ConfigMaps no embedding service took waits before it tries again."""
+    conversation_workload: str = "zapflow-conversation"
+    """The shared conversation Deployment (and its KEDA ScaledObject), in the namespace of the BotTenants that ask
+    for a dedicated workload: a tenant's own workload is a copy of it (the chart sets its name)."""
     cancel_campaigns: bool = True
     """Cancel a deleted tenant's active campaigns: needs the database (ZAPFLOW_DATABASE_URL), migrated."""
+    scheduler_url: str = "http://127.0.0.1:8003"
+    """The scheduler's admin API, which erases a deleted tenant whose spec.deletionPolicy is Erase (with
+    ZAPFLOW_ADMIN_TOKEN)."""
+    erasure_timeout_seconds: float = Field(default=900.0, gt=0)
+    """How long the operator waits for the scheduler to erase a tenant: a busy tenant's rows and Redis's file
+    rewrite take minutes. A timeout keeps the finalizer, and the erasure is asked for again."""

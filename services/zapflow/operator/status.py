@@ -9,9 +9,13 @@ from typing import Any
 
 SECRETS_RESOLVED = "SecretsResolved"
 REGISTRY_SYNCED = "RegistrySynced"
+WORKLOAD_SYNCED = "WorkloadSynced"
+KNOWLEDGE_SYNCED = "KnowledgeSynced"
 READY = "Ready"
-# Ready sums these up: a tenant answers only once its secrets exist and the services see it.
-PARTS = (SECRETS_RESOLVED, REGISTRY_SYNCED)
+# Ready sums these up: a tenant answers only once its secrets exist, the services see it, the
+# workload that answers its turns (the shared one, or its dedicated one) is in place and its
+# knowledge base holds what its ConfigMaps say.
+PARTS = (SECRETS_RESOLVED, REGISTRY_SYNCED, WORKLOAD_SYNCED, KNOWLEDGE_SYNCED)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,17 @@ def status_patch(
     if generation is not None:
         patch["observedGeneration"] = generation
     return patch
+
+
+def condition_patch(previous: Mapping[str, Any], found: Condition, now: datetime) -> dict[str, Any]:
+    """The status fields to patch when one part is checked between syncs (Ready follows); empty: no change."""
+    held = [
+        Condition(str(c.get("type")), c.get("status") == "True", str(c.get("reason")), str(c.get("message")))
+        for c in previous.get("conditions") or []
+        if c.get("type") in PARTS and c.get("type") != found.type
+    ]
+    conditions = merge(previous.get("conditions") or [], [found, ready([*held, found])], now)
+    return {} if conditions == list(previous.get("conditions") or []) else {"conditions": conditions}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A resource becomes the registry document the services watch (tenants/registry.py
 secret references, never their values. Its metadata keeps the resource's namespace and uid, so two
 BotTenants of the same name in two namespaces cannot overwrite each other's entry, and deleting one
 removes only its own. Deleting a tenant also cancels its timers (ZF_TIMERS) and its active campaigns
-(SQL); its data is retained (spec.deletionPolicy has only Retain).
+(SQL); its data is retained, or erased by the scheduler when spec.deletionPolicy is Erase (erasure.py).
 """
 
 from __future__ import annotations
@@ -52,12 +52,6 @@ def tenant_from_resource(body: Mapping[str, Any]) -> BotTenant:
         "spec": body.get("spec"),
     }
     return parse_tenant(document, f"BotTenant {metadata.get('namespace')}/{metadata.get('name')}")
-
-
-def owner_uid(tenant: BotTenant) -> str | None:
-    """The uid of the resource an entry came from; None for one applied with `zapflow tenant apply`."""
-    uid = (tenant.metadata.model_extra or {}).get("uid")
-    return str(uid) if uid else None
 
 
 def secret_references(tenant: BotTenant) -> list[tuple[str, str, str]]:
@@ -130,6 +124,20 @@ class Removal:
 
     entry_removed: bool
     campaigns_cancelled: int
+    # The entry belongs to a BotTenant of the same name in another namespace: nothing of it was touched.
+    another_owner: bool = False
+
+
+def as_served(tenant: BotTenant, own_workload_available: bool) -> BotTenant:
+    """The registry's copy of a tenant: `spec.scaling.dedicated` only once its own workload has a replica ready.
+
+    The conversation replicas send a dedicated tenant's turns to its own replicas; until one is available
+    (a new Deployment, an image that does not pull) the shared replicas keep answering it.
+    """
+    if not tenant.spec.scaling.dedicated or own_workload_available:
+        return tenant
+    scaling = tenant.spec.scaling.model_copy(update={"dedicated": False})
+    return tenant.model_copy(update={"spec": tenant.spec.model_copy(update={"scaling": scaling})})
 
 
 class TenantSync:
@@ -140,15 +148,20 @@ class TenantSync:
         self._js = js
         self._database = database
 
-    async def publish(self, tenant: BotTenant, force: bool = False) -> Condition:
-        """RegistrySynced after writing the tenant, unless the registry holds it already (or `force`)."""
+    async def publish(self, tenant: BotTenant, force: bool = False, keep_serving: bool = False) -> Condition:
+        """RegistrySynced after writing the tenant, unless the registry holds it already (or `force`).
+
+        `keep_serving` keeps the workload the entry names (`as_served`), for a write that does not look at it.
+        """
         try:
             current = await self._registry.get(tenant.name)
         except TenantError:
             current = None  # an invalid entry written by other means: this one replaces it
         except NatsError as error:
             return _unavailable(error)
-        if current is not None and owner_uid(current) not in (None, owner_uid(tenant)):
+        if keep_serving:
+            tenant = as_served(tenant, current is not None and current.spec.scaling.dedicated)
+        if current is not None and current.owner_uid not in (None, tenant.owner_uid):
             origin = f"{(current.metadata.model_extra or {}).get('namespace')}/{current.name}"
             return Condition(
                 REGISTRY_SYNCED,
@@ -176,7 +189,7 @@ class TenantSync:
             return "the registry entry is not a valid BotTenant"
         if current is None:
             return "the registry entry was removed"
-        if owner_uid(current) not in (None, owner_uid(tenant)):
+        if current.owner_uid not in (None, tenant.owner_uid):
             return None  # another resource's entry: reported by its own conditions, not repaired here
         if current.document() != tenant.document():
             return "the registry entry differs from the resource"
@@ -188,11 +201,11 @@ class TenantSync:
             current = await self._registry.get(tenant_name)
         except TenantError:
             current = None
-        ours = current is not None and owner_uid(current) in (None, uid)
+        ours = current is not None and current.owner_uid in (None, uid)
         removed = ours and await self._registry.delete(tenant_name)
         if current is not None and not ours:
             # Another resource owns the name: its timers and campaigns are not this one's to stop.
-            return Removal(entry_removed=False, campaigns_cancelled=0)
+            return Removal(entry_removed=False, campaigns_cancelled=0, another_owner=True)
         await self._cancel_timers(tenant_name)
         return Removal(entry_removed=removed, campaigns_cancelled=await self._cancel_campaigns(tenant_name))
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Request, Response
+import uvicorn
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Request, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, SecretStr
@@ -16,6 +19,14 @@ from zapflow.platform.connections import Connections
 # FastAPI's built-in telemetry would add a second set of server spans and metrics on every
 # request; zapflow's own spans and Prometheus metrics are the ones dashboards use.
 FASTAPI_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
+class InLoopServer(uvicorn.Server):
+    """A uvicorn server run as a task of a loop whose signals belong to someone else (kopf, pytest)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class Problem(BaseModel):
@@ -92,3 +103,22 @@ async def read_bounded_body(request: Request, limit: int, too_large: str) -> byt
             raise HTTPException(status_code=413, detail=too_large)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def operations_server(
+    host: str, port: int, connections: Connections, metrics_token: SecretStr | None
+) -> AsyncIterator[None]:
+    """Serve /healthz, /readyz and /metrics from a process that is not a FastAPI service (the operator), in its loop."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, telemetry=FASTAPI_TELEMETRY_OFF)
+    app.include_router(ops_router(lambda: connections, metrics_token))
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, server_header=False, lifespan="off"
+    )
+    server = InLoopServer(config)
+    task = asyncio.create_task(server.serve(), name="operations-server")
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task

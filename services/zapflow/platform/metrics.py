@@ -258,7 +258,8 @@ ENGINE_FAILURES = Counter(
     "zapflow_conversation_engine_failures_total",
     "Failures the conversation engine survived, by kind: closer (a due-set scan), turn (retried after its"
     " lease), lock (extending a turn's lock), turn_event (undecodable), ack and heartbeat (held messages,"
-    " redelivered), rearm (deadlines of held messages), history (the store's history unavailable).",
+    " redelivered), rearm (deadlines of held messages), history (the store's history unavailable), sweep"
+    " (moving a tenant's own due set into the shared one once it is no longer dedicated).",
     ["kind"],
 )
 
@@ -339,5 +340,23 @@ HANDOFF_NOTIFICATIONS = Counter(
 AGENTS_ONLINE = Gauge(
     "zapflow_handoff_agents_online",
     "Agents with an inbox open (a heartbeat within the presence window).",
+    ["tenant"],
+)
+
+# The operator (set by the replica that acts; a standby keeps what it last set while it acted).
+OPERATOR_SYNCS = Counter(
+    "zapflow_operator_syncs_total",
+    "BotTenant syncs (create, update, resume, retries) by the reason of the Ready condition they ended with"
+    " (Synced, InvalidSpec, SecretMissing, PhoneNumberTaken, ...: docs/operator.md).",
+    ["reason"],
+)
+OPERATOR_TENANT_READY = Gauge(
+    "zapflow_operator_tenant_ready",
+    "1 while a BotTenant's Ready condition is True, 0 while it is False; gone once the BotTenant is deleted.",
+    ["tenant"],
+)
+OPERATOR_DRIFT_REPAIRS = Counter(
+    "zapflow_operator_drift_repairs_total",
+    "Registry entries the resync timer found edited or removed by hand and rewrote from their BotTenant.",
     ["tenant"],
 )

@@ -365,7 +365,9 @@ class KnowledgeSpec(Model):
     )
     config_maps: list[str] = Field(
         default_factory=list,
-        description="ConfigMaps whose files are ingested; mounted under the embedding service's knowledge directory.",
+        description="ConfigMaps whose files are ingested: a BotTenant's are read by the operator (labelled "
+        "zapflow.io/knowledge: 'true', in its namespace); a tenant file's are mounted under the embedding service's "
+        "knowledge directory.",
     )
     language: str | None = Field(
         default=None, description="Language of sources that do not say (unset: detected).", pattern=LANGUAGE_PATTERN
@@ -543,8 +545,10 @@ class ScalingSpec(Model):
 
     dedicated: bool = Field(
         default=False,
-        description="Run a conversation Deployment for this tenant alone, scaled by KEDA on its own consumer's lag "
-        "(not acted on yet: docs/operator.md, 'A dedicated conversation workload').",
+        description="Answer this tenant's turns on conversation replicas of its own (a Deployment the operator "
+        "creates, scaled by KEDA on its own consumer's lag: docs/operator.md, 'A dedicated conversation workload'). "
+        "Only a BotTenant resource has this effect; a tenant file applied with `zapflow tenant apply` is always "
+        "answered by the shared replicas.",
     )
     min_replicas: int = Field(
         default=1, ge=1, le=100, description="Fewest replicas of the dedicated workload (held messages need one)."
@@ -576,10 +580,13 @@ class TenantSpec(Model):
     scaling: ScalingSpec = Field(
         default_factory=ScalingSpec, description="A dedicated conversation workload for this tenant, or the shared one."
     )
-    deletion_policy: Literal["Retain"] = Field(
+    deletion_policy: Literal["Retain", "Erase"] = Field(
         default="Retain",
         description="What deleting the BotTenant does to the tenant's stored data: Retain keeps it (conversations, "
-        "analytics, campaign history). Erase is not available yet: no whole-tenant erasure exists.",
+        "analytics, campaign history; retention ages it out as usual); Erase has the operator ask the scheduler to "
+        "erase all of it from every store (Redis, JetStream, the database, analytics) once the tenant has left the "
+        "registry, and keeps the BotTenant's finalizer until that succeeds. A tenant file removed with `zapflow "
+        "tenant delete` is erased with `zapflow tenant erase`.",
     )
 
 
@@ -597,6 +604,20 @@ class BotTenant(Model):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @property
+    def owner_uid(self) -> str | None:
+        """The uid of the BotTenant resource the operator wrote this entry from; None for `zapflow tenant apply`."""
+        uid = (self.metadata.model_extra or {}).get("uid")
+        return str(uid) if uid else None
+
+    @property
+    def served_by_dedicated_workload(self) -> bool:
+        """Whether the tenant's turns are answered by conversation replicas of its own.
+
+        Only the operator creates such replicas: `spec.scaling` of a tenant file has no workload behind it.
+        """
+        return self.spec.scaling.dedicated and self.owner_uid is not None
 
     @cached_property
     def secrets(self) -> ResolvedSecrets:
