@@ -137,7 +137,7 @@ async def test_an_edited_configmap_is_ingested_again_with_an_event(
     assert event["message"] == f"ConfigMap {NAMESPACE}/kb changed; 1 document from ConfigMap kb; 2 passages"
     assert (event["type"], event["involvedObject"]["name"]) == ("Normal", name)
 
-    # The drift timer brings the condition up to date (the ConfigMap's handler cannot patch the BotTenant).
+    # The ConfigMap's handler writes the condition (tests/operator/test_resources.py proves it without the timer).
     async def condition_follows() -> bool:
         tenant = await cluster.fetch(f"{TENANTS}/{name}") or {}
         conditions = (tenant.get("status") or {}).get("conditions") or []

@@ -19,6 +19,7 @@ from nats.errors import Error as NatsError
 from sqlalchemy.exc import SQLAlchemyError
 
 from zapflow.knowledge.client import KnowledgeClient
+from zapflow.operator import crd
 from zapflow.operator.children import MANAGED_BY
 from zapflow.operator.erasure import ErasureFailed, SchedulerErasures, wants_erasure
 from zapflow.operator.figures import FigureReader
@@ -32,6 +33,7 @@ from zapflow.operator.knowledge import (
     configmap_content,
     configmap_files,
 )
+from zapflow.operator.resources import TenantStatus
 from zapflow.operator.settings import OperatorSettings
 from zapflow.operator.status import (
     READY,
@@ -60,9 +62,7 @@ from zapflow.platform.http import operations_server
 from zapflow.tenants.files import TenantError
 from zapflow.tenants.model import BotTenant
 
-GROUP = "zapflow.io"
-VERSION = "v1alpha1"
-PLURAL = "bottenants"
+GROUP, VERSION, PLURAL = crd.GROUP, crd.VERSION, crd.PLURAL
 FINALIZER = "zapflow.io/operator"
 # kopf passes an index to every handler as a keyword argument named by the index's id.
 KEYS_INDEX = "keys_by_secret"
@@ -81,6 +81,7 @@ def register(
     workloads: DedicatedWorkloads,
     knowledge: KnowledgeSync,
     figures: FigureReader,
+    statuses: TenantStatus,
     settings: OperatorSettings,
 ) -> None:
     """Register the BotTenant handlers, the indexes of Secrets, knowledge ConfigMaps and of who refers to them,
@@ -251,8 +252,14 @@ def register(
         change = "changed" if edited else "is new (created or labelled)"
         index: kopf.Index[tuple[str, str], BotTenant] = kwargs[KNOWLEDGE_TENANTS_INDEX]
         for tenant in list(index.get((str(namespace), name), [])):
-            # The status follows at the drift timer's next run (this handler can patch only the ConfigMap).
             ingested = await knowledge.sync(tenant, str(namespace), configmaps_of(kwargs))
+            try:
+                now_ready = await statuses.set_condition(str(namespace), tenant.name, ingested)
+            except KubernetesError as error:  # the resync timer writes it then
+                logger.warning(f"tenant {tenant.name}: cannot write its KnowledgeSynced condition yet: {error}")
+            else:
+                if now_ready is not None:
+                    metrics.OPERATOR_TENANT_READY.labels(tenant.name).set(1 if now_ready else 0)
             message = f"ConfigMap {namespace}/{name} {change}; {ingested.message}"
             if ingested.status:
                 kopf.info(tenant_reference(tenant), reason="KnowledgeUpdated", message=message)
@@ -396,7 +403,8 @@ async def run(
         registry = kopf.OperatorRegistry()
         kopf.on.login(registry=registry)(login)
         knowledge = KnowledgeSync(KnowledgeClient(connections.nc), connections.nc.max_payload)
-        register(registry, sync, workloads, knowledge, FigureReader(connections.nc, database), settings)
+        statuses = TenantStatus(kube, MANAGED_BY)
+        register(registry, sync, workloads, knowledge, FigureReader(connections.nc, database), statuses, settings)
         await kopf.operator(
             registry=registry,
             settings=kopf_settings(),
