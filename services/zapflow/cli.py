@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from zapflow.analytics.report import CampaignRow, Period
     from zapflow.knowledge.client import KnowledgeError
     from zapflow.knowledge.messages import Hit
+    from zapflow.privacy.erasure import ErasureRecord
 
 app = typer.Typer(no_args_is_help=True, help="zapflow: WhatsApp bots at scale.", pretty_exceptions_enable=False)
 
@@ -576,6 +577,19 @@ def tenant_delete(name: str, nats_url: NatsUrl = None, data_dir: DataDir = None)
     out.print(f"tenant [bold]{name}[/] deleted")
 
 
+def _erased(erasure: Coroutine[Any, Any, ErasureRecord]) -> ErasureRecord:
+    """Run an erasure (a contact's or a tenant's); what stopped it as a one-line message."""
+    from zapflow.privacy.erasure import ErasureError, ErasureIncomplete
+    from zapflow.store.errors import StoreError
+
+    try:
+        return asyncio.run(erasure)
+    except ErasureIncomplete as error:
+        raise _fail(escape(f"erasure incomplete: {error}")) from None
+    except (ErasureError, StoreError) as error:
+        raise _fail(escape(str(error))) from None
+
+
 @tenant_app.command("erase")
 def tenant_erase(
     name: str,
@@ -583,8 +597,7 @@ def tenant_erase(
     data_dir: DataDir = None,
 ) -> None:
     """Erase every trace of a tenant deleted from the registry (LGPD / GDPR); recorded without its data."""
-    from zapflow.privacy.erasure import ErasureError, ErasureIncomplete, erase_tenant_once
-    from zapflow.store.errors import StoreError
+    from zapflow.privacy.erasure import erase_tenant_once
     from zapflow.tenants.model import TENANT_NAME_PATTERN
 
     if not re.match(TENANT_NAME_PATTERN, name):
@@ -595,12 +608,7 @@ def tenant_erase(
             f"{name} from every store, and cannot be undone: run it again with --yes"
         )
     core = _target(data_dir, ("nats_url", "redis_url", "database_url", "analytics_path")).core
-    try:
-        record = asyncio.run(erase_tenant_once(core, name))
-    except ErasureIncomplete as error:
-        raise _fail(escape(f"erasure incomplete: {error}")) from None
-    except (ErasureError, StoreError) as error:
-        raise _fail(escape(str(error))) from None
+    record = _erased(erase_tenant_once(core, name))
     out.print(f"tenant {escape(name)} erased (erasure {record.id})")
     out.print_json(json.dumps(record.summary))
 
@@ -683,8 +691,7 @@ def contact_erase(
     data_dir: DataDir = None,
 ) -> None:
     """Erase a customer's messages and state from every store; the erasure is recorded without them."""
-    from zapflow.privacy.erasure import ErasureError, ErasureIncomplete, erase_once, normalise_phone
-    from zapflow.store.errors import StoreError
+    from zapflow.privacy.erasure import ErasureError, erase_once, normalise_phone
 
     try:
         normalise_phone(phone)
@@ -693,12 +700,7 @@ def contact_erase(
     core = _target(data_dir, ("nats_url", "redis_url", "database_url", "analytics_path")).core
     if not yes and not typer.confirm(f"Erase this customer of {tenant} from every store? This cannot be undone"):
         raise _fail("nothing erased")
-    try:
-        record = asyncio.run(erase_once(core, tenant, phone))
-    except ErasureIncomplete as error:
-        raise _fail(escape(f"erasure incomplete: {error}")) from None
-    except (ErasureError, StoreError) as error:
-        raise _fail(escape(str(error))) from None
+    record = _erased(erase_once(core, tenant, phone))
     out.print(f"erasure {record.id} recorded for tenant {record.tenant}")
     out.print_json(json.dumps(record.summary))
 
