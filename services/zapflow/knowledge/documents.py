@@ -84,6 +84,11 @@ class ParsedDocument:
         )
 
 
+def file_hash(data: bytes) -> str:
+    """A file's `content_hash`: the same bytes, the same document (nothing to parse or embed again)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def expand(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     """The files to ingest and their document names: a file by its own name, a folder's files by their
     path inside it (recursively, supported kinds only, in name order)."""
@@ -149,7 +154,7 @@ def parse_document(
     passages = [
         Passage(title=title[:2000], body=body, language=own or document_language) for title, body, own in pieces
     ]
-    return ParsedDocument(name, kind, hashlib.sha256(data).hexdigest(), passages)
+    return ParsedDocument(name, kind, file_hash(data), passages)
 
 
 def _kind(source: PurePath) -> DocumentKind:

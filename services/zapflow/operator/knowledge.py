@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from zapflow.knowledge.client import KnowledgeClient, KnowledgeError
-from zapflow.knowledge.documents import CONFIGMAP_PREFIX, ParsedDocument, UnreadableDocument, parse_document
+from zapflow.knowledge.documents import (
+    CONFIGMAP_PREFIX,
+    ParsedDocument,
+    UnreadableDocument,
+    file_hash,
+    parse_document,
+)
 from zapflow.knowledge.ingest import Source, check_fits, ingest
 from zapflow.knowledge.messages import DocumentInfo, ListReply, RemoveRequest
 from zapflow.knowledge.text import LanguageDetector
@@ -111,7 +116,7 @@ def plan(
         Key(namespace, configmap, key, data) for configmap in named for key, data in found.get(configmap, {}).items()
     ]
     wanted = {key.name for key in keys}
-    changed = [key for key in keys if stored.get(key.name) != hashlib.sha256(key.data).hexdigest()]
+    changed = [key for key in keys if stored.get(key.name) != file_hash(key.data)]
     stale = [
         name
         for name in stored
@@ -222,13 +227,7 @@ class KnowledgeSync:
         if not work.changed:
             return self._summary(named, listing, {})
         parsed, unreadable = await self._parse(work.changed, tenant.spec.knowledge.language)
-        sources = [
-            Source(
-                key.source,
-                document.commit_request("spec"),
-            )
-            for key, document in parsed
-        ]
+        sources = [Source(key.source, document.commit_request("spec")) for key, document in parsed]
         try:
             check_fits(tenant.name, sources, listing, self._max_payload)
         except KnowledgeError as error:
