@@ -11,7 +11,7 @@ from tests.operator import test_operator_kmock
 from tests.operator.test_operator_kmock import NAMESPACE, SECRETS, TENANTS, Cluster, secret, secret_refs
 from tests.support.platform import eventually
 from tests.support.tenants import tenant_document
-from zapflow.operator.sync import SecretRotations, secret_data
+from zapflow.operator.sync import DataChanges, secret_data
 from zapflow.platform.settings import CoreSettings
 from zapflow.tenants.registry import open_bucket
 
@@ -20,34 +20,34 @@ cluster = test_operator_kmock.cluster
 
 
 def test_a_secret_seen_for_the_first_time_is_not_a_rotation() -> None:
-    rotations = SecretRotations()
+    rotations = DataChanges()
 
-    assert not rotations.rotated("shop", "creds", {"app-secret": "YQ=="})
+    assert not rotations.changed("shop", "creds", {"app-secret": "YQ=="})
 
 
 def test_changed_data_is_a_rotation_and_the_same_data_is_not() -> None:
-    rotations = SecretRotations()
-    rotations.rotated("shop", "creds", {"app-secret": "YQ==", "access-token": "Yg=="})
+    rotations = DataChanges()
+    rotations.changed("shop", "creds", {"app-secret": "YQ==", "access-token": "Yg=="})
 
-    assert not rotations.rotated("shop", "creds", {"access-token": "Yg==", "app-secret": "YQ=="})
-    assert rotations.rotated("shop", "creds", {"app-secret": "Yw==", "access-token": "Yg=="})
-    assert not rotations.rotated("shop", "creds", {"app-secret": "Yw==", "access-token": "Yg=="})
+    assert not rotations.changed("shop", "creds", {"access-token": "Yg==", "app-secret": "YQ=="})
+    assert rotations.changed("shop", "creds", {"app-secret": "Yw==", "access-token": "Yg=="})
+    assert not rotations.changed("shop", "creds", {"app-secret": "Yw==", "access-token": "Yg=="})
 
 
 def test_secrets_are_told_apart_by_namespace_and_name() -> None:
-    rotations = SecretRotations()
-    rotations.rotated("shop", "creds", {"app-secret": "YQ=="})
+    rotations = DataChanges()
+    rotations.changed("shop", "creds", {"app-secret": "YQ=="})
 
-    assert not rotations.rotated("other", "creds", {"app-secret": "Yw=="})
-    assert not rotations.rotated("shop", "other", {"app-secret": "Yw=="})
+    assert not rotations.changed("other", "creds", {"app-secret": "Yw=="})
+    assert not rotations.changed("shop", "other", {"app-secret": "Yw=="})
 
 
 def test_a_deleted_secret_created_again_is_not_a_rotation() -> None:
-    rotations = SecretRotations()
-    rotations.rotated("shop", "creds", {"app-secret": "YQ=="})
+    rotations = DataChanges()
+    rotations.changed("shop", "creds", {"app-secret": "YQ=="})
     rotations.forget("shop", "creds")
 
-    assert not rotations.rotated("shop", "creds", {"app-secret": "Yw=="})
+    assert not rotations.changed("shop", "creds", {"app-secret": "Yw=="})
 
 
 def test_string_data_counts_over_data() -> None:

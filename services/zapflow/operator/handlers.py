@@ -47,7 +47,7 @@ from zapflow.operator.status import (
     synced_before,
 )
 from zapflow.operator.sync import (
-    SecretRotations,
+    DataChanges,
     TenantSync,
     as_served,
     check_secrets,
@@ -207,7 +207,7 @@ def register(
                 WORKLOAD_SYNCED, False, "KubernetesApiError", f"cannot converge the conversation workload: {error}"
             )
 
-    rotations = SecretRotations()
+    rotations = DataChanges()
 
     @kopf.on.event("v1", "secrets", registry=registry)
     async def rotate_secret(
@@ -216,7 +216,7 @@ def register(
         if event["type"] == "DELETED":
             rotations.forget(str(namespace), name)
             return
-        if not rotations.rotated(str(namespace), name, secret_data(body)):
+        if not rotations.changed(str(namespace), name, secret_data(body)):
             return
         # Services read a secret once per registry revision: one before the kubelet has refreshed the
         # mounted file would have them keep the old value.
@@ -236,7 +236,7 @@ def register(
             )
             logger.info(f"Secret {namespace}/{name} changed: tenant {tenant.name} given {outcome}")
 
-    configmap_edits = SecretRotations()
+    configmap_edits = DataChanges()
 
     @kopf.on.event("v1", "configmaps", labels=KNOWLEDGE_LABELS, registry=registry)
     async def reingest(
@@ -246,7 +246,7 @@ def register(
             # Its tenants keep its documents; the drift timer reports it missing.
             configmap_edits.forget(str(namespace), name)
             return
-        edited = configmap_edits.rotated(str(namespace), name, configmap_content(body))
+        edited = configmap_edits.changed(str(namespace), name, configmap_content(body))
         if not edited and event["type"] != "ADDED":
             return  # listed at start (the resume handler ingests it), or only its metadata changed
         change = "changed" if edited else "is new (created or labelled)"

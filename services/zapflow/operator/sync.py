@@ -101,14 +101,15 @@ def secret_data(body: Mapping[str, Any]) -> dict[str, Any]:
     return dict(body.get("data") or {}) | dict(body.get("stringData") or {})
 
 
-class SecretRotations:
-    """Tells a Secret whose data changed from one only relabelled: a digest of each one's data, kept in memory."""
+class DataChanges:
+    """Tells a Secret or ConfigMap whose data changed from one only relabelled: a digest of each one's data, kept
+    in memory (never the data)."""
 
     def __init__(self) -> None:
         self._digests: dict[tuple[str, str], str] = {}
 
-    def rotated(self, namespace: str, name: str, data: Mapping[str, Any]) -> bool:
-        """Record the Secret's data; whether it differs from what was recorded before (False when first seen)."""
+    def changed(self, namespace: str, name: str, data: Mapping[str, Any]) -> bool:
+        """Record the object's data; whether it differs from what was recorded before (False when first seen)."""
         digest = hashlib.sha256(json.dumps(dict(data), sort_keys=True).encode()).hexdigest()
         previous = self._digests.get((namespace, name))
         self._digests[(namespace, name)] = digest
