@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
+
+import kopf
 
 from zapflow.operator import crd
 from zapflow.platform import catalogue
@@ -22,18 +24,6 @@ from zapflow.tenants.model import ScalingSpec
 TENANT_LABEL = f"{crd.GROUP}/tenant"
 MANAGED_BY = "zapflow-operator"
 DEDICATED_TENANT_ENV = "ZAPFLOW_CONVERSATION_DEDICATED_TENANT"
-
-
-def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
-    """The reference that makes the BotTenant the controller of a child (deleted with it)."""
-    return {
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def dedicated_name(shared_name: str, tenant_name: str) -> str:
@@ -64,7 +54,8 @@ def dedicated_conversation(
             "name": name,
             "namespace": owner["metadata"]["namespace"],
             "labels": labels | {TENANT_LABEL: tenant_name, "app.kubernetes.io/managed-by": MANAGED_BY},
-            "ownerReferences": [owner_reference(owner)],
+            # The BotTenant as the controller of the child (deleted with it); the object as the API gave it.
+            "ownerReferences": [dict(kopf.build_owner_reference(kopf.Body(cast(kopf.RawBody, owner))))],
         }
 
     shared_spec = shared_deployment["spec"]
